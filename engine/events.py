@@ -1,0 +1,341 @@
+"""The durable event protocol: the envelope and one pydantic model per event type.
+
+These models are the single source of truth for event shapes. The JSON Schema
+(``python -m engine.events schema``) is generated from them, and the TypeScript
+types of the front end are generated from that schema.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Optional, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .states import NodeState, WorkflowState
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# -- shared parts ----------------------------------------------------------------
+
+
+class ErrorInfo(BaseModel):
+    type: str = Field(description="Exception class name, or a reason code")
+    message: str
+    traceback: Optional[str] = None
+
+
+class NodeSpec(BaseModel):
+    id: str
+    label: str
+    description: str = ""
+    deps: list[str] = Field(default_factory=list)
+    retries: int = 0
+
+
+class Edge(BaseModel):
+    source: str
+    target: str
+
+
+# -- workflow transitions -----------------------------------------------------------
+
+
+class WorkflowTransition(_Data):
+    old_state: WorkflowState
+    new_state: WorkflowState
+    reason: Optional[str] = Field(None, description="Why, when not a user command")
+    command_id: Optional[str] = Field(None, description="The command that caused it, if any")
+
+
+class WorkflowStartedData(WorkflowTransition):
+    pass
+
+
+class WorkflowStateChangedData(WorkflowTransition):
+    pass
+
+
+class WorkflowPausedData(WorkflowTransition):
+    pass
+
+
+class WorkflowResumedData(WorkflowTransition):
+    pass
+
+
+class WorkflowCompletedData(WorkflowTransition):
+    pass
+
+
+class WorkflowFailedData(WorkflowTransition):
+    failed_nodes: list[str] = Field(default_factory=list)
+
+
+class WorkflowCancelledData(WorkflowTransition):
+    pass
+
+
+# -- node transitions ----------------------------------------------------------------
+
+
+class NodeTransition(_Data):
+    node_id: str
+    old_status: NodeState
+    new_status: NodeState
+    attempt: int = Field(description="1 for the first attempt; 0 before any")
+    reason: Optional[str] = None
+    command_id: Optional[str] = None
+
+
+class StepStartedData(NodeTransition):
+    pass
+
+
+class StepCompletedData(NodeTransition):
+    result_preview: Optional[str] = Field(None, description="repr() of the result, shortened")
+
+
+class StepFailedData(NodeTransition):
+    error: ErrorInfo
+
+
+class StepRetryStartedData(NodeTransition):
+    delay_s: float = 0.0
+    error: Optional[ErrorInfo] = Field(None, description="The failure being retried")
+
+
+class DagNodeStatusChangedData(NodeTransition):
+    pass
+
+
+class StepProgressData(_Data):
+    node_id: str
+    progress: Optional[float] = Field(None, ge=0.0, le=1.0)
+    message: Optional[str] = None
+
+
+# -- DAG --------------------------------------------------------------------------
+
+
+class RunMeta(BaseModel):
+    name: str
+    description: str = ""
+    owner: str = ""
+
+
+class DagCreatedData(_Data):
+    run: RunMeta = Field(description="Who and what the run is (recorded once, at seq 1)")
+    nodes: list[NodeSpec]
+    edges: list[Edge]
+
+
+class DagUpdatedData(_Data):
+    added_nodes: list[NodeSpec]
+    added_edges: list[Edge]
+    by_node: Optional[str] = Field(None, description="The step that added them")
+
+
+# -- agents -------------------------------------------------------------------------
+
+
+class AgentMessageData(_Data):
+    node_id: str
+    agent: str
+    message: str
+    role: str = "assistant"
+
+
+class AgentThinkingData(_Data):
+    node_id: str
+    agent: str
+    content: str
+
+
+class AgentToolCallData(_Data):
+    node_id: str
+    agent: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+
+
+# -- approvals -------------------------------------------------------------------------
+
+
+class ApprovalRequestedData(_Data):
+    node_id: str
+    approval_id: str
+    prompt: str
+
+
+class ApprovalReceivedData(_Data):
+    node_id: str
+    approval_id: str
+    approved: bool
+    comment: Optional[str] = None
+    command_id: Optional[str] = None
+
+
+# -- accounting, outputs, errors --------------------------------------------------------
+
+
+class CostUpdateData(_Data):
+    node_id: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: float = 0.0
+
+
+class MetricUpdateData(_Data):
+    node_id: str
+    name: str
+    value: float
+    step: Optional[int] = None
+    unit: Optional[str] = None
+
+
+class FileData(_Data):
+    node_id: str
+    path: str = Field(description="Absolute path on the machine that ran the step")
+    size: Optional[int] = None
+    mime: Optional[str] = None
+    description: Optional[str] = None
+
+
+class FileCreatedData(FileData):
+    pass
+
+
+class FileUpdatedData(FileData):
+    pass
+
+
+class ErrorOccurredData(_Data):
+    message: str
+    code: str = Field(description="Machine-readable reason, e.g. executor_lost")
+    node_id: Optional[str] = None
+
+
+EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
+    "workflow_started": WorkflowStartedData,
+    "workflow_state_changed": WorkflowStateChangedData,
+    "workflow_paused": WorkflowPausedData,
+    "workflow_resumed": WorkflowResumedData,
+    "workflow_completed": WorkflowCompletedData,
+    "workflow_failed": WorkflowFailedData,
+    "workflow_cancelled": WorkflowCancelledData,
+    "step_started": StepStartedData,
+    "step_progress": StepProgressData,
+    "step_completed": StepCompletedData,
+    "step_failed": StepFailedData,
+    "step_retry_started": StepRetryStartedData,
+    "dag_created": DagCreatedData,
+    "dag_updated": DagUpdatedData,
+    "dag_node_status_changed": DagNodeStatusChangedData,
+    "agent_message": AgentMessageData,
+    "agent_thinking": AgentThinkingData,
+    "agent_tool_call": AgentToolCallData,
+    "approval_requested": ApprovalRequestedData,
+    "approval_received": ApprovalReceivedData,
+    "cost_update": CostUpdateData,
+    "metric_update": MetricUpdateData,
+    "file_created": FileCreatedData,
+    "file_updated": FileUpdatedData,
+    "error_occurred": ErrorOccurredData,
+}
+
+EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA_MODELS)
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+class Envelope(BaseModel):
+    """The durable envelope every event travels in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    seq: int = Field(ge=1, description="Per run: 1, 2, 3, ... with no gap")
+    id: str = Field(description="UUID of this event")
+    event_type: EventType
+    timestamp: str = Field(description="ISO 8601, UTC, with offset")
+    data: dict[str, Any]
+
+
+def _typed_envelope(event_type: str, data_model: type[BaseModel]) -> type[BaseModel]:
+    name = "".join(p.title() for p in event_type.split("_")) + "Event"
+    return type(
+        name,
+        (Envelope,),
+        {
+            "__annotations__": {"event_type": Literal[event_type], "data": data_model},
+            "__module__": __name__,
+        },
+    )
+
+
+#: One envelope model per event type; ``event_type`` is the discriminator.
+TYPED_ENVELOPES: dict[str, type[BaseModel]] = {
+    t: _typed_envelope(t, m) for t, m in EVENT_DATA_MODELS.items()
+}
+for _model in TYPED_ENVELOPES.values():
+    setattr(sys.modules[__name__], _model.__name__, _model)
+
+AnyEvent = Annotated[Union[tuple(TYPED_ENVELOPES.values())], Field(discriminator="event_type")]
+_event_list = TypeAdapter(list[AnyEvent])
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def new_event(run_id: str, seq: int, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An envelope as a plain dict (the wire form). ``data`` must already be valid."""
+    return {
+        "run_id": run_id,
+        "seq": seq,
+        "id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "timestamp": now_iso(),
+        "data": data,
+    }
+
+
+def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``data`` against its model; return its JSON form (defaults filled in)."""
+    model = EVENT_DATA_MODELS[event_type]
+    return model.model_validate(data).model_dump(mode="json", exclude_none=True)
+
+
+def parse_events(raw_json_array: bytes) -> list[BaseModel]:
+    """Parse a JSON array of envelopes into typed envelope models (one Rust pass)."""
+    return _event_list.validate_json(raw_json_array)
+
+
+def events_schema() -> dict[str, Any]:
+    """JSON Schema of an event envelope, discriminated by ``event_type``."""
+    return TypeAdapter(AnyEvent).json_schema(ref_template="#/$defs/{model}")
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["schema"]:
+        print("usage: python -m engine.events schema", file=sys.stderr)
+        return 2
+    sys.stdout.write(orjson.dumps(events_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,421 @@
+"""The executor: runs a workflow's ready steps on a thread pool and records every fact.
+
+One executor per run, in the process that started it (the step code lives there).
+All state changes happen under one lock, in this order: check the transition table,
+apply the event to the in-memory view (the reducer), hand the event and the new state
+to the journal (group commit). Control commands are read from the store, so a run
+started here obeys a pause sent from a browser, and vice versa.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import networkx as nx
+
+from . import states
+from .context import StepContext
+from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
+from .events import new_event, now_iso, validate_data
+from .snapshot import RunView, new_run_doc
+from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
+from .workflow import Step, Workflow
+
+#: How often an idle executor looks for commands written by other processes.
+COMMAND_POLL_S = 0.02
+PREVIEW_CHARS = 200
+
+_executors: dict[str, "Executor"] = {}
+_executors_lock = threading.Lock()
+
+
+def local_executor(run_id: str) -> Optional["Executor"]:
+    """The executor of ``run_id`` if it ran (or runs) in this process."""
+    return _executors.get(run_id)
+
+
+def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
+              owner: Optional[str] = None, run_id: Optional[str] = None):
+    from .run import Run
+
+    run_id = run_id or uuid.uuid4().hex
+    owner = owner or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    created = now_iso()
+    view = RunView(new_run_doc(run_id, wf.name, wf.description, owner, created))
+    specs = [s.spec() for s in wf.steps.values()]
+    edges = [{"source": d, "target": s["id"]} for s in specs for d in s["deps"]]
+    first = new_event(run_id, 1, "dag_created", {
+        "run": {"name": wf.name, "description": wf.description, "owner": owner},
+        "nodes": specs, "edges": edges})
+    first["timestamp"] = created
+    view.apply(first)
+    lease = Lease.mine()
+    store.create_run(view, first, lease)
+    ex = Executor(store, view, dict(wf.steps), lease, max_workers)
+    ex.start()
+    return Run(store, run_id)
+
+
+class Executor:
+    def __init__(self, store: Store, view: RunView, steps: dict[str, Step], lease: Lease,
+                 max_workers: Optional[int]):
+        self.store = store
+        self.view = view
+        self.run_id = view.run["id"]
+        self.steps = steps
+        self.lease = lease
+        self.cond = threading.Condition(threading.RLock())
+        width = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self.pool = ThreadPoolExecutor(width, thread_name_prefix=f"cmbagent-step-{self.run_id[:8]}")
+        self.results: dict[str, Any] = {}
+        self.retry_at: dict[str, float] = {}
+        self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
+        self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
+        self.stopped = threading.Event()  # the executor is gone for good
+        self._lost = False
+        self._thread = threading.Thread(target=self._main, name=f"cmbagent-run-{self.run_id[:8]}",
+                                        daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        with _executors_lock:
+            _executors[self.run_id] = self
+        self._thread.start()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _main(self) -> None:
+        try:
+            with self.cond:
+                self._set_run("planning", reason="preparing the DAG")
+                self._set_run("executing")
+            last_renew = time.monotonic()
+            while not self.stopped.is_set():
+                for cmd in self.store.pending_commands(self.run_id):
+                    with self.cond:
+                        self._apply_command(cmd)
+                with self.cond:
+                    self._settle()
+                    if self.view.run["state"] in ("completed", "cancelled"):
+                        break
+                    self.cond.wait(COMMAND_POLL_S)
+                if self.run_id in self.store.journal.refused:
+                    raise self.store.journal.refused[self.run_id]
+                if time.monotonic() - last_renew > LEASE_RENEW_S:
+                    last_renew = time.monotonic()
+                    if not self.store.renew_lease(self.run_id, self.lease):
+                        raise LeaseLost(f"run {self.run_id} is no longer held by this process")
+            self.store.journal.flush()
+        except LeaseLost:
+            self._lost = True  # another process recorded that this run was lost: write nothing more
+        except BaseException:
+            with self.cond:
+                self._abandon("executor_error", "the executor failed:\n" + traceback.format_exc())
+        finally:
+            self.stopped.set()
+            self.settled.set()
+            with self.cond:
+                self.cond.notify_all()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            # The executor stays registered: its results stay readable in this process.
+
+    def _abandon(self, reason: str, message: str) -> None:
+        """Record that this executor stops without finishing (process exit, internal error)."""
+        if self.view.run["state"] in ("completed", "cancelled"):
+            return
+        for etype, data in lost_run_events(self.view, reason, message):
+            self._record(etype, data)
+        self.stopped.set()
+        try:
+            self.store.journal.submit(self._release(), wait=True)
+        except EngineError:
+            pass
+        self.cond.notify_all()
+
+    def _release(self) -> Commit:
+        return Commit(self.run_id, lease_owner=self.lease.owner, release_lease=True)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def record(self, etype: str, data: dict, validate: bool = False) -> None:
+        """Record a fact from step code (progress, messages, costs, files, ...)."""
+        if validate:
+            data = validate_data(etype, data)
+        with self.cond:
+            self._record(etype, data)
+
+    def _record(self, etype: str, data: dict, command: Optional[tuple] = None) -> None:
+        if self._lost:
+            return
+        view = self.view
+        ev = new_event(self.run_id, view.seq + 1, etype, data)
+        node = view.apply(ev)
+        self.store.journal.submit(Commit(
+            self.run_id, [ev], dict(view.run), {node: dict(view.nodes[node])} if node else {},
+            [command] if command else [], self.lease.owner))
+
+    def _set_run(self, new: str, command: Optional[tuple] = None, **extra) -> None:
+        old = self.view.run["state"]
+        states.check_workflow(old, new, f"workflow {self.run_id}")
+        data = {"old_state": old, "new_state": new, **{k: v for k, v in extra.items() if v is not None}}
+        self._record(states.workflow_event_type(old, new), data, command)
+        if new in states.SETTLED_WORKFLOW_STATES:
+            self.store.journal.flush()
+            self.settled.set()
+        else:
+            self.settled.clear()
+        self.cond.notify_all()
+
+    def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None, **extra) -> None:
+        node = self.view.nodes[node_id]
+        old = node["status"]
+        states.check_node(old, new, f"node {node_id}")
+        attempt = node["attempt"] + (1 if new == "running" and old in ("pending", "retrying") else 0)
+        data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
+                **{k: v for k, v in extra.items() if v is not None}}
+        self._record(states.node_event_type(old, new), data, command)
+        self.cond.notify_all()
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _status(self, node_id: str) -> str:
+        return self.view.nodes[node_id]["status"]
+
+    def _settle(self) -> None:
+        """Move the run forward: skip, dispatch, and derive the run's state from its nodes."""
+        run_state = self.view.run["state"]
+        nodes = self.view.nodes
+        # A pending node behind a failure will never run.
+        for nid in self._topological():
+            if self._status(nid) == "pending" and any(
+                    self._status(d) in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
+                self._set_node(nid, "skipped", reason="an upstream step did not complete")
+        if run_state == "cancelling":
+            for nid in self._topological():
+                if self._status(nid) in ("pending", "retrying", "skipped"):
+                    self.retry_at.pop(nid, None)
+                    self._set_node(nid, "cancelled", reason="run cancelled")
+            if not any(n["status"] in states.ACTIVE_NODE_STATES for n in nodes.values()):
+                self._set_run("cancelled")
+            return
+        if run_state == "pausing":
+            if not any(n["status"] == "running" for n in nodes.values()):
+                self._set_run("paused")
+            return
+        if run_state not in ("executing", "waiting_approval"):
+            return
+        now = time.monotonic()
+        for nid in self._topological():
+            st = self._status(nid)
+            ready = (st == "pending" and all(self._status(d) == "completed" for d in self.steps[nid].deps)) \
+                or (st == "retrying" and self.retry_at.get(nid, 0.0) <= now)
+            if ready:
+                self.retry_at.pop(nid, None)
+                self._dispatch(nid)
+        counts = self.view.run["counts"]
+        if counts["running"] or counts["retrying"] or counts["paused"]:
+            if self.view.run["state"] == "waiting_approval":
+                self._set_run("executing")
+            return
+        if counts["waiting_approval"]:  # nothing else can progress until a human answers
+            if self.view.run["state"] == "executing":
+                self._set_run("waiting_approval", reason="a step is waiting for approval")
+            return
+        if counts["pending"]:
+            return
+        failed = [nid for nid, n in nodes.items() if n["status"] == "failed"]
+        if failed:
+            self._set_run("failed", reason="step_failed", failed_nodes=failed)
+        else:
+            self._set_run("completed")
+            self.store.journal.submit(self._release(), wait=True)
+
+    def _topological(self) -> list[str]:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.steps)
+        g.add_edges_from((d, s.id) for s in self.steps.values() for d in s.deps)
+        return list(nx.topological_sort(g))
+
+    def _dispatch(self, node_id: str) -> None:
+        self._set_node(node_id, "running")
+        self.pool.submit(self._execute, node_id)
+
+    def _execute(self, node_id: str) -> None:
+        step = self.steps[node_id]
+        try:
+            kwargs = {d: self.results[d] for d in step.inputs}
+            if step.wants_ctx:
+                kwargs["ctx"] = StepContext(self, node_id)
+            result = step.fn(**kwargs)
+        except Cancelled:
+            with self.cond:
+                if self._status(node_id) in states.ACTIVE_NODE_STATES:
+                    self._set_node(node_id, "cancelled", reason="run cancelled")
+        except BaseException as exc:  # the step's own failure
+            with self.cond:
+                self._attempt_failed(node_id, step, exc)
+        else:
+            with self.cond:
+                self.results[node_id] = result
+                st = self._status(node_id)
+                if st != "running":  # the node was answered into another state; resume first
+                    self._set_node(node_id, "running")
+                self._set_node(node_id, "completed", result_preview=_preview(result))
+        finally:
+            with self.cond:
+                self.cond.notify_all()
+
+    def _attempt_failed(self, node_id: str, step: Step, exc: BaseException) -> None:
+        error = {"type": type(exc).__name__, "message": str(exc) or repr(exc),
+                 "traceback": "".join(traceback.format_exception(exc))}
+        if self._status(node_id) != "running":
+            self._set_node(node_id, "running")
+        attempt = self.view.nodes[node_id]["attempt"]
+        if attempt <= step.retries and self.view.run["state"] != "cancelling":
+            delay = min(30.0, step.retry_delay * (2 ** (attempt - 1)))
+            self._set_node(node_id, "retrying", delay_s=delay, error=error,
+                           reason=f"attempt {attempt} of {step.retries + 1} failed")
+            self.retry_at[node_id] = time.monotonic() + delay
+        else:
+            self._set_node(node_id, "failed", error=error)
+
+    # -- cooperation with step code ------------------------------------------------------------
+
+    def checkpoint(self, node_id: str) -> None:
+        with self.cond:
+            while True:
+                if self.stopped.is_set() or self.view.run["state"] == "cancelling":
+                    raise Cancelled()
+                if self.view.run["state"] in ("pausing", "paused"):
+                    if self._status(node_id) == "running":
+                        self._set_node(node_id, "paused", reason="run paused")
+                    self.cond.wait()
+                    continue
+                if self._status(node_id) == "paused":
+                    self._set_node(node_id, "running", reason="run resumed")
+                return
+
+    def request_approval(self, node_id: str, prompt: str) -> bool:
+        with self.cond:
+            self.checkpoint(node_id)
+            approval_id = uuid.uuid4().hex
+            self.answers[approval_id] = None
+            self._set_node(node_id, "waiting_approval", reason="approval requested")
+            self._record("approval_requested", {"node_id": node_id, "approval_id": approval_id,
+                                                "prompt": prompt})
+            while self.answers[approval_id] is None:
+                if self.stopped.is_set() or self.view.run["state"] == "cancelling":
+                    self.answers.pop(approval_id, None)
+                    raise Cancelled()
+                self.cond.wait()
+            approved, _comment = self.answers.pop(approval_id)
+            self.checkpoint(node_id)
+            return approved
+
+    def add_step(self, step: Step, by_node: str) -> None:
+        with self.cond:
+            if step.id in self.steps:
+                raise WorkflowDefinitionError(f"duplicate step name {step.id!r} in run {self.run_id}")
+            unknown = [d for d in step.deps if d not in self.steps]
+            if unknown:
+                raise WorkflowDefinitionError(f"step {step.id!r} depends on unknown step(s) {unknown}")
+            self.steps[step.id] = step
+            spec = step.spec()
+            self._record("dag_updated", {
+                "added_nodes": [spec], "by_node": by_node,
+                "added_edges": [{"source": d, "target": step.id} for d in step.deps]})
+            self.cond.notify_all()
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def _apply_command(self, cmd: dict) -> None:
+        cid, action, node_id = cmd["command_id"], cmd["action"], cmd["node_id"]
+        try:
+            if node_id is not None and node_id not in self.view.nodes:
+                raise CommandRejected(f"run {self.run_id} has no node {node_id!r}", "unknown_node")
+            status = self._status(node_id) if node_id is not None else None
+            node_id = check_command(self.view.run, status, action, node_id)
+            getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
+        except CommandRejected as exc:
+            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), self.view.run["state"])],
+                                             lease_owner=self.lease.owner))
+        else:
+            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, self.view.run["state"])],
+                                             lease_owner=self.lease.owner))
+        self._settle()
+
+    def _do_pause(self, cid: str, node_id: Optional[str], payload: dict) -> None:
+        self._set_run("pausing", command_id=cid)
+
+    def _do_resume(self, cid: str, node_id: Optional[str], payload: dict) -> None:
+        self._set_run("executing", command_id=cid)
+
+    def _do_cancel(self, cid: str, node_id: Optional[str], payload: dict) -> None:
+        self._set_run("cancelling", command_id=cid)
+
+    def _do_retry(self, cid: str, node_id: str, payload: dict) -> None:
+        if self.view.run["state"] == "failed":
+            self._set_run("executing", command_id=cid, reason=f"retrying {node_id}")
+        self._set_node(node_id, "retrying", command_id=cid, delay_s=0.0, reason="retry requested")
+        self.retry_at[node_id] = 0.0
+        for nid in self._topological():  # re-open what the failure skipped
+            if self._status(nid) == "skipped" and nx.has_path(self._graph(), node_id, nid) and all(
+                    self._status(d) not in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
+                self._set_node(nid, "pending", command_id=cid, reason=f"{node_id} is retried")
+
+    def _graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        g.add_edges_from((d, s.id) for s in self.steps.values() for d in s.deps)
+        g.add_nodes_from(self.steps)
+        return g
+
+    def _do_approve(self, cid: str, node_id: str, payload: dict, approved: bool = True) -> None:
+        approval = self.view.nodes[node_id]["approval"]
+        comment = payload.get("comment")
+        data = {"node_id": node_id, "approval_id": approval["approval_id"], "approved": approved,
+                "command_id": cid}
+        if comment is not None:
+            data["comment"] = str(comment)
+        self._record("approval_received", data)
+        paused = self.view.run["state"] in ("pausing", "paused")
+        self._set_node(node_id, "paused" if paused else "running", command_id=cid,
+                       reason="approved" if approved else "rejected")
+        if self.view.run["state"] == "waiting_approval":
+            self._set_run("executing", command_id=cid)
+        self.answers[approval["approval_id"]] = (approved, comment)
+
+    def _do_reject(self, cid: str, node_id: str, payload: dict) -> None:
+        self._do_approve(cid, node_id, payload, approved=False)
+
+
+def _preview(result: Any) -> Optional[str]:
+    if result is None:
+        return None
+    try:
+        text = repr(result)
+    except Exception:  # a broken __repr__ must not fail the step
+        text = f"<{type(result).__name__}>"
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+@atexit.register
+def _abandon_all() -> None:
+    """At interpreter exit, record at once that this process's unfinished runs are lost."""
+    for ex in list(_executors.values()):
+        with ex.cond:
+            if not ex.stopped.is_set():
+                try:
+                    ex._abandon("executor_lost", "the process that ran this workflow exited")
+                except EngineError:
+                    pass

@@ -1,0 +1,107 @@
+"""Group commit: one writer thread per store and process.
+
+Executors hand the journal ``Commit``s in the order they happened; the writer takes
+everything queued, merges it per run and writes it in one transaction. The store on
+disk is therefore always a prefix of what was recorded, never a state without its
+event or an event without its state, and many events share one fsync.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Optional
+
+from .store.base import Commit
+
+#: Items queued before ``submit`` blocks: bounds memory when steps outpace the disk.
+QUEUE_LIMIT = 10_000
+#: Items merged into one transaction at most.
+BATCH_LIMIT = 2_000
+
+
+class Journal:
+    def __init__(self, store) -> None:
+        self._store = store
+        self._queue: "queue.Queue[Optional[Commit]]" = queue.Queue(QUEUE_LIMIT)
+        self._thread = threading.Thread(target=self._loop, name="cmbagent-journal", daemon=True)
+        self._closed = False
+        #: Runs whose commits were refused (their executor lost its lease), with why.
+        self.refused: dict[str, Exception] = {}
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    def submit(self, commit: Commit, wait: bool = False) -> Future:
+        """Queue a commit; with ``wait``, block until it is durable (or refused)."""
+        if wait and commit.future is None:
+            commit.future = Future()
+        self._queue.put(commit)
+        if wait:
+            commit.future.result()
+        return commit.future
+
+    def flush(self) -> None:
+        """Block until everything queued so far is durable."""
+        self.submit(Commit(run_id=""), wait=True)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._write(batch)
+                    return
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[Commit]) -> None:
+        merged: dict[str, Commit] = {}
+        futures: dict[str, list[Future]] = {}
+        for c in batch:
+            if c.future is not None:
+                futures.setdefault(c.run_id, []).append(c.future)
+            if not c.run_id:
+                continue  # a flush marker
+            if c.run_id in merged:
+                merged[c.run_id].merge(c)
+            else:
+                merged[c.run_id] = Commit(c.run_id, list(c.events), c.run_doc, dict(c.nodes),
+                                          list(c.commands), c.lease_owner, c.release_lease)
+        refused: dict[str, Exception] = {}
+        pending = list(merged.values())
+        while pending:
+            try:
+                failures = self._store.apply_commits(pending)
+            except Exception as exc:  # the disk or database failed: tell every waiter
+                for c in pending:
+                    refused[c.run_id] = exc
+                break
+            if not failures:
+                break
+            for c, exc in failures:
+                refused[c.run_id] = exc
+            pending = [c for c in pending if c.run_id not in refused]
+        self.refused.update(refused)
+        for run_id, futs in futures.items():
+            exc = refused.get(run_id)
+            for f in futs:
+                if exc is None:
+                    f.set_result(None)
+                else:
+                    f.set_exception(exc)

@@ -1,0 +1,148 @@
+"""``Run``: a handle on one run, wherever it executes. Reads from and commands through the store."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from . import states
+from .errors import CommandRejected, EngineError, ExecutorLost, UnknownNode, UnknownRun
+from .executor import local_executor
+from .states import WorkflowState
+from .store.base import EventList, Store, new_command_id
+
+#: How long a command call waits for the executor to act on it.
+COMMAND_TIMEOUT_S = 30.0
+
+_ERRORS = {"unknown_run": UnknownRun, "unknown_node": UnknownNode, "executor_lost": ExecutorLost}
+
+
+class Run:
+    """A run of a workflow: its state, its events, and the controls.
+
+    Every control call goes through the store exactly like a command from the UI, so a
+    handle in one process steers a run executing in another.
+    """
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.id = run_id
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> WorkflowState:
+        return WorkflowState(self.store.run_doc(self.id)["state"])
+
+    @property
+    def name(self) -> str:
+        return self.store.run_doc(self.id)["name"]
+
+    def info(self) -> dict:
+        """The run document: state, timings, totals, counts per node status."""
+        return self.store.run_doc(self.id)
+
+    def events(self, after_seq: int = 0, limit: Optional[int] = None) -> EventList:
+        """Events with seq > after_seq, in seq order (typed pydantic envelopes)."""
+        return self.store.events(self.id, after_seq, limit)
+
+    def snapshot(self) -> dict:
+        """The wire ``snapshot``: run, nodes, edges and layout as of event ``seq``."""
+        return self.store.snapshot(self.id)
+
+    def result(self, node_id: str) -> Any:
+        """The return value of a completed step (only in the process that ran it)."""
+        ex = local_executor(self.id)
+        if ex is not None and node_id in ex.results:
+            return ex.results[node_id]
+        view = self.store.load_view(self.id)
+        if node_id not in view.nodes:
+            raise UnknownNode(self.id, node_id)
+        status = view.nodes[node_id]["status"]
+        if status != "completed":
+            raise EngineError(f"node {node_id!r} has no result: it is {status}")
+        raise EngineError(f"the result of {node_id!r} lives in the process that ran it; "
+                          f"its preview: {view.nodes[node_id]['result_preview']}")
+
+    def wait(self, timeout: Optional[float] = None) -> WorkflowState:
+        """Block until the run is completed, failed or cancelled; return that state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self.state
+            if state in states.SETTLED_WORKFLOW_STATES:
+                return state
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"run {self.id} is still {state.value} after {timeout} s")
+            ex = local_executor(self.id)
+            if ex is not None:
+                ex.settled.wait(0.5 if left is None else min(left, 0.5))
+            else:
+                time.sleep(0.02 if left is None else max(0.0, min(left, 0.02)))
+
+    # -- control ----------------------------------------------------------------------------
+
+    def pause(self) -> dict:
+        return self.command("pause")
+
+    def resume(self) -> dict:
+        return self.command("resume")
+
+    def cancel(self) -> dict:
+        return self.command("cancel")
+
+    def retry(self, node_id: str) -> dict:
+        return self.command("retry", node_id)
+
+    def approve(self, node_id: Optional[str] = None, comment: Optional[str] = None) -> dict:
+        return self.command("approve", node_id, {"comment": comment} if comment is not None else None)
+
+    def reject(self, node_id: Optional[str] = None, comment: Optional[str] = None) -> dict:
+        return self.command("reject", node_id, {"comment": comment} if comment is not None else None)
+
+    def command(self, action: str, node_id: Optional[str] = None, payload: Optional[dict] = None,
+                command_id: Optional[str] = None, timeout: float = COMMAND_TIMEOUT_S) -> dict:
+        """Send a command through the store and wait until the executor has applied it.
+
+        Returns the ack with the run's state after the command. Raises CommandRejected
+        (or UnknownRun, UnknownNode, ExecutorLost) when it is refused.
+        """
+        command_id = command_id or new_command_id()
+        ack = self.store.submit_command(self.id, action, node_id, payload, command_id)
+        if not ack["ok"]:
+            code = ack.get("code", "command_rejected")
+            err = _ERRORS.get(code)
+            if err is UnknownRun:
+                raise UnknownRun(self.id)
+            if err is UnknownNode:
+                raise UnknownNode(self.id, node_id or "")
+            raise (err or CommandRejected)(ack["error"], code) if err is not ExecutorLost \
+                else ExecutorLost(ack["error"])
+        ex = local_executor(self.id)
+        if ex is not None:
+            ex.wake()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.store.command_status(command_id)
+            if status and status["status"] == "applied":
+                return {**ack, "state": status["state"]}
+            if status and status["status"] == "rejected":
+                raise CommandRejected(status["error"] or "rejected")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the executor of run {self.id} did not act on {action} "
+                                   f"within {timeout} s")
+            time.sleep(0.005)
+
+    def __repr__(self) -> str:
+        try:
+            doc = self.store.run_doc(self.id)
+        except UnknownRun:
+            return f"<Run {self.id} (unknown)>"
+        return (f"<Run {doc['name']!r} {self.id} {doc['state']}: "
+                f"{doc['done']}/{doc['total']} steps done>")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id and other.store is self.store
+
+    def __hash__(self) -> int:
+        return hash(self.id)

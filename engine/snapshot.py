@@ -1,0 +1,364 @@
+"""The materialized state of a run, and the one reducer that changes it: ``apply``.
+
+The executor changes its in-memory view only by applying the events it records, the
+store persists that view in the same transaction as the events, and replaying the log
+from seq 1 through the same reducer rebuilds the same view. So "the snapshot" and
+"the event log" cannot disagree.
+
+Nested values (lists, dicts) inside run and node documents are replaced, never
+mutated in place: a shallow copy of a document is then a stable picture of it, which
+is what the group committer relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import networkx as nx
+from pydantic import BaseModel, Field
+
+from .events import ErrorInfo
+from .states import FINAL_NODE_STATES, NodeState, WorkflowState
+
+_NODE_STATUSES = [s.value for s in NodeState]
+_DONE = ("completed", "skipped", "cancelled")
+
+
+def new_run_doc(run_id: str, name: str, description: str, owner: str, created_at: str) -> dict:
+    return {
+        "id": run_id,
+        "name": name,
+        "description": description,
+        "owner": owner,
+        "state": WorkflowState.draft.value,
+        "reason": None,
+        "created_at": created_at,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": created_at,
+        "cost_usd": 0.0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "counts": {s: 0 for s in _NODE_STATUSES},
+        "total": 0,
+        "done": 0,
+        "pending_approvals": [],
+        "last_error": None,
+    }
+
+
+def new_node_doc(spec: dict, position: int) -> dict:
+    return {
+        "id": spec["id"],
+        "label": spec.get("label") or spec["id"],
+        "description": spec.get("description", ""),
+        "deps": list(spec.get("deps", [])),
+        "retries": spec.get("retries", 0),
+        "position": position,
+        "status": NodeState.pending.value,
+        "attempt": 0,
+        "progress": None,
+        "progress_message": None,
+        "started_at": None,
+        "finished_at": None,
+        "error": None,
+        "result_preview": None,
+        "cost_usd": 0.0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "last_message": None,
+        "files": [],
+        "metrics": {},
+        "approval": None,
+    }
+
+
+class RunView:
+    """A run's state as of event ``seq``: a run document, node documents and edges."""
+
+    def __init__(self, run: dict, nodes: dict[str, dict] | None = None,
+                 edges: list[dict] | None = None, seq: int = 0):
+        self.run = run
+        self.nodes: dict[str, dict] = nodes or {}
+        self.edges: list[dict] = edges or []
+        self.seq = seq
+
+    @classmethod
+    def replay(cls, run_id: str, events: Iterable[dict]) -> "RunView":
+        """Rebuild a view from the complete log (seq 1 onwards)."""
+        view: RunView | None = None
+        for ev in events:
+            if view is None:
+                # The run document's identity fields are not in the log's events;
+                # they come from the first event (dag_created) and its metadata.
+                meta = ev["data"].get("run", {})
+                view = cls(new_run_doc(run_id, meta.get("name", ""), meta.get("description", ""),
+                                       meta.get("owner", ""), ev["timestamp"]))
+            view.apply(ev)
+        if view is None:
+            raise ValueError(f"run {run_id!r} has no events to replay")
+        return view
+
+    # -- the reducer -----------------------------------------------------------------
+
+    def apply(self, ev: dict) -> Optional[str]:
+        """Apply one event. Returns the id of the node it changed, if any."""
+        if ev["seq"] != self.seq + 1:
+            raise ValueError(f"event seq {ev['seq']} applied after {self.seq}")
+        self.seq = ev["seq"]
+        t, d, ts = ev["event_type"], ev["data"], ev["timestamp"]
+        run = self.run
+        run["updated_at"] = ts
+        handler = _HANDLERS.get(t)
+        return handler(self, d, ts) if handler else d.get("node_id")
+
+    def _workflow(self, d: dict, ts: str) -> None:
+        run = self.run
+        new = d["new_state"]
+        run["state"] = new
+        run["reason"] = d.get("reason")
+        if new == "executing" and run["started_at"] is None:
+            run["started_at"] = ts
+        if new in ("completed", "failed", "cancelled"):
+            run["finished_at"] = ts
+        elif d["old_state"] == "failed":
+            run["finished_at"] = None
+
+    def _node(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        old, new = d["old_status"], d["new_status"]
+        node["status"] = new
+        node["attempt"] = d["attempt"]
+        counts = dict(self.run["counts"])
+        counts[old] -= 1
+        counts[new] += 1
+        self._set_counts(counts)
+        if new == "running" and old in ("pending", "retrying"):
+            node["started_at"], node["finished_at"] = ts, None
+            node["progress"], node["progress_message"] = None, None
+        if new in FINAL_NODE_STATES:
+            node["finished_at"] = ts
+        if "error" in d:
+            node["error"] = d["error"]
+        elif new == "running" and old in ("pending", "retrying"):
+            node["error"] = None
+        if new == "completed":
+            node["progress"] = 1.0
+            node["result_preview"] = d.get("result_preview")
+        if old == "waiting_approval" and new not in ("running", "paused"):
+            self._drop_approval(node)
+        return node["id"]
+
+    def _set_counts(self, counts: dict) -> None:
+        self.run["counts"] = counts
+        self.run["done"] = sum(counts[s] for s in _DONE)
+
+    def _add_nodes(self, specs: list[dict], edges: list[dict]) -> None:
+        for spec in specs:
+            self.nodes[spec["id"]] = new_node_doc(spec, len(self.nodes))
+        counts = dict(self.run["counts"])
+        counts["pending"] += len(specs)
+        self._set_counts(counts)
+        self.run["total"] = len(self.nodes)
+        self.edges = self.edges + [{"source": e["source"], "target": e["target"]} for e in edges]
+
+    def _dag_created(self, d: dict, ts: str) -> None:
+        self._add_nodes(d["nodes"], d["edges"])
+
+    def _dag_updated(self, d: dict, ts: str) -> None:
+        self._add_nodes(d["added_nodes"], d["added_edges"])
+
+    def _progress(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        if d.get("progress") is not None:
+            node["progress"] = d["progress"]
+        if d.get("message") is not None:
+            node["progress_message"] = d["message"]
+        return node["id"]
+
+    def _agent_message(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        node["last_message"] = {"agent": d["agent"], "message": d["message"], "timestamp": ts}
+        return node["id"]
+
+    def _cost(self, d: dict, ts: str) -> str:
+        node, run = self.nodes[d["node_id"]], self.run
+        for doc in (node, run):
+            doc["cost_usd"] += d.get("usd", 0.0)
+            doc["input_tokens"] += d.get("input_tokens", 0)
+            doc["output_tokens"] += d.get("output_tokens", 0)
+        return node["id"]
+
+    def _metric(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        node["metrics"] = {**node["metrics"], d["name"]: d["value"]}
+        return node["id"]
+
+    def _file(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        entry = {k: d[k] for k in ("path", "size", "mime", "description") if d.get(k) is not None}
+        entry["timestamp"] = ts
+        node["files"] = [f for f in node["files"] if f["path"] != d["path"]] + [entry]
+        return node["id"]
+
+    def _approval_requested(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        pending = {"approval_id": d["approval_id"], "node_id": node["id"],
+                   "prompt": d["prompt"], "requested_at": ts}
+        node["approval"] = pending
+        self.run["pending_approvals"] = self.run["pending_approvals"] + [pending]
+        return node["id"]
+
+    def _approval_received(self, d: dict, ts: str) -> str:
+        node = self.nodes[d["node_id"]]
+        self._drop_approval(node)
+        return node["id"]
+
+    def _drop_approval(self, node: dict) -> None:
+        node["approval"] = None
+        self.run["pending_approvals"] = [
+            a for a in self.run["pending_approvals"] if a["node_id"] != node["id"]
+        ]
+
+    def _error(self, d: dict, ts: str) -> Optional[str]:
+        self.run["last_error"] = {"code": d["code"], "message": d["message"], "timestamp": ts}
+        if d["code"] == "executor_lost":
+            self.run["reason"] = "executor_lost"
+        return d.get("node_id")
+
+    # -- reading -----------------------------------------------------------------------
+
+    def node_status(self, node_id: str) -> str:
+        return self.nodes[node_id]["status"]
+
+    def graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        g.add_edges_from((e["source"], e["target"]) for e in self.edges)
+        return g
+
+    def snapshot(self) -> dict:
+        """The wire ``snapshot`` message's content: plain JSON values."""
+        return {
+            "run_id": self.run["id"],
+            "seq": self.seq,
+            "run": dict(self.run),
+            "nodes": [dict(n) for n in sorted(self.nodes.values(), key=lambda n: n["position"])],
+            "edges": list(self.edges),
+            "layout": layout(self.graph(), self.nodes),
+        }
+
+
+_HANDLERS = {
+    **{t: RunView._workflow for t in (
+        "workflow_started", "workflow_state_changed", "workflow_paused", "workflow_resumed",
+        "workflow_completed", "workflow_failed", "workflow_cancelled")},
+    **{t: RunView._node for t in (
+        "step_started", "step_completed", "step_failed", "step_retry_started",
+        "dag_node_status_changed")},
+    "dag_created": RunView._dag_created,
+    "dag_updated": RunView._dag_updated,
+    "step_progress": RunView._progress,
+    "agent_message": RunView._agent_message,
+    "cost_update": RunView._cost,
+    "metric_update": RunView._metric,
+    "file_created": RunView._file,
+    "file_updated": RunView._file,
+    "approval_requested": RunView._approval_requested,
+    "approval_received": RunView._approval_received,
+    "error_occurred": RunView._error,
+}
+
+
+def layout(graph: nx.DiGraph, nodes: dict[str, dict]) -> dict:
+    """Layers by topological generation; within a layer, in declaration order."""
+    order = {nid: n["position"] for nid, n in nodes.items()}
+    generations = [sorted(g, key=order.__getitem__) for g in nx.topological_generations(graph)]
+    return {"generations": generations}
+
+
+# -- pydantic models of the snapshot, for the schema ----------------------------------
+
+
+class FileInfo(BaseModel):
+    path: str
+    size: Optional[int] = None
+    mime: Optional[str] = None
+    description: Optional[str] = None
+    timestamp: str
+
+
+class AgentLine(BaseModel):
+    agent: str
+    message: str
+    timestamp: str
+
+
+class PendingApproval(BaseModel):
+    approval_id: str
+    node_id: str
+    prompt: str
+    requested_at: str
+
+
+class NodeInfo(BaseModel):
+    id: str
+    label: str
+    description: str
+    deps: list[str]
+    retries: int
+    position: int
+    status: NodeState
+    attempt: int
+    progress: Optional[float]
+    progress_message: Optional[str]
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    error: Optional[ErrorInfo]
+    result_preview: Optional[str]
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    last_message: Optional[AgentLine]
+    files: list[FileInfo]
+    metrics: dict[str, float]
+    approval: Optional[PendingApproval]
+
+
+class RunInfo(BaseModel):
+    id: str
+    name: str
+    description: str
+    owner: str
+    state: WorkflowState
+    reason: Optional[str]
+    created_at: str
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    updated_at: str
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+    counts: dict[NodeState, int] = Field(description="Number of nodes in each status")
+    total: int
+    done: int = Field(description="Nodes completed, skipped or cancelled")
+    pending_approvals: list[PendingApproval]
+    last_error: Optional[dict[str, str]]
+
+
+class EdgeInfo(BaseModel):
+    source: str
+    target: str
+
+
+class Layout(BaseModel):
+    generations: list[list[str]] = Field(description="Node ids by topological generation")
+
+
+class Snapshot(BaseModel):
+    run_id: str
+    seq: int = Field(description="The state is as of this event (0: none yet)")
+    run: RunInfo
+    nodes: list[NodeInfo]
+    edges: list[EdgeInfo]
+    layout: Layout

@@ -1,0 +1,164 @@
+"""Workflow and node states, their transition tables, and which commands are legal when.
+
+This module is the single source of truth for the state machine: the executor, the
+store, the replay reducer and the server all ask it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .errors import IllegalTransition
+
+
+class WorkflowState(str, Enum):
+    draft = "draft"
+    planning = "planning"
+    executing = "executing"
+    pausing = "pausing"
+    paused = "paused"
+    waiting_approval = "waiting_approval"
+    cancelling = "cancelling"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class NodeState(str, Enum):
+    pending = "pending"
+    running = "running"
+    paused = "paused"
+    waiting_approval = "waiting_approval"
+    retrying = "retrying"
+    completed = "completed"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+W, N = WorkflowState, NodeState
+
+# Every state a run can be lost from (its executor died) goes to `failed`.
+_LOSABLE = {W.draft, W.planning, W.executing, W.pausing, W.paused, W.waiting_approval, W.cancelling}
+
+WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
+    W.draft: frozenset({W.planning, W.cancelling, W.failed}),
+    W.planning: frozenset({W.executing, W.cancelling, W.failed}),
+    W.executing: frozenset({W.pausing, W.waiting_approval, W.cancelling, W.completed, W.failed}),
+    W.pausing: frozenset({W.paused, W.executing, W.cancelling, W.completed, W.failed}),
+    W.paused: frozenset({W.executing, W.cancelling, W.failed}),
+    W.waiting_approval: frozenset({W.executing, W.pausing, W.cancelling, W.failed}),
+    W.cancelling: frozenset({W.cancelled, W.failed}),
+    W.completed: frozenset(),
+    W.failed: frozenset({W.executing}),  # run.retry(node) reopens a failed run
+    W.cancelled: frozenset(),
+}
+
+NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    N.pending: frozenset({N.running, N.skipped, N.cancelled}),
+    N.running: frozenset(
+        {N.completed, N.failed, N.retrying, N.paused, N.waiting_approval, N.cancelled}
+    ),
+    N.paused: frozenset({N.running, N.cancelled, N.failed}),
+    N.waiting_approval: frozenset({N.running, N.paused, N.cancelled, N.failed}),
+    N.retrying: frozenset({N.running, N.cancelled, N.failed}),
+    N.completed: frozenset(),
+    N.failed: frozenset({N.retrying}),
+    N.skipped: frozenset({N.pending, N.cancelled}),
+    N.cancelled: frozenset(),
+}
+
+#: States a run never leaves. `failed` is not here: a retry can reopen it.
+FINAL_WORKFLOW_STATES = frozenset({W.completed, W.cancelled})
+#: States in which a run has stopped making progress on its own.
+SETTLED_WORKFLOW_STATES = frozenset({W.completed, W.cancelled, W.failed})
+FINAL_NODE_STATES = frozenset({N.completed, N.skipped, N.cancelled, N.failed})
+#: Node states that hold a worker thread (the node's code is on the stack).
+ACTIVE_NODE_STATES = frozenset({N.running, N.paused, N.waiting_approval})
+
+
+def check_workflow(old: str, new: str, entity: str = "workflow") -> None:
+    """Raise IllegalTransition unless ``old -> new`` is in the workflow table."""
+    try:
+        allowed = WORKFLOW_TRANSITIONS[W(old)]
+        ok = W(new) in allowed
+    except ValueError:
+        ok = False
+    if not ok:
+        raise IllegalTransition(entity, old, new)
+
+
+def check_node(old: str, new: str, entity: str = "node") -> None:
+    """Raise IllegalTransition unless ``old -> new`` is in the node table."""
+    try:
+        ok = N(new) in NODE_TRANSITIONS[N(old)]
+    except ValueError:
+        ok = False
+    if not ok:
+        raise IllegalTransition(entity, old, new)
+
+
+def workflow_event_type(old: str, new: str) -> str:
+    """The one event a workflow transition records (DESIGN.md, "Events")."""
+    new = W(new)
+    if new is W.executing and W(old) in (W.draft, W.planning):
+        return "workflow_started"
+    if new is W.executing and W(old) is W.paused:
+        return "workflow_resumed"
+    return {
+        W.paused: "workflow_paused",
+        W.completed: "workflow_completed",
+        W.failed: "workflow_failed",
+        W.cancelled: "workflow_cancelled",
+    }.get(new, "workflow_state_changed")
+
+
+def node_event_type(old: str, new: str) -> str:
+    """The one event a node transition records.
+
+    ``step_started`` marks the start of an attempt (from pending or retrying); a node
+    going back to running after a pause or an approval is a status change.
+    """
+    new = N(new)
+    if new is N.running:
+        return "step_started" if N(old) in (N.pending, N.retrying) else "dag_node_status_changed"
+    return {
+        N.completed: "step_completed",
+        N.failed: "step_failed",
+        N.retrying: "step_retry_started",
+    }.get(new, "dag_node_status_changed")
+
+
+# -- commands ------------------------------------------------------------------
+
+COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject")
+
+_COMMAND_RUN_STATES: dict[str, frozenset[WorkflowState]] = {
+    "pause": frozenset({W.planning, W.executing, W.waiting_approval}),
+    "resume": frozenset({W.pausing, W.paused}),
+    "cancel": frozenset({W.draft, W.planning, W.executing, W.pausing, W.paused, W.waiting_approval}),
+    "retry": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval, W.failed}),
+    "approve": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
+    "reject": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
+}
+
+
+def command_error(action: str, run_state: str, node_status: str | None = None) -> str | None:
+    """Why ``action`` is not legal for a run in ``run_state`` (None if it is).
+
+    ``node_status`` is the status of the command's node for retry. Approvals are
+    checked by the caller, which knows which ones are pending.
+    """
+    if action not in _COMMAND_RUN_STATES:
+        return f"unknown action {action!r}; expected one of {', '.join(COMMAND_ACTIONS)}"
+    if W(run_state) not in _COMMAND_RUN_STATES[action]:
+        return f"cannot {action} a run that is {run_state}"
+    if action == "retry" and node_status != N.failed:
+        return f"cannot retry a node that is {node_status}; only failed nodes can be retried"
+    return None

@@ -1,0 +1,353 @@
+"""The store interface, and the logic every backend shares.
+
+A store holds, per run: a run document, node documents, edges, the event log, control
+commands and executor leases. Backends implement the abstract methods; what commands
+are legal, and what losing an executor means, is decided here once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import orjson
+
+from .. import states
+from ..errors import CommandRejected
+from ..events import TYPED_ENVELOPES, new_event
+from ..snapshot import RunView
+
+#: An executor renews its leases this often, and they last this long.
+LEASE_RENEW_S = 2.0
+LEASE_TTL_S = 10.0
+
+
+@dataclass
+class Lease:
+    owner: str
+    host: str
+    pid: int
+
+    @classmethod
+    def mine(cls) -> "Lease":
+        return _IDENTITY.lease()
+
+
+class _Identity:
+    """This process's executor identity; a new one after fork."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._lease: Optional[Lease] = None
+
+    def lease(self) -> Lease:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lease = Lease(uuid.uuid4().hex, socket.gethostname(), self._pid)
+        assert self._lease is not None
+        return self._lease
+
+
+_IDENTITY = _Identity()
+
+
+def lease_is_dead(owner: Optional[str], host: Optional[str], pid: Optional[int],
+                  expires: Optional[float], now: float) -> bool:
+    """True when the process that holds a lease is gone (or the lease lapsed)."""
+    if owner is None:
+        return True
+    me = Lease.mine()
+    if owner == me.owner:
+        return False
+    if expires is None or expires < now:
+        return True
+    if host == me.host and pid:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+@dataclass
+class Commit:
+    """What one transaction writes for one run: events and the state they lead to.
+
+    ``events`` continue the run's log exactly (first seq = stored last_seq + 1), and
+    ``lease_owner`` must still hold the run's lease, or the whole commit is refused.
+    """
+
+    run_id: str
+    events: list[dict] = field(default_factory=list)
+    run_doc: Optional[dict] = None
+    nodes: dict[str, dict] = field(default_factory=dict)
+    commands: list[tuple[str, str, Optional[str], Optional[str]]] = field(default_factory=list)
+    lease_owner: Optional[str] = None
+    release_lease: bool = False
+    future: Optional[Future] = None
+
+    def merge(self, later: "Commit") -> None:
+        self.events.extend(later.events)
+        if later.run_doc is not None:
+            self.run_doc = later.run_doc
+        self.nodes.update(later.nodes)
+        self.commands.extend(later.commands)
+        self.release_lease = self.release_lease or later.release_lease
+
+
+class EventList(Sequence):
+    """Events of a run, in seq order, parsed into typed envelope models on access.
+
+    Reading 100k events costs one query; each model is built when first touched.
+    """
+
+    def __init__(self, run_id: str, rows: list[tuple]):
+        self._run_id = run_id
+        self._rows = rows
+        self._cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._rows)))]
+        if i < 0:
+            i += len(self._rows)
+        ev = self._cache.get(i)
+        if ev is None:
+            ev = self._cache[i] = envelope_model(self._run_id, self._rows[i])
+        return ev
+
+    def __iter__(self) -> Iterator[Any]:
+        for i in range(len(self._rows)):
+            yield self[i]
+
+    def dicts(self) -> list[dict]:
+        """The events as plain wire dicts (no model construction)."""
+        return [envelope_dict(self._run_id, r) for r in self._rows]
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<EventList {self._run_id} n={len(self)}>"
+
+
+def envelope_dict(run_id: str, row: tuple) -> dict:
+    seq, eid, etype, ts, data = row
+    return {"run_id": run_id, "seq": seq, "id": eid, "event_type": etype, "timestamp": ts,
+            "data": orjson.loads(data)}
+
+
+def envelope_json(run_id_json: bytes, row: tuple) -> bytes:
+    """One envelope's JSON, built without parsing its stored data (the server's fast path)."""
+    seq, eid, etype, ts, data = row
+    if isinstance(data, str):
+        data = data.encode()
+    return b"".join((b'{"run_id":', run_id_json, b',"seq":', str(seq).encode(), b',"id":"',
+                     eid.encode(), b'","event_type":"', etype.encode(), b'","timestamp":"',
+                     ts.encode(), b'","data":', data, b"}"))
+
+
+def envelope_model(run_id: str, row: tuple):
+    d = envelope_dict(run_id, row)
+    return TYPED_ENVELOPES[d["event_type"]].model_validate(d)
+
+
+def lost_run_events(view: RunView, reason: str, message: str) -> list[tuple[str, dict]]:
+    """The transitions that record a run whose executor is gone.
+
+    Active nodes fail, pending ones are skipped, the run fails. A run already failed
+    only gets an ``error_occurred`` saying its executor (needed for a retry) is gone.
+    """
+    out: list[tuple[str, dict]] = []
+    state = view.run["state"]
+    if state == "failed":
+        return [("error_occurred", {"code": reason, "message": message})]
+    err = {"type": reason, "message": message}
+    for node in sorted(view.nodes.values(), key=lambda n: n["position"]):
+        st = node["status"]
+        if st in ("running", "paused", "waiting_approval", "retrying"):
+            new = "failed"
+        elif st == "pending":
+            new = "skipped"
+        else:
+            continue
+        data = {"node_id": node["id"], "old_status": st, "new_status": new,
+                "attempt": node["attempt"], "reason": reason}
+        if new == "failed":
+            data["error"] = err
+        out.append((states.node_event_type(st, new), data))
+    failed = [n["id"] for n in view.nodes.values() if n["status"] == "failed"]
+    failed += [d["node_id"] for _, d in out if d["new_status"] == "failed"]
+    out.append(("workflow_failed", {"old_state": state, "new_state": "failed", "reason": reason,
+                                   "failed_nodes": failed}))
+    return out
+
+
+def record(view: RunView, items: list[tuple[str, dict]]) -> tuple[list[dict], set[str]]:
+    """Turn (event_type, data) pairs into envelopes and apply them to ``view``."""
+    events, touched = [], set()
+    for etype, data in items:
+        ev = new_event(view.run["id"], view.seq + 1, etype, data)
+        node = view.apply(ev)
+        if node:
+            touched.add(node)
+        events.append(ev)
+    return events, touched
+
+
+def check_command(view_run: dict, node_status: Optional[str], action: str,
+                  node_id: Optional[str]) -> Optional[str]:
+    """Resolve the node a command is about; raise CommandRejected if it is not legal."""
+    if action in ("approve", "reject"):
+        pending = view_run["pending_approvals"]
+        if node_id is not None:
+            pending = [a for a in pending if a["node_id"] == node_id]
+        if not pending:
+            where = f" on node {node_id!r}" if node_id else ""
+            raise CommandRejected(f"no approval is pending{where}", "no_pending_approval")
+        if len(pending) > 1:
+            raise CommandRejected(
+                f"{len(pending)} approvals are pending ({', '.join(a['node_id'] for a in pending)}); "
+                "name the node", "ambiguous_approval")
+        node_id = pending[0]["node_id"]
+    err = states.command_error(action, view_run["state"], node_status)
+    if err:
+        raise CommandRejected(err, "illegal_command")
+    return node_id
+
+
+class Store(ABC):
+    """Durable state of runs. Thread-safe; one object per process and URL is enough."""
+
+    url: str
+
+    def __init__(self) -> None:
+        self._journal = None
+        self._journal_lock = threading.Lock()
+
+    # -- runs ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+        """Insert a new run (in draft) with its DAG, its first event and a lease."""
+
+    @abstractmethod
+    def run_doc(self, run_id: str) -> dict:
+        """The run document (state, totals, counts); UnknownRun if there is none."""
+
+    @abstractmethod
+    def load_view(self, run_id: str) -> RunView:
+        """The run's full materialized state, read consistently."""
+
+    @abstractmethod
+    def runs(self) -> list[dict]:
+        """Run documents of every run in the store, newest first."""
+
+    def snapshot(self, run_id: str) -> dict:
+        return self.load_view(run_id).snapshot()
+
+    def run(self, run_id: str):
+        """A ``Run`` handle for a run started anywhere (raises UnknownRun)."""
+        from ..run import Run
+
+        self.run_doc(run_id)
+        return Run(self, run_id)
+
+    # -- the log --------------------------------------------------------------------------
+
+    @abstractmethod
+    def event_rows(self, run_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[tuple]:
+        """Rows ``(seq, id, event_type, timestamp, data_json)`` with seq > after_seq."""
+
+    @abstractmethod
+    def bounds(self, run_id: str) -> tuple[int, int]:
+        """``(first_seq, last_seq)`` still stored; first_seq > 1 once trimmed."""
+
+    def events(self, run_id: str, after_seq: int = 0, limit: Optional[int] = None) -> EventList:
+        self.run_doc(run_id)
+        return EventList(run_id, self.event_rows(run_id, after_seq, limit))
+
+    @abstractmethod
+    def change_cursor(self) -> int:
+        """A position in the store-wide commit order (for tailers)."""
+
+    @abstractmethod
+    def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
+        """Runs with events committed after ``cursor``: ``(new_cursor, {run_id: last_seq})``."""
+
+    # -- writing ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
+        """Write commits in one transaction; return those refused (lease lost, seq clash)."""
+
+    @property
+    def journal(self):
+        """This process's group committer for the store."""
+        with self._journal_lock:
+            if self._journal is None or not self._journal.alive():
+                from ..journal import Journal
+
+                self._journal = Journal(self)
+            return self._journal
+
+    # -- commands -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
+                       payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
+        """Record a control command; return its ack ``{command_id, ok, state?, error?, code?}``.
+
+        Illegal commands are refused (ok false) and change nothing; a repeated
+        ``command_id`` returns the first ack and is applied once.
+        """
+
+    @abstractmethod
+    def pending_commands(self, run_id: str) -> list[dict]:
+        """Commands not yet applied by the run's executor, oldest first."""
+
+    @abstractmethod
+    def command_status(self, command_id: str) -> Optional[dict]:
+        """``{status: pending|applied|rejected, error, state}`` of a stored command."""
+
+    # -- leases --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def renew_lease(self, run_id: str, lease: Lease) -> bool:
+        """Extend this process's lease on a run; False if it no longer holds it."""
+
+    @abstractmethod
+    def reap(self) -> list[str]:
+        """Mark runs whose executor died as failed (executor_lost); return their ids."""
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = [
+    "Store", "Commit", "Lease", "EventList", "LEASE_RENEW_S", "LEASE_TTL_S",
+    "lease_is_dead", "lost_run_events", "record", "check_command", "envelope_dict",
+    "envelope_json",
+]

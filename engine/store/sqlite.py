@@ -1,0 +1,431 @@
+"""SQLite store: the embedded default. WAL mode, one writer transaction at a time.
+
+Every write transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up
+front, so two processes never deadlock upgrading a read lock: no "database is
+locked"), and waits up to ``busy_timeout`` for another writer to finish.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Optional
+
+import orjson
+
+from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
+from ..events import now_iso
+from ..snapshot import RunView
+from .base import (
+    LEASE_TTL_S,
+    Commit,
+    Lease,
+    Store,
+    check_command,
+    lease_is_dead,
+    lost_run_events,
+    new_command_id,
+    record,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs(
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL DEFAULT 1,
+    lease_owner TEXT, lease_host TEXT, lease_pid INTEGER, lease_expires REAL,
+    doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+CREATE TABLE IF NOT EXISTS nodes(
+    run_id TEXT NOT NULL, id TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY(run_id, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS edges(
+    run_id TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+    PRIMARY KEY(run_id, source, target)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events(
+    gid INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+    type TEXT NOT NULL, ts TEXT NOT NULL, data TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS events_run_seq ON events(run_id, seq);
+CREATE TABLE IF NOT EXISTS commands(
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    command_id TEXT NOT NULL UNIQUE, run_id TEXT NOT NULL, action TEXT NOT NULL,
+    node_id TEXT, payload TEXT, ack TEXT NOT NULL,
+    status TEXT NOT NULL, error TEXT, state TEXT,
+    created_at TEXT NOT NULL, applied_at TEXT);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands(run_id, status);
+CREATE TABLE IF NOT EXISTS approvals(
+    approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
+    requested_at TEXT NOT NULL, answered_at TEXT);
+"""
+
+
+class SQLiteStore(Store):
+    """A store in one SQLite file, shared by any number of threads and processes."""
+
+    def __init__(self, path: str, *, max_events_per_run: Optional[int] = None,
+                 max_event_age_s: Optional[float] = None, busy_timeout_s: float = 60.0):
+        super().__init__()
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.url = "sqlite:///" + self.path.lstrip("/")
+        if max_events_per_run is not None and max_events_per_run < 1:
+            raise StoreError("max_events_per_run must be >= 1")
+        self.max_events_per_run = max_events_per_run
+        self.max_event_age_s = max_event_age_s
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._last_trim = 0.0
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._init_schema()
+
+    # -- connections ------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _init_schema(self) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer cmbagent-jupyter (schema {row[0]}, "
+                    f"this one reads {SCHEMA_VERSION}); upgrade cmbagent-jupyter")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        super().close()
+        with self._conns_lock:
+            for c in self._conns:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._conns.clear()
+        self._local = threading.local()
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection, mode: str):
+            self.conn, self.mode = conn, mode
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute(f"BEGIN {self.mode}")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _write(self):
+        return self._Tx(self._conn(), "IMMEDIATE")
+
+    def _read(self):
+        return self._Tx(self._conn(), "DEFERRED")
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+        run = view.run
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO runs(id, created_at, owner, state, last_seq, lease_owner, lease_host,"
+                " lease_pid, lease_expires, doc) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
+                 lease.host, lease.pid, time.time() + LEASE_TTL_S, orjson.dumps(run)))
+            self._write_nodes(c, run["id"], view.nodes.values())
+            self._write_edges(c, run["id"], view.edges)
+            self._write_events(c, run["id"], [first_event])
+
+    def run_doc(self, run_id: str) -> dict:
+        row = self._conn().execute("SELECT doc FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        return orjson.loads(row[0])
+
+    def load_view(self, run_id: str) -> RunView:
+        with self._read() as c:
+            return self._view(c, run_id)
+
+    def _view(self, c: sqlite3.Connection, run_id: str) -> RunView:
+        row = c.execute("SELECT doc, last_seq FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        nodes = {}
+        for (doc,) in c.execute("SELECT doc FROM nodes WHERE run_id=?", (run_id,)):
+            n = orjson.loads(doc)
+            nodes[n["id"]] = n
+        return RunView(orjson.loads(row[0]), nodes, self._edges(c, run_id, nodes), row[1])
+
+    @staticmethod
+    def _edges(c: sqlite3.Connection, run_id: str, nodes: dict) -> list[dict]:
+        # Edges in node-declaration order, the order the log added them in.
+        rows = c.execute("SELECT source, target FROM edges WHERE run_id=?", (run_id,)).fetchall()
+        by_target: dict[str, list[str]] = {}
+        for s, t in rows:
+            by_target.setdefault(t, []).append(s)
+        out = []
+        for n in sorted(nodes.values(), key=lambda n: n["position"]):
+            for dep in n["deps"]:
+                if dep in by_target.get(n["id"], ()):
+                    out.append({"source": dep, "target": n["id"]})
+        return out
+
+    def runs(self) -> list[dict]:
+        rows = self._conn().execute("SELECT doc FROM runs ORDER BY created_at DESC, rowid DESC")
+        return [orjson.loads(r[0]) for r in rows]
+
+    # -- the log ------------------------------------------------------------------------------
+
+    def event_rows(self, run_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[tuple]:
+        sql = "SELECT seq, id, type, ts, data FROM events WHERE run_id=? AND seq>? ORDER BY seq"
+        if limit is not None:
+            return self._conn().execute(sql + " LIMIT ?", (run_id, after_seq, int(limit))).fetchall()
+        return self._conn().execute(sql, (run_id, after_seq)).fetchall()
+
+    def bounds(self, run_id: str) -> tuple[int, int]:
+        row = self._conn().execute("SELECT first_seq, last_seq FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        return row[0], row[1]
+
+    def change_cursor(self) -> int:
+        return self._conn().execute("SELECT COALESCE(MAX(gid), 0) FROM events").fetchone()[0]
+
+    def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
+        rows = self._conn().execute(
+            "SELECT run_id, MAX(seq), MAX(gid) FROM events WHERE gid>? GROUP BY run_id", (cursor,)
+        ).fetchall()
+        if not rows:
+            return cursor, {}
+        return max(r[2] for r in rows), {r[0]: r[1] for r in rows}
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
+        with self._write() as c:
+            failures = []
+            for cm in commits:
+                row = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=?",
+                                (cm.run_id,)).fetchone()
+                if row is None:
+                    failures.append((cm, UnknownRun(cm.run_id)))
+                elif cm.lease_owner is not None and row[1] != cm.lease_owner:
+                    failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
+                elif cm.events and cm.events[0]["seq"] != row[0] + 1:
+                    failures.append((cm, LeaseLost(
+                        f"run {cm.run_id}: log is at seq {row[0]}, commit starts at {cm.events[0]['seq']}")))
+            if failures:
+                c.execute("SAVEPOINT nothing")  # the transaction commits nothing
+                return failures
+            for cm in commits:
+                self._apply(c, cm)
+        self._maybe_trim()
+        return []
+
+    def _apply(self, c: sqlite3.Connection, cm: Commit) -> None:
+        if cm.events:
+            self._write_events(c, cm.run_id, cm.events)
+        if cm.nodes:
+            self._write_nodes(c, cm.run_id, cm.nodes.values())
+        if cm.run_doc is not None or cm.events:
+            sets, args = [], []
+            if cm.run_doc is not None:
+                sets += ["doc=?", "state=?"]
+                args += [orjson.dumps(cm.run_doc), cm.run_doc["state"]]
+            if cm.events:
+                sets.append("last_seq=?")
+                args.append(cm.events[-1]["seq"])
+            if cm.release_lease:
+                sets.append("lease_owner=NULL, lease_host=NULL, lease_pid=NULL, lease_expires=NULL")
+            c.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*args, cm.run_id))
+        if cm.commands:
+            ts = now_iso()
+            c.executemany("UPDATE commands SET status=?, error=?, state=?, applied_at=? WHERE command_id=?",
+                          [(st, err, state, ts, cid) for cid, st, err, state in cm.commands])
+
+    def _write_events(self, c: sqlite3.Connection, run_id: str, events: list[dict]) -> None:
+        c.executemany(
+            "INSERT INTO events(run_id, seq, id, type, ts, data) VALUES(?,?,?,?,?,?)",
+            [(run_id, e["seq"], e["id"], e["event_type"], e["timestamp"], orjson.dumps(e["data"]).decode())
+             for e in events])
+        for e in events:  # the tables that mirror facts recorded by events
+            t, d = e["event_type"], e["data"]
+            if t == "dag_updated":
+                self._write_edges(c, run_id, d["added_edges"])
+            elif t == "approval_requested":
+                c.execute("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
+                          " requested_at) VALUES(?,?,?,?, 'pending', ?)",
+                          (d["approval_id"], run_id, d["node_id"], d["prompt"], e["timestamp"]))
+            elif t == "approval_received":
+                c.execute("UPDATE approvals SET status=?, comment=?, answered_at=? WHERE approval_id=?",
+                          ("approved" if d["approved"] else "rejected", d.get("comment"),
+                           e["timestamp"], d["approval_id"]))
+
+    @staticmethod
+    def _write_nodes(c: sqlite3.Connection, run_id: str, nodes: Iterable[dict]) -> None:
+        c.executemany("INSERT OR REPLACE INTO nodes(run_id, id, status, doc) VALUES(?,?,?,?)",
+                      [(run_id, n["id"], n["status"], orjson.dumps(n)) for n in nodes])
+
+    @staticmethod
+    def _write_edges(c: sqlite3.Connection, run_id: str, edges: Iterable[dict]) -> None:
+        c.executemany("INSERT OR IGNORE INTO edges(run_id, source, target) VALUES(?,?,?)",
+                      [(run_id, e["source"], e["target"]) for e in edges])
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _maybe_trim(self) -> None:
+        if (self.max_events_per_run or self.max_event_age_s) and time.time() - self._last_trim > 1.0:
+            self._last_trim = time.time()
+            self.trim()
+
+    def trim(self) -> int:
+        """Delete events beyond the retention limits; return how many. Snapshots are unaffected."""
+        deleted = 0
+        with self._write() as c:
+            if self.max_events_per_run:
+                cap = self.max_events_per_run
+                for run_id, first, last in c.execute(
+                        "SELECT id, first_seq, last_seq FROM runs WHERE last_seq - first_seq + 1 > ?",
+                        (cap,)).fetchall():
+                    deleted += self._trim_run(c, run_id, last - cap + 1)
+            if self.max_event_age_s:
+                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.max_event_age_s)
+                          ).isoformat(timespec="microseconds")
+                for run_id, seq in c.execute(
+                        "SELECT run_id, MAX(seq) FROM events WHERE ts < ? GROUP BY run_id",
+                        (cutoff,)).fetchall():
+                    deleted += self._trim_run(c, run_id, seq + 1)
+        return deleted
+
+    @staticmethod
+    def _trim_run(c: sqlite3.Connection, run_id: str, new_first: int) -> int:
+        cur = c.execute("DELETE FROM events WHERE run_id=? AND seq<?", (run_id, new_first))
+        c.execute("UPDATE runs SET first_seq=MAX(first_seq, ?) WHERE id=?", (new_first, run_id))
+        return cur.rowcount
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
+                       payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
+        command_id = command_id or new_command_id()
+        lost: Optional[str] = None
+        with self._write() as c:
+            row = c.execute("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=?",
+                            (command_id,)).fetchone()
+            if row is not None:
+                if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
+                    return _refusal(command_id, "command_id_reused",
+                                    f"command_id {command_id!r} was already used for another command")
+                return orjson.loads(row[3])
+            try:
+                view = self._view(c, run_id)
+                if node_id is not None and node_id not in view.nodes:
+                    raise UnknownNode(run_id, node_id)
+                status = view.nodes[node_id]["status"] if node_id is not None else None
+                node_id = check_command(view.run, status, action, node_id)
+                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_expires FROM runs"
+                                  " WHERE id=?", (run_id,)).fetchone()
+                if lease_is_dead(*lease, time.time()):
+                    lost = self._mark_lost(c, view)
+                    raise CommandRejected(lost, "executor_lost")
+            except (UnknownRun, UnknownNode, CommandRejected) as exc:
+                if lost is None:
+                    return _refusal(command_id, exc.code, str(exc))
+                ack = _refusal(command_id, exc.code, str(exc))
+            else:
+                ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
+                c.execute(
+                    "INSERT INTO commands(command_id, run_id, action, node_id, payload, ack, status,"
+                    " created_at) VALUES(?,?,?,?,?,?, 'pending', ?)",
+                    (command_id, run_id, action, node_id, orjson.dumps(payload or {}).decode(),
+                     orjson.dumps(ack).decode(), now_iso()))
+        return ack
+
+    def pending_commands(self, run_id: str) -> list[dict]:
+        rows = self._conn().execute(
+            "SELECT command_id, action, node_id, payload FROM commands"
+            " WHERE run_id=? AND status='pending' ORDER BY n", (run_id,)).fetchall()
+        return [{"command_id": r[0], "action": r[1], "node_id": r[2], "payload": orjson.loads(r[3])}
+                for r in rows]
+
+    def command_status(self, command_id: str) -> Optional[dict]:
+        row = self._conn().execute("SELECT status, error, state FROM commands WHERE command_id=?",
+                                   (command_id,)).fetchone()
+        return None if row is None else {"status": row[0], "error": row[1], "state": row[2]}
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def renew_lease(self, run_id: str, lease: Lease) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE runs SET lease_expires=? WHERE id=? AND lease_owner=?",
+                            (time.time() + LEASE_TTL_S, run_id, lease.owner))
+            return cur.rowcount == 1
+
+    def reap(self) -> list[str]:
+        now = time.time()
+        candidates = [r[0] for r in self._conn().execute(
+            "SELECT id, lease_owner, lease_host, lease_pid, lease_expires FROM runs"
+            " WHERE lease_owner IS NOT NULL").fetchall() if lease_is_dead(*r[1:], now)]
+        reaped = []
+        for run_id in candidates:
+            with self._write() as c:
+                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_expires FROM runs"
+                                  " WHERE id=?", (run_id,)).fetchone()
+                if lease and lease[0] is not None and lease_is_dead(*lease, time.time()):
+                    self._mark_lost(c, self._view(c, run_id))
+                    reaped.append(run_id)
+        return reaped
+
+    def _mark_lost(self, c: sqlite3.Connection, view: RunView) -> str:
+        """Record, inside the caller's transaction, that the run's executor is gone."""
+        message = ("the process that ran this workflow is gone (executor_lost); "
+                   "step code lives in that process, so the run cannot continue")
+        if view.run["state"] in ("completed", "cancelled"):
+            c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
+                      " lease_expires=NULL WHERE id=?", (view.run["id"],))
+            return message
+        events, touched = record(view, lost_run_events(view, "executor_lost", message))
+        self._apply(c, Commit(view.run["id"], events, view.run,
+                              {n: view.nodes[n] for n in touched}, release_lease=True))
+        c.execute("UPDATE commands SET status='rejected', error=? WHERE run_id=? AND status='pending'",
+                  (message, view.run["id"]))
+        return message
+
+
+def _refusal(command_id: str, code: str, message: str) -> dict:
+    return {"command_id": command_id, "ok": False, "error": message, "code": code}

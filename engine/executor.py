@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -77,6 +78,12 @@ class Executor:
         self.pool = ThreadPoolExecutor(width, thread_name_prefix=f"cmbagent-step-{self.run_id[:8]}")
         self.results: dict[str, Any] = {}
         self.retry_at: dict[str, float] = {}
+        self.children: dict[str, list[str]] = {nid: [] for nid in steps}
+        for step in steps.values():
+            for dep in step.deps:
+                self.children[dep].append(step.id)
+        self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps)
+        self._skip: deque[str] = deque()
         self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
         self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
         self.stopped = threading.Event()  # the executor is gone for good
@@ -185,6 +192,7 @@ class Executor:
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
         self._record(states.node_event_type(old, new), data, command)
+        self._after_node(node_id, new)
         self.cond.notify_all()
 
     # -- scheduling --------------------------------------------------------------------------
@@ -193,37 +201,44 @@ class Executor:
         return self.view.nodes[node_id]["status"]
 
     def _settle(self) -> None:
-        """Move the run forward: skip, dispatch, and derive the run's state from its nodes."""
-        run_state = self.view.run["state"]
-        nodes = self.view.nodes
-        # A pending node behind a failure will never run.
-        for nid in self._topological():
-            if self._status(nid) == "pending" and any(
-                    self._status(d) in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
+        """Move the run forward: skip, dispatch, and derive the run's state from its nodes.
+
+        Cost is proportional to what changed, not to the size of the DAG: readiness and
+        skipping are pushed from each node transition (``_after_node``), and the run's
+        state is read off the per-status counts.
+        """
+        while self._skip:
+            nid = self._skip.popleft()
+            if self._status(nid) == "pending":
                 self._set_node(nid, "skipped", reason="an upstream step did not complete")
+        counts = self.view.run["counts"]
+        run_state = self.view.run["state"]
         if run_state == "cancelling":
-            for nid in self._topological():
-                if self._status(nid) in ("pending", "retrying", "skipped"):
-                    self.retry_at.pop(nid, None)
-                    self._set_node(nid, "cancelled", reason="run cancelled")
-            if not any(n["status"] in states.ACTIVE_NODE_STATES for n in nodes.values()):
+            if counts["pending"] or counts["retrying"] or counts["skipped"]:
+                for nid, node in list(self.view.nodes.items()):
+                    if node["status"] in ("pending", "retrying", "skipped"):
+                        self.retry_at.pop(nid, None)
+                        self._set_node(nid, "cancelled", reason="run cancelled")
+            if not (counts["running"] or counts["paused"] or counts["waiting_approval"]):
                 self._set_run("cancelled")
+                self.store.journal.submit(self._release(), wait=True)
             return
         if run_state == "pausing":
-            if not any(n["status"] == "running" for n in nodes.values()):
+            if not counts["running"]:
                 self._set_run("paused")
             return
         if run_state not in ("executing", "waiting_approval"):
             return
-        now = time.monotonic()
-        for nid in self._topological():
-            st = self._status(nid)
-            ready = (st == "pending" and all(self._status(d) == "completed" for d in self.steps[nid].deps)) \
-                or (st == "retrying" and self.retry_at.get(nid, 0.0) <= now)
-            if ready:
-                self.retry_at.pop(nid, None)
+        if self.retry_at:
+            now = time.monotonic()
+            for nid, at in list(self.retry_at.items()):
+                if at <= now and self._status(nid) == "retrying":
+                    del self.retry_at[nid]
+                    self._dispatch(nid)
+        while self._ready:
+            nid = self._ready.popleft()
+            if self._status(nid) == "pending":
                 self._dispatch(nid)
-        counts = self.view.run["counts"]
         if counts["running"] or counts["retrying"] or counts["paused"]:
             if self.view.run["state"] == "waiting_approval":
                 self._set_run("executing")
@@ -234,18 +249,24 @@ class Executor:
             return
         if counts["pending"]:
             return
-        failed = [nid for nid, n in nodes.items() if n["status"] == "failed"]
+        failed = [nid for nid, n in self.view.nodes.items() if n["status"] == "failed"]
         if failed:
             self._set_run("failed", reason="step_failed", failed_nodes=failed)
         else:
             self._set_run("completed")
             self.store.journal.submit(self._release(), wait=True)
 
-    def _topological(self) -> list[str]:
-        g = nx.DiGraph()
-        g.add_nodes_from(self.steps)
-        g.add_edges_from((d, s.id) for s in self.steps.values() for d in s.deps)
-        return list(nx.topological_sort(g))
+    def _after_node(self, node_id: str, new: str) -> None:
+        """Push the consequences of a node transition to its dependents."""
+        if new == "completed" or new == "pending":
+            for child in ([node_id] if new == "pending" else self.children[node_id]):
+                if self._status(child) == "pending" and self._deps_done(child):
+                    self._ready.append(child)
+        elif new in ("failed", "skipped", "cancelled"):
+            self._skip.extend(self.children[node_id])
+
+    def _deps_done(self, node_id: str) -> bool:
+        return all(self._status(d) == "completed" for d in self.steps[node_id].deps)
 
     def _dispatch(self, node_id: str) -> None:
         self._set_node(node_id, "running")
@@ -274,6 +295,8 @@ class Executor:
                 self._set_node(node_id, "completed", result_preview=_preview(result))
         finally:
             with self.cond:
+                if not self.stopped.is_set():
+                    self._settle()
                 self.cond.notify_all()
 
     def _attempt_failed(self, node_id: str, step: Step, exc: BaseException) -> None:
@@ -331,10 +354,17 @@ class Executor:
             if unknown:
                 raise WorkflowDefinitionError(f"step {step.id!r} depends on unknown step(s) {unknown}")
             self.steps[step.id] = step
+            self.children[step.id] = []
+            for dep in step.deps:
+                self.children[dep].append(step.id)
             spec = step.spec()
             self._record("dag_updated", {
                 "added_nodes": [spec], "by_node": by_node,
                 "added_edges": [{"source": d, "target": step.id} for d in step.deps]})
+            if any(self._status(d) in ("failed", "skipped", "cancelled") for d in step.deps):
+                self._skip.append(step.id)
+            elif self._deps_done(step.id):
+                self._ready.append(step.id)
             self.cond.notify_all()
 
     # -- commands ---------------------------------------------------------------------------------
@@ -369,16 +399,15 @@ class Executor:
             self._set_run("executing", command_id=cid, reason=f"retrying {node_id}")
         self._set_node(node_id, "retrying", command_id=cid, delay_s=0.0, reason="retry requested")
         self.retry_at[node_id] = 0.0
-        for nid in self._topological():  # re-open what the failure skipped
-            if self._status(nid) == "skipped" and nx.has_path(self._graph(), node_id, nid) and all(
+        # Re-open what the failure skipped, upstream first, unless another failure blocks it.
+        g = nx.DiGraph()
+        g.add_nodes_from(self.steps)
+        g.add_edges_from((d, s.id) for s in self.steps.values() for d in s.deps)
+        below = g.subgraph(nx.descendants(g, node_id))
+        for nid in nx.lexicographical_topological_sort(below, key=lambda n: self.view.nodes[n]["position"]):
+            if self._status(nid) == "skipped" and all(
                     self._status(d) not in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
                 self._set_node(nid, "pending", command_id=cid, reason=f"{node_id} is retried")
-
-    def _graph(self) -> nx.DiGraph:
-        g = nx.DiGraph()
-        g.add_edges_from((d, s.id) for s in self.steps.values() for d in s.deps)
-        g.add_nodes_from(self.steps)
-        return g
 
     def _do_approve(self, cid: str, node_id: str, payload: dict, approved: bool = True) -> None:
         approval = self.view.nodes[node_id]["approval"]

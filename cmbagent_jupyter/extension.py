@@ -1,0 +1,77 @@
+"""The Jupyter server extension: configuration, the store, the hub and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
+
+import engine
+from engine.store import default_url
+
+from .handlers import routes
+from .hub import EventHub
+from .protocol import Command
+
+
+class CmbAgentApp(ExtensionApp):
+    """Serves workflow runs from the store over WebSocket and REST (``cmbagent/api``)."""
+
+    name = "cmbagent_jupyter"
+
+    db_url = Unicode(
+        help="Store URL. Default: $CMBAGENT_DB_URL, else the per-user SQLite file that "
+             "kernels use too (engine.default_url()).").tag(config=True)
+    tail_interval = Float(0.002, help="Seconds between checks of the store for new events.").tag(config=True)
+    reap_interval = Float(5.0, help="Seconds between checks for runs whose executor died.").tag(config=True)
+    heartbeat_interval = Float(15.0, help="Seconds between client pings, announced in hello.").tag(config=True)
+    max_frame_bytes = Integer(2**20, help="Largest client frame accepted; larger ones close the "
+                                          "socket with code 1009.").tag(config=True)
+    client_buffer_bytes = Integer(16 * 2**20, help="Bytes a slow client may have unsent before its "
+                                                   "backlog is dropped for a reset + snapshot.").tag(config=True)
+    share_runs = Bool(True, help="Serve every run in the store to every user of this server. "
+                                 "False: a user sees only the runs they own.").tag(config=True)
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return default_url()
+
+    @validate("tail_interval", "reap_interval", "heartbeat_interval")
+    def _positive_seconds(self, proposal):
+        if not proposal["value"] > 0:
+            raise TraitError(f"CmbAgentApp.{proposal['trait'].name} must be > 0, not {proposal['value']}")
+        return proposal["value"]
+
+    @validate("max_frame_bytes", "client_buffer_bytes")
+    def _positive_bytes(self, proposal):
+        if proposal["value"] < 1024:
+            raise TraitError(f"CmbAgentApp.{proposal['trait'].name} must be >= 1024 bytes, "
+                             f"not {proposal['value']}")
+        return proposal["value"]
+
+    def initialize_settings(self) -> None:
+        self.server_id = uuid.uuid4().hex
+        self.store = engine.open_store(self.db_url)
+        self.hub = EventHub(self.store, self.tail_interval, self.reap_interval)
+        self.log.info("cmbagent_jupyter: serving runs from %s", self.store.url)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(routes())
+
+    async def stop_extension(self) -> None:
+        await self.hub.stop()
+
+    def visible(self, run_doc: dict, user: Any) -> bool:
+        """May ``user`` see (and control) this run?"""
+        if self.share_runs:
+            return True
+        return run_doc.get("owner") == getattr(user, "username", None)
+
+    async def submit(self, cmd: Command) -> dict:
+        """Write a command to the store (off the event loop: it may wait for a writer)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.store.submit_command(
+            cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id))

@@ -1,6 +1,6 @@
 """A small workflow, run from the terminal, printing its event stream as it happens.
 
-    python -m engine.demo [--store URL]
+    python -m engine demo [--store URL]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The durable event protocol: the envelope and one pydantic model per event type.
 
 These models are the single source of truth for event shapes. The JSON Schema
-(``python -m engine.events schema``) is generated from them, and the TypeScript
+(``python -m engine schema``) is generated from them, and the TypeScript
 types of the front end are generated from that schema.
 """
 
@@ -331,11 +331,7 @@ def dumps(obj: Any) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv != ["schema"]:
-        print("usage: python -m engine.events schema", file=sys.stderr)
+        print("usage: python -m engine schema", file=sys.stderr)
         return 2
     sys.stdout.write(orjson.dumps(events_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -74,8 +74,8 @@ class Executor:
         self.steps = steps
         self.lease = lease
         self.cond = threading.Condition(threading.RLock())
-        width = max_workers or min(32, (os.cpu_count() or 1) + 4)
-        self.pool = ThreadPoolExecutor(width, thread_name_prefix=f"cmbagent-step-{self.run_id[:8]}")
+        self.width = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self.pool = ThreadPoolExecutor(self.width, thread_name_prefix=f"cmbagent-step-{self.run_id[:8]}")
         self.results: dict[str, Any] = {}
         self.retry_at: dict[str, float] = {}
         self.children: dict[str, list[str]] = {nid: [] for nid in steps}
@@ -85,6 +85,8 @@ class Executor:
         self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps)
         self._skip: deque[str] = deque()
         self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
+        #: Commands acted on; their new status may not be on disk yet when the store is next read.
+        self._handled: set[str] = set()
         self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
         self.stopped = threading.Event()  # the executor is gone for good
         self._lost = False
@@ -109,13 +111,19 @@ class Executor:
                 self._set_run("executing")
             last_renew = time.monotonic()
             while not self.stopped.is_set():
+                with self.cond:  # read under the lock: a final state here is already durable
+                    finished = self.view.run["state"] in ("completed", "cancelled")
                 for cmd in self.store.pending_commands(self.run_id):
                     with self.cond:
                         self._apply_command(cmd)
+                if finished:
+                    # Every command the store accepted came before the final state, so the
+                    # read above saw it (and refused it): none is left waiting. Only now
+                    # may the lease go, or those refusals would not be written.
+                    self.store.journal.submit(self._release(), wait=True)
+                    break
                 with self.cond:
                     self._settle()
-                    if self.view.run["state"] in ("completed", "cancelled"):
-                        break
                     self.cond.wait(COMMAND_POLL_S)
                 if self.run_id in self.store.journal.refused:
                     raise self.store.journal.refused[self.run_id]
@@ -162,7 +170,9 @@ class Executor:
         with self.cond:
             self._record(etype, data)
 
-    def _record(self, etype: str, data: dict, command: Optional[tuple] = None) -> None:
+    def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
+                durable: bool = False) -> None:
+        """Apply an event to the view and queue it for commit (``durable``: wait for it)."""
         if self._lost:
             return
         view = self.view
@@ -170,15 +180,16 @@ class Executor:
         node = view.apply(ev)
         self.store.journal.submit(Commit(
             self.run_id, [ev], dict(view.run), {node: dict(view.nodes[node])} if node else {},
-            [command] if command else [], self.lease.owner))
+            [command] if command else [], self.lease.owner), wait=durable)
 
     def _set_run(self, new: str, command: Optional[tuple] = None, **extra) -> None:
         old = self.view.run["state"]
         states.check_workflow(old, new, f"workflow {self.run_id}")
         data = {"old_state": old, "new_state": new, **{k: v for k, v in extra.items() if v is not None}}
-        self._record(states.workflow_event_type(old, new), data, command)
+        # Durable before anything else happens: whoever reads the store (a command's
+        # legality check, run.state) must never see the run behind its own steps.
+        self._record(states.workflow_event_type(old, new), data, command, durable=True)
         if new in states.SETTLED_WORKFLOW_STATES:
-            self.store.journal.flush()
             self.settled.set()
         else:
             self.settled.clear()
@@ -221,24 +232,31 @@ class Executor:
                         self._set_node(nid, "cancelled", reason="run cancelled")
             if not (counts["running"] or counts["paused"] or counts["waiting_approval"]):
                 self._set_run("cancelled")
-                self.store.journal.submit(self._release(), wait=True)
             return
         if run_state == "pausing":
-            if not counts["running"]:
+            if counts["running"]:
+                return
+            if counts["pending"] or counts["retrying"] or counts["paused"] or counts["waiting_approval"]:
                 self._set_run("paused")
+                return
+            # Nothing is left to pause: the run ends as it would have (below).
+        elif run_state not in ("executing", "waiting_approval"):
             return
-        if run_state not in ("executing", "waiting_approval"):
-            return
+        # A node is marked running only when a worker thread is free to run it: "running"
+        # then means running, and a pause or cancel stops every node not yet started.
+        free = self.width - sum(counts[s] for s in states.ACTIVE_NODE_STATES)
         if self.retry_at:
             now = time.monotonic()
             for nid, at in list(self.retry_at.items()):
-                if at <= now and self._status(nid) == "retrying":
+                if free > 0 and at <= now and self._status(nid) == "retrying":
                     del self.retry_at[nid]
                     self._dispatch(nid)
-        while self._ready:
+                    free -= 1
+        while self._ready and free > 0:
             nid = self._ready.popleft()
             if self._status(nid) == "pending":
                 self._dispatch(nid)
+                free -= 1
         if counts["running"] or counts["retrying"] or counts["paused"]:
             if self.view.run["state"] == "waiting_approval":
                 self._set_run("executing")
@@ -254,7 +272,6 @@ class Executor:
             self._set_run("failed", reason="step_failed", failed_nodes=failed)
         else:
             self._set_run("completed")
-            self.store.journal.submit(self._release(), wait=True)
 
     def _after_node(self, node_id: str, new: str) -> None:
         """Push the consequences of a node transition to its dependents."""
@@ -371,6 +388,9 @@ class Executor:
 
     def _apply_command(self, cmd: dict) -> None:
         cid, action, node_id = cmd["command_id"], cmd["action"], cmd["node_id"]
+        if cid in self._handled:
+            return
+        self._handled.add(cid)
         try:
             if node_id is not None and node_id not in self.view.nodes:
                 raise CommandRejected(f"run {self.run_id} has no node {node_id!r}", "unknown_node")
@@ -378,10 +398,10 @@ class Executor:
             node_id = check_command(self.view.run, status, action, node_id)
             getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
         except CommandRejected as exc:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), self.view.run["state"])],
+            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         else:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, self.view.run["state"])],
+            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, None, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         self._settle()
 
@@ -438,9 +458,13 @@ def _preview(result: Any) -> Optional[str]:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
-@atexit.register
 def _abandon_all() -> None:
-    """At interpreter exit, record at once that this process's unfinished runs are lost."""
+    """At interpreter exit, record at once that this process's unfinished runs are lost.
+
+    Registered with threading's exit hooks, which run *before* the thread pools join
+    their workers (and in reverse order of registration): a step waiting at a
+    checkpoint is then released with ``Cancelled`` instead of keeping the process alive.
+    """
     for ex in list(_executors.values()):
         with ex.cond:
             if not ex.stopped.is_set():
@@ -448,3 +472,10 @@ def _abandon_all() -> None:
                     ex._abandon("executor_lost", "the process that ran this workflow exited")
                 except EngineError:
                     pass
+            ex._lost = True  # whatever the workers do from now on is not recorded
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_abandon_all)
+else:  # pragma: no cover - other Pythons
+    atexit.register(_abandon_all)

@@ -14,7 +14,17 @@ from .store.base import EventList, Store, new_command_id
 #: How long a command call waits for the executor to act on it.
 COMMAND_TIMEOUT_S = 30.0
 
-_ERRORS = {"unknown_run": UnknownRun, "unknown_node": UnknownNode, "executor_lost": ExecutorLost}
+
+
+def _refusal(run_id: str, node_id: Optional[str], code: Optional[str], message: str) -> Exception:
+    """The exception for a refused command, by the refusal's code."""
+    if code == "unknown_run":
+        return UnknownRun(run_id)
+    if code == "unknown_node":
+        return UnknownNode(run_id, node_id or "")
+    if code == "executor_lost":
+        return ExecutorLost(message)
+    return CommandRejected(message, code or "command_rejected")
 
 
 class Run:
@@ -110,14 +120,7 @@ class Run:
         command_id = command_id or new_command_id()
         ack = self.store.submit_command(self.id, action, node_id, payload, command_id)
         if not ack["ok"]:
-            code = ack.get("code", "command_rejected")
-            err = _ERRORS.get(code)
-            if err is UnknownRun:
-                raise UnknownRun(self.id)
-            if err is UnknownNode:
-                raise UnknownNode(self.id, node_id or "")
-            raise (err or CommandRejected)(ack["error"], code) if err is not ExecutorLost \
-                else ExecutorLost(ack["error"])
+            raise _refusal(self.id, node_id, ack.get("code"), ack["error"])
         ex = local_executor(self.id)
         if ex is not None:
             ex.wake()
@@ -127,11 +130,25 @@ class Run:
             if status and status["status"] == "applied":
                 return {**ack, "state": status["state"]}
             if status and status["status"] == "rejected":
-                raise CommandRejected(status["error"] or "rejected")
+                raise _refusal(self.id, node_id, status["code"], status["error"] or "rejected")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the executor of run {self.id} did not act on {action} "
                                    f"within {timeout} s")
             time.sleep(0.005)
+
+    def widget(self):
+        """The run's live notebook widget (needs cmbagent_jupyter's widget dependencies)."""
+        from cmbagent_jupyter.widget import RunWidget
+
+        return RunWidget(run=self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """In a notebook, a run displays as its live widget."""
+        try:
+            widget = self.widget()
+        except ImportError:
+            return {"text/plain": repr(self)}
+        return widget._repr_mimebundle_(include=include, exclude=exclude)
 
     def __repr__(self) -> str:
         try:

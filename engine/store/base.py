@@ -91,7 +91,9 @@ class Commit:
     events: list[dict] = field(default_factory=list)
     run_doc: Optional[dict] = None
     nodes: dict[str, dict] = field(default_factory=dict)
-    commands: list[tuple[str, str, Optional[str], Optional[str]]] = field(default_factory=list)
+    #: (command_id, status, error, code, state) of commands this commit settles.
+    commands: list[tuple[str, str, Optional[str], Optional[str], Optional[str]]] = field(
+        default_factory=list)
     lease_owner: Optional[str] = None
     release_lease: bool = False
     future: Optional[Future] = None
@@ -321,7 +323,7 @@ class Store(ABC):
 
     @abstractmethod
     def command_status(self, command_id: str) -> Optional[dict]:
-        """``{status: pending|applied|rejected, error, state}`` of a stored command."""
+        """``{status: pending|applied|rejected, error, code, state}`` of a stored command."""
 
     # -- leases --------------------------------------------------------------------------------
 

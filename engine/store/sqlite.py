@@ -19,6 +19,7 @@ import orjson
 from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
 from ..events import now_iso
 from ..snapshot import RunView
+from ..states import SETTLED_WORKFLOW_STATES
 from .base import (
     LEASE_TTL_S,
     Commit,
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS commands(
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     command_id TEXT NOT NULL UNIQUE, run_id TEXT NOT NULL, action TEXT NOT NULL,
     node_id TEXT, payload TEXT, ack TEXT NOT NULL,
-    status TEXT NOT NULL, error TEXT, state TEXT,
+    status TEXT NOT NULL, error TEXT, code TEXT, state TEXT,
     created_at TEXT NOT NULL, applied_at TEXT);
 CREATE INDEX IF NOT EXISTS commands_pending ON commands(run_id, status);
 CREATE TABLE IF NOT EXISTS approvals(
@@ -254,7 +255,7 @@ class SQLiteStore(Store):
                 return failures
             for cm in commits:
                 self._apply(c, cm)
-        self._maybe_trim()
+        self._maybe_trim(commits)
         return []
 
     def _apply(self, c: sqlite3.Connection, cm: Commit) -> None:
@@ -262,7 +263,7 @@ class SQLiteStore(Store):
             self._write_events(c, cm.run_id, cm.events)
         if cm.nodes:
             self._write_nodes(c, cm.run_id, cm.nodes.values())
-        if cm.run_doc is not None or cm.events:
+        if cm.run_doc is not None or cm.events or cm.release_lease:
             sets, args = [], []
             if cm.run_doc is not None:
                 sets += ["doc=?", "state=?"]
@@ -275,8 +276,9 @@ class SQLiteStore(Store):
             c.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*args, cm.run_id))
         if cm.commands:
             ts = now_iso()
-            c.executemany("UPDATE commands SET status=?, error=?, state=?, applied_at=? WHERE command_id=?",
-                          [(st, err, state, ts, cid) for cid, st, err, state in cm.commands])
+            c.executemany(
+                "UPDATE commands SET status=?, error=?, code=?, state=?, applied_at=? WHERE command_id=?",
+                [(st, err, code, state, ts, cid) for cid, st, err, code, state in cm.commands])
 
     def _write_events(self, c: sqlite3.Connection, run_id: str, events: list[dict]) -> None:
         c.executemany(
@@ -308,8 +310,14 @@ class SQLiteStore(Store):
 
     # -- retention ------------------------------------------------------------------------------
 
-    def _maybe_trim(self) -> None:
-        if (self.max_events_per_run or self.max_event_age_s) and time.time() - self._last_trim > 1.0:
+    def _maybe_trim(self, commits: list[Commit]) -> None:
+        # At most once a second, and whenever a run settles: a run that finished within
+        # the second would otherwise keep its excess events until the next write.
+        if not (self.max_events_per_run or self.max_event_age_s):
+            return
+        settled = any(cm.run_doc is not None and cm.run_doc["state"] in SETTLED_WORKFLOW_STATES
+                      for cm in commits)
+        if settled or time.time() - self._last_trim > 1.0:
             self._last_trim = time.time()
             self.trim()
 
@@ -384,9 +392,10 @@ class SQLiteStore(Store):
                 for r in rows]
 
     def command_status(self, command_id: str) -> Optional[dict]:
-        row = self._conn().execute("SELECT status, error, state FROM commands WHERE command_id=?",
+        row = self._conn().execute("SELECT status, error, code, state FROM commands WHERE command_id=?",
                                    (command_id,)).fetchone()
-        return None if row is None else {"status": row[0], "error": row[1], "state": row[2]}
+        return None if row is None else {"status": row[0], "error": row[1], "code": row[2],
+                                         "state": row[3]}
 
     # -- leases -----------------------------------------------------------------------------------
 
@@ -415,14 +424,16 @@ class SQLiteStore(Store):
         """Record, inside the caller's transaction, that the run's executor is gone."""
         message = ("the process that ran this workflow is gone (executor_lost); "
                    "step code lives in that process, so the run cannot continue")
-        if view.run["state"] in ("completed", "cancelled"):
+        if view.run["state"] in ("completed", "cancelled") or view.run["reason"] == "executor_lost":
+            # Nothing (more) to record: the run is final, or its loss is already on record.
             c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
                       " lease_expires=NULL WHERE id=?", (view.run["id"],))
             return message
         events, touched = record(view, lost_run_events(view, "executor_lost", message))
         self._apply(c, Commit(view.run["id"], events, view.run,
                               {n: view.nodes[n] for n in touched}, release_lease=True))
-        c.execute("UPDATE commands SET status='rejected', error=? WHERE run_id=? AND status='pending'",
+        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=?"
+                  " WHERE run_id=? AND status='pending'",
                   (message, view.run["id"]))
         return message
 

@@ -146,7 +146,7 @@ class Run:
         """In a notebook, a run displays as its live widget."""
         try:
             widget = self.widget()
-        except ImportError:
+        except (ImportError, OSError):  # no widget support (or its assets) installed here
             return {"text/plain": repr(self)}
         return widget._repr_mimebundle_(include=include, exclude=exclude)
 

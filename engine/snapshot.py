@@ -221,9 +221,8 @@ class RunView:
         ]
 
     def _error(self, d: dict, ts: str) -> Optional[str]:
+        # The run's reason stays what it was (e.g. step_failed): the error is an extra fact.
         self.run["last_error"] = {"code": d["code"], "message": d["message"], "timestamp": ts}
-        if d["code"] == "executor_lost":
-            self.run["reason"] = "executor_lost"
         return d.get("node_id")
 
     # -- reading -----------------------------------------------------------------------

@@ -61,9 +61,11 @@ def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Itera
                 f"dependencies {list(deps)} and has no default"
             )
     doc = inspect.getdoc(fn) or ""
+    # A **kwargs parameter takes every dependency's result (deps known only at run time).
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     return Step(step_id, fn, deps, retries, retry_delay, label,
                 description if description is not None else doc.split("\n\n")[0], wants_ctx,
-                tuple(d for d in deps if d in params))
+                tuple(d for d in deps if takes_all or d in params))
 
 
 class Workflow:

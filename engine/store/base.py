@@ -198,6 +198,11 @@ def lost_run_events(view: RunView, reason: str, message: str) -> list[tuple[str,
     return out
 
 
+def executor_lost(run_doc: dict) -> bool:
+    """Is the loss of this run's executor already on record?"""
+    return run_doc["reason"] == "executor_lost" or (run_doc["last_error"] or {}).get("code") == "executor_lost"
+
+
 def record(view: RunView, items: list[tuple[str, dict]]) -> tuple[list[dict], set[str]]:
     """Turn (event_type, data) pairs into envelopes and apply them to ``view``."""
     events, touched = [], set()

@@ -26,13 +26,20 @@ from .base import (
     Lease,
     Store,
     check_command,
+    executor_lost,
     lease_is_dead,
     lost_run_events,
     new_command_id,
     record,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Statements that bring a store from version N to N + 1, applied in one transaction
+#: with the version bump: a store is never half-migrated.
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE commands ADD COLUMN code TEXT"],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,19 +114,26 @@ class SQLiteStore(Store):
         return conn
 
     def _init_schema(self) -> None:
+        """Create a new store, upgrade an older one in place, or refuse a newer one."""
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            version = int(row[0]) if row else None
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path} was written by a newer cmbagent-jupyter (schema {row[0]}, "
-                    f"this one reads {SCHEMA_VERSION}); upgrade cmbagent-jupyter")
+                    f"{self.path} was written by a newer cmbagent-jupyter (schema {version}, "
+                    f"this one reads up to {SCHEMA_VERSION}); upgrade cmbagent-jupyter")
+            if version is None:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            else:
+                for v in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[v]:
+                        conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             if conn.in_transaction:
@@ -424,7 +438,7 @@ class SQLiteStore(Store):
         """Record, inside the caller's transaction, that the run's executor is gone."""
         message = ("the process that ran this workflow is gone (executor_lost); "
                    "step code lives in that process, so the run cannot continue")
-        if view.run["state"] in ("completed", "cancelled") or view.run["reason"] == "executor_lost":
+        if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
             # Nothing (more) to record: the run is final, or its loss is already on record.
             c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
                       " lease_expires=NULL WHERE id=?", (view.run["id"],))

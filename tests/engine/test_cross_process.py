@@ -409,7 +409,9 @@ def test_a_process_exiting_marks_its_unfinished_runs_lost(store, store_path, tmp
             failed.retry("boom")
     [lost] = of_type(check_log(failed), "error_occurred")
     assert lost["data"]["code"] == "executor_lost"
-    assert failed.snapshot()["run"]["reason"] == "executor_lost"
+    run_doc = failed.snapshot()["run"]
+    assert run_doc["reason"] == "step_failed"  # the real failure is not hidden...
+    assert run_doc["last_error"]["code"] == "executor_lost"  # ...by the later loss
 
 
 EXITING_AT_CHECKPOINT = """

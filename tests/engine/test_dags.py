@@ -214,3 +214,17 @@ def test_planner_adds_steps_at_run_time(store):
     assert {"source": "part_2", "target": "combine"} in snap["edges"]
     assert snap["layout"]["generations"] == [
         ["planner", "part_0", "part_1", "part_2"], ["report", "double"], ["combine"]]
+
+
+def test_a_kwargs_step_receives_every_dependency_result(store):
+    """The planner pattern: a combine step whose inputs are only known at run time."""
+    wf = Workflow("combine")
+
+    @wf.step()
+    def plan(ctx):
+        names = [ctx.add_step(lambda i=i: i * i, name=f"square_{i}") for i in range(4)]
+        ctx.add_step(lambda **results: sorted(results.items()), deps=names, name="combine")
+
+    run = wf.run(store=store, timeout=30)
+    assert run.state == "completed"
+    assert run.result("combine") == [("square_0", 0), ("square_1", 1), ("square_2", 4), ("square_3", 9)]

@@ -32,6 +32,8 @@ from .workflow import Step, Workflow
 
 #: How often an idle executor looks for commands written by other processes.
 COMMAND_POLL_S = 0.02
+#: Recorded events waiting for the journal before step code has to wait (bounds memory).
+OUTBOX_LIMIT = 2_000
 PREVIEW_CHARS = 200
 
 _executors: dict[str, "Executor"] = {}
@@ -90,6 +92,12 @@ class Executor:
         self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
         self.stopped = threading.Event()  # the executor is gone for good
         self._lost = False
+        # Recorded events not yet handed to the journal (see _record / drain).
+        self._outbox = threading.Condition(threading.Lock())
+        self._out_events: list[dict] = []
+        self._out_nodes: set[str] = set()
+        self._out_commands: list[tuple] = []
+        self._pull_queued = False
         self._thread = threading.Thread(target=self._main, name=f"cmbagent-run-{self.run_id[:8]}",
                                         daemon=True)
 
@@ -172,15 +180,41 @@ class Executor:
 
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
                 durable: bool = False) -> None:
-        """Apply an event to the view and queue it for commit (``durable``: wait for it)."""
+        """Apply an event to the view and put it in the outbox (``durable``: wait for commit).
+
+        The outbox is drained by the journal's writer thread, which copies the run's
+        and the touched nodes' documents once per batch, not once per event.
+        """
         if self._lost:
             return
-        view = self.view
-        ev = new_event(self.run_id, view.seq + 1, etype, data)
-        node = view.apply(ev)
-        self.store.journal.submit(Commit(
-            self.run_id, [ev], dict(view.run), {node: dict(view.nodes[node])} if node else {},
-            [command] if command else [], self.lease.owner), wait=durable)
+        with self._outbox:
+            while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
+                self._outbox.wait()
+            ev = new_event(self.run_id, self.view.seq + 1, etype, data)
+            node = self.view.apply(ev)
+            self._out_events.append(ev)
+            if node:
+                self._out_nodes.add(node)
+            if command:
+                self._out_commands.append(command)
+            wake = not self._pull_queued
+            self._pull_queued = True
+        if durable:
+            self.store.journal.submit(_Pull(self), wait=True)
+        elif wake:
+            self.store.journal.submit(_Pull(self))
+
+    def drain(self) -> Commit:
+        """Everything recorded so far, as one commit (called by the journal's writer)."""
+        with self._outbox:
+            view = self.view
+            commit = Commit(self.run_id, self._out_events, dict(view.run),
+                            {n: dict(view.nodes[n]) for n in self._out_nodes},
+                            self._out_commands, self.lease.owner)
+            self._out_events, self._out_nodes, self._out_commands = [], set(), []
+            self._pull_queued = False
+            self._outbox.notify_all()
+            return commit
 
     def _set_run(self, new: str, command: Optional[tuple] = None, **extra) -> None:
         old = self.view.run["state"]
@@ -446,6 +480,20 @@ class Executor:
 
     def _do_reject(self, cid: str, node_id: str, payload: dict) -> None:
         self._do_approve(cid, node_id, payload, approved=False)
+
+
+class _Pull:
+    """A journal item that drains an executor's outbox when the writer reaches it."""
+
+    __slots__ = ("executor", "run_id", "future")
+
+    def __init__(self, executor: "Executor"):
+        self.executor = executor
+        self.run_id = executor.run_id
+        self.future = None
+
+    def drain(self) -> Commit:
+        return self.executor.drain()
 
 
 def _preview(result: Any) -> Optional[str]:

@@ -15,8 +15,8 @@ from typing import Optional
 
 from .store.base import Commit
 
-#: Items queued before ``submit`` blocks: bounds memory when steps outpace the disk.
-QUEUE_LIMIT = 10_000
+#: Items queued before ``submit`` blocks: bounds memory when writers outpace the disk.
+QUEUE_LIMIT = 2_000
 #: Items merged into one transaction at most.
 BATCH_LIMIT = 2_000
 
@@ -34,8 +34,9 @@ class Journal:
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
-    def submit(self, commit: Commit, wait: bool = False) -> Future:
-        """Queue a commit; with ``wait``, block until it is durable (or refused)."""
+    def submit(self, commit, wait: bool = False) -> Future:
+        """Queue a Commit (or an executor's outbox pull, which has ``drain()``); with
+        ``wait``, block until it is durable (or refused)."""
         if wait and commit.future is None:
             commit.future = Future()
         self._queue.put(commit)
@@ -73,11 +74,14 @@ class Journal:
     def _write(self, batch: list[Commit]) -> None:
         merged: dict[str, Commit] = {}
         futures: dict[str, list[Future]] = {}
-        for c in batch:
-            if c.future is not None:
-                futures.setdefault(c.run_id, []).append(c.future)
-            if not c.run_id:
+        for item in batch:
+            if item.future is not None:
+                futures.setdefault(item.run_id, []).append(item.future)
+            if not item.run_id:
                 continue  # a flush marker
+            # An executor's outbox is drained here, in queue order: what it holds was
+            # recorded before anything queued after this item.
+            c = item.drain() if hasattr(item, "drain") else item
             if c.run_id in merged:
                 merged[c.run_id].merge(c)
             else:

@@ -83,24 +83,20 @@ FINAL_NODE_STATES = frozenset({N.completed, N.skipped, N.cancelled, N.failed})
 ACTIVE_NODE_STATES = frozenset({N.running, N.paused, N.waiting_approval})
 
 
+# The tables as plain string pairs: checking a transition is one set lookup.
+_WORKFLOW_PAIRS = frozenset((a.value, b.value) for a, bs in WORKFLOW_TRANSITIONS.items() for b in bs)
+_NODE_PAIRS = frozenset((a.value, b.value) for a, bs in NODE_TRANSITIONS.items() for b in bs)
+
+
 def check_workflow(old: str, new: str, entity: str = "workflow") -> None:
     """Raise IllegalTransition unless ``old -> new`` is in the workflow table."""
-    try:
-        allowed = WORKFLOW_TRANSITIONS[W(old)]
-        ok = W(new) in allowed
-    except ValueError:
-        ok = False
-    if not ok:
+    if (str(old), str(new)) not in _WORKFLOW_PAIRS:
         raise IllegalTransition(entity, old, new)
 
 
 def check_node(old: str, new: str, entity: str = "node") -> None:
     """Raise IllegalTransition unless ``old -> new`` is in the node table."""
-    try:
-        ok = N(new) in NODE_TRANSITIONS[N(old)]
-    except ValueError:
-        ok = False
-    if not ok:
+    if (str(old), str(new)) not in _NODE_PAIRS:
         raise IllegalTransition(entity, old, new)
 
 
@@ -119,20 +115,20 @@ def workflow_event_type(old: str, new: str) -> str:
     }.get(new, "workflow_state_changed")
 
 
+_NODE_EVENTS = {"completed": "step_completed", "failed": "step_failed",
+                "retrying": "step_retry_started"}
+
+
 def node_event_type(old: str, new: str) -> str:
     """The one event a node transition records.
 
     ``step_started`` marks the start of an attempt (from pending or retrying); a node
     going back to running after a pause or an approval is a status change.
     """
-    new = N(new)
-    if new is N.running:
-        return "step_started" if N(old) in (N.pending, N.retrying) else "dag_node_status_changed"
-    return {
-        N.completed: "step_completed",
-        N.failed: "step_failed",
-        N.retrying: "step_retry_started",
-    }.get(new, "dag_node_status_changed")
+    new, old = str(new), str(old)
+    if new == "running":
+        return "step_started" if old in ("pending", "retrying") else "dag_node_status_changed"
+    return _NODE_EVENTS.get(new, "dag_node_status_changed")
 
 
 # -- commands ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import orjson
@@ -75,7 +76,9 @@ class EventsHandler(_Base):
         if after < first - 1:
             raise web.HTTPError(410, f"events up to seq {first - 1} were trimmed; "
                                      f"GET the run's snapshot and continue from its seq")
-        rows = self.app.store.event_rows(run_id, after, limit)
+        # a cursor at or past the end has nothing to read (and one past 2**63 - 1 would
+        # overflow SQLite's INTEGER: a 500 instead of an empty page)
+        rows = self.app.store.event_rows(run_id, after, limit) if after < last else []
         rid = orjson.dumps(run_id)
         body = b"".join((b'{"run_id":', rid, b',"first_seq":', str(first).encode(), b',"last_seq":',
                          str(last).encode(), b',"events":[',
@@ -153,7 +156,8 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
         self.session = Session(app.store, server_id=app.server_id,
                                heartbeat_interval=app.heartbeat_interval,
                                watcher=hub.watcher(self), buffer_cap=app.client_buffer_bytes,
-                               run_filter=lambda doc: app.visible(doc, user))
+                               run_filter=lambda doc: app.visible(doc, user),
+                               root_dir=os.path.abspath(os.path.expanduser(app.serverapp.root_dir)))
         self._pump_scheduled = False
         self.session.hello()
         self._flush()
@@ -162,7 +166,13 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
         session = self.session
         session.receive(message)
         while session.pending_commands:
-            ack = await self.extensionapp.submit(session.pending_commands.popleft())
+            cmd = session.pending_commands.popleft()
+            try:
+                ack = await self.extensionapp.submit(cmd)
+            except Exception:  # the store failed: refuse the command, keep the socket
+                self.log.exception("cmbagent: recording command %s failed", cmd.command_id)
+                ack = {"command_id": cmd.command_id, "ok": False, "code": "internal",
+                       "error": "the server could not record this command; see its log"}
             session.command_done(ack)
         self.pump()
 
@@ -191,9 +201,13 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
             except WebSocketClosedError:
                 return
             size = len(frame)
-            fut.add_done_callback(lambda f, n=size: self._written(n))
+            fut.add_done_callback(lambda f, n=size: self._written(n, f))
 
-    def _written(self, nbytes: int) -> None:
+    def _written(self, nbytes: int, fut=None) -> None:
+        if fut is not None and not fut.cancelled():
+            # A write fails when the client is gone (on_close cleans up): take the error,
+            # or asyncio logs "Task exception was never retrieved" for every dropped client.
+            fut.exception()
         session = self.session
         session.written(nbytes)
         if session.overflowed and session.in_flight <= session.buffer_cap // 4 and self.ws_connection:

@@ -125,4 +125,7 @@ class EventHub:
                 conn.session.notify_runs(docs)
                 woken.add(conn)
         for conn in woken:
-            conn.pump(cache)
+            try:
+                conn.pump(cache)
+            except Exception:  # one connection's failure must not starve the others
+                log.exception("cmbagent hub: delivering to a connection failed")

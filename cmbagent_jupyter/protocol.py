@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from engine.events import AnyEvent
 from engine.snapshot import EdgeInfo, Layout, NodeInfo, RunInfo
@@ -24,8 +25,17 @@ ERROR_CODES = ("bad_json", "bad_frame", "unknown_type", "invalid", "unknown_run"
                "internal")
 
 
+#: An integer every JSON encoder can write and a JavaScript client can hold exactly.
+SafeInt = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
+
+
+def _require_type(schema: dict) -> None:
+    # ``type`` has a default for convenience in Python, but every frame carries it.
+    schema["required"] = ["type", *[r for r in schema.get("required", []) if r != "type"]]
+
+
 class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_require_type)
 
 
 # -- server -> client -----------------------------------------------------------------
@@ -36,6 +46,8 @@ class Hello(_Msg):
     protocol: int = PROTOCOL_VERSION
     server_id: str
     heartbeat_interval: float = Field(description="Seconds between client pings")
+    root_dir: Optional[str] = Field(None, description="The Jupyter server's root directory: files "
+                                                      "under it are served by its /files/ route")
 
 
 class SnapshotMsg(_Msg):
@@ -82,7 +94,7 @@ class Ack(_Msg):
 
 class Pong(_Msg):
     type: Literal["pong"] = "pong"
-    id: Union[str, int, None] = None
+    id: Union[str, SafeInt, None] = None
     server_time: str
 
 
@@ -127,7 +139,7 @@ class UnsubscribeRuns(_Msg):
 
 class Ping(_Msg):
     type: Literal["ping"] = "ping"
-    id: Union[str, int, None] = None
+    id: Union[str, SafeInt, None] = None
 
 
 class RequestState(_Msg):
@@ -142,6 +154,16 @@ class Command(_Msg):
     action: Literal[COMMAND_ACTIONS]  # type: ignore[valid-type]
     node_id: Optional[str] = None
     payload: Optional[dict[str, Any]] = None
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, payload):
+        # The store writes the payload as JSON: no integers beyond 64 bits, no deep nesting.
+        try:
+            orjson.dumps(payload)
+        except TypeError as exc:
+            raise ValueError(f"payload cannot be stored as JSON: {exc}") from None
+        return payload
 
 
 ClientMessage = Annotated[
@@ -188,6 +210,8 @@ def parse_client_frame(raw: str | bytes) -> BaseModel:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError("bad_json", f"frame is not valid JSON: {exc}") from None
+    except RecursionError:  # deeply nested arrays/objects: json's decoder recurses
+        raise FrameError("bad_json", "frame is nested too deeply") from None
     if not isinstance(obj, dict):
         raise FrameError("bad_frame", f"frame must be a JSON object, not {type(obj).__name__}")
     ftype = obj.get("type")

@@ -15,6 +15,7 @@ store but never touches a socket, so tests drive it directly. The rules it keeps
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional, Protocol
@@ -26,6 +27,8 @@ from engine.events import now_iso
 from engine.store.base import Store, envelope_json
 
 from .protocol import PROTOCOL_VERSION, Command, FrameError, parse_client_frame
+
+log = logging.getLogger(__name__)
 
 #: Events per ``events`` frame at most.
 MAX_EVENTS_PER_FRAME = 5000
@@ -84,8 +87,9 @@ class RowCache:
 class Session:
     def __init__(self, store: Store, *, server_id: str, heartbeat_interval: float,
                  watcher: Optional[Watcher] = None, buffer_cap: int = 16 * 2**20,
-                 run_filter=None):
+                 run_filter=None, root_dir: Optional[str] = None):
         self.store = store
+        self.root_dir = root_dir
         self.server_id = server_id
         self.heartbeat_interval = heartbeat_interval
         self.watcher = watcher or _NoWatcher()
@@ -97,6 +101,7 @@ class Session:
         self.pending_commands: deque[Command] = deque()
         self.in_flight = 0  # bytes handed to the socket, not yet written out
         self.overflowed = False
+        self._runs_stale = False  # the run list changed while overflowed
         self._out: deque[tuple[bytes, bool]] = deque()  # (frame, is_events)
         self._queued = 0
 
@@ -125,8 +130,11 @@ class Session:
     # -- input -----------------------------------------------------------------------------
 
     def hello(self) -> None:
-        self._send({"type": "hello", "protocol": PROTOCOL_VERSION, "server_id": self.server_id,
-                    "heartbeat_interval": self.heartbeat_interval})
+        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "server_id": self.server_id,
+                 "heartbeat_interval": self.heartbeat_interval}
+        if self.root_dir is not None:
+            hello["root_dir"] = self.root_dir
+        self._send(hello)
 
     def receive(self, raw: str | bytes) -> None:
         """Handle one client frame; its answer is queued (commands: see ``pending_commands``)."""
@@ -135,6 +143,10 @@ class Session:
             getattr(self, f"_on_{msg.type}")(msg)
         except FrameError as exc:
             self._send(exc.frame())
+        except Exception:  # a bug must not cost the client its socket (tornado would abort it)
+            log.exception("cmbagent session: handling a client frame failed")
+            self._send({"type": "error", "code": "internal",
+                        "message": "the server failed to handle this frame; see its log"})
 
     def _on_ping(self, msg) -> None:
         self._send({"type": "pong", "id": msg.id, "server_time": now_iso()})
@@ -170,6 +182,9 @@ class Session:
     def _on_subscribe_runs(self, msg) -> None:
         self.watching_runs = True
         self.watcher.watch_runs(True)
+        self._send_runs()
+
+    def _send_runs(self) -> None:
         runs = [r for r in self.store.runs() if self._visible(r)]
         self._send(b'{"type":"runs","runs":' + orjson.dumps(runs) + b"}")
 
@@ -215,10 +230,14 @@ class Session:
             sub.target = last_seq
 
     def notify_runs(self, docs: list[dict]) -> None:
-        if self.watching_runs:
-            for doc in docs:
-                if self._visible(doc):
-                    self._send(b'{"type":"run_changed","run":' + orjson.dumps(doc) + b"}")
+        if not self.watching_runs:
+            return
+        if self.overflowed:
+            self._runs_stale = True  # sent whole once the client has drained
+            return
+        for doc in docs:
+            if self._visible(doc):
+                self._send(b'{"type":"run_changed","run":' + orjson.dumps(doc) + b"}", events=True)
 
     def behind(self) -> bool:
         """True while some subscription has events (or a reset) still to send."""
@@ -230,6 +249,9 @@ class Session:
             if self.in_flight > self.buffer_cap // 4:
                 return False  # wait for the socket to drain
             self.overflowed = False
+            if self._runs_stale:
+                self._runs_stale = False
+                self._send_runs()
         for run_id, sub in list(self.subs.items()):
             if budget <= 0:
                 break
@@ -238,9 +260,10 @@ class Session:
                 continue
             while sub.cursor < sub.target and budget > 0:
                 upto = min(sub.target, sub.cursor + min(budget, MAX_EVENTS_PER_FRAME))
-                frame = self._frame_for(run_id, sub, upto, cache)
-                if frame is None:
+                got = self._frame_for(run_id, sub, upto, cache)
+                if got is None:
                     break  # reset queued instead
+                frame, upto = got  # upto: the last seq the frame really holds
                 budget -= upto - sub.cursor
                 sub.cursor = upto
                 self._send(frame, events=True)
@@ -249,10 +272,12 @@ class Session:
                     return False
         return self.behind()
 
-    def _frame_for(self, run_id: str, sub: _Sub, upto: int, cache: Optional[RowCache]) -> Optional[bytes]:
+    def _frame_for(self, run_id: str, sub: _Sub, upto: int,
+                   cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
+        """The events frame for ``(cursor, upto]`` and the seq it really ends at."""
         key = (run_id, sub.cursor, upto)
         if cache is not None and key in cache.frames:
-            return cache.frames[key]
+            return cache.frames[key], upto
         rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
         if rows is None:
             raw = self.store.event_rows(run_id, sub.cursor, upto - sub.cursor)
@@ -267,7 +292,7 @@ class Session:
         frame = self._events_frame(run_id, rows)
         if cache is not None:
             cache.frames[key] = frame
-        return frame
+        return frame, upto
 
     @staticmethod
     def _events_frame(run_id: str, rows: list[bytes]) -> bytes:
@@ -280,6 +305,7 @@ class Session:
         self._queued = sum(len(f) for f, _ in kept)
         self._out = kept
         self.overflowed = True
+        self._runs_stale = self.watching_runs
         for sub in self.subs.values():
             sub.reset = "slow_consumer"
 

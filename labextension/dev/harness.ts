@@ -1,0 +1,163 @@
+// The run view without Jupyter: a fake server plays a scripted run through the real
+// follower and reducer. URL parameters:
+//   ?scenario=cmb (default) | ?nodes=2000   what to play
+//   &fail=1          camb_neff fails for good (retry it from the detail pane)
+//   &autoapprove=1   the fit approves itself
+//   &theme=dark      JupyterLab dark theme variables (theme=none: no --jp-* variables at all)
+//   &layout=panel    fill the window like the main-area panel (default: a ~900 px notebook cell)
+//   &kind=comm       pretend to be the kernel-comm fallback
+//   &speed=2         play faster
+//   &executor_lost=1 the executor dies after a few seconds
+import { FakeExecutor, FakeServer, FakeTransport } from './fake';
+import { bigSteps, cmbSteps } from './scenarios';
+import { RunView } from '../src/runview';
+
+const params = new URLSearchParams(location.search);
+const big = Number(params.get('nodes') || 0);
+const speed = Number(params.get('speed') || 1);
+// light | dark (JupyterLab's variables) | none (no --jp-* variables: VS Code, Colab)
+const theme = ['dark', 'none'].includes(params.get('theme') ?? '') ? params.get('theme')! : 'light';
+const panel = params.get('layout') === 'panel';
+
+document.documentElement.dataset.theme = theme;
+if (theme !== 'none') document.body.dataset.jpThemeLight = String(theme === 'light');
+document.body.classList.toggle('panel-layout', panel);
+
+const ROOT = '/home/user/cmb/';
+
+/** A TT power spectrum drawn on a canvas, as the "plot" file's image. */
+function spectrumPng(): string {
+  const c = document.createElement('canvas');
+  c.width = 600;
+  c.height = 340;
+  const g = c.getContext('2d')!;
+  g.fillStyle = '#fff';
+  g.fillRect(0, 0, c.width, c.height);
+  g.strokeStyle = '#999';
+  g.lineWidth = 1;
+  g.strokeRect(60, 20, 520, 270);
+  g.fillStyle = '#333';
+  g.font = '13px sans-serif';
+  g.fillText('ℓ', 318, 325);
+  g.save();
+  g.translate(22, 170);
+  g.rotate(-Math.PI / 2);
+  g.fillText('D_ℓ^TT [μK²]', -40, 0);
+  g.restore();
+  const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd'];
+  const shapes = [1, 1.04, 0.93, 1.02];
+  shapes.forEach((s, k) => {
+    g.strokeStyle = colors[k];
+    g.lineWidth = 1.6;
+    g.beginPath();
+    for (let x = 0; x <= 520; x++) {
+      const ell = 2 + (x / 520) * 2500;
+      const peaks = Math.exp(-ell / (1400 * s)) * (0.55 + 0.45 * Math.cos((ell - 220 * s) / (95 * s) * Math.PI / 1.6) ** 2);
+      const rise = Math.min(1, ell / 200);
+      const y = 285 - 250 * peaks * (0.35 + 0.65 * rise);
+      if (x === 0) g.moveTo(60 + x, y);
+      else g.lineTo(60 + x, y);
+    }
+    g.stroke();
+  });
+  g.fillStyle = '#333';
+  ['ΛCDM', 'wCDM', 'Σmν = 0.3 eV', 'N_eff = 3.9'].forEach((t, k) => {
+    g.fillStyle = colors[k];
+    g.fillRect(440, 34 + k * 18, 14, 3);
+    g.fillStyle = '#333';
+    g.fillText(t, 460, 40 + k * 18);
+  });
+  return c.toDataURL('image/png');
+}
+
+let png: string | null = null;
+const blobs = new Map<string, string>();
+
+/** Like page.ts's fileUrl: only files under the served root get a URL. */
+function fileUrl(path: string): string | null {
+  if (!path.startsWith(ROOT)) return null;
+  if (path.endsWith('.png')) return (png ??= spectrumPng());
+  if (!blobs.has(path)) {
+    blobs.set(path, URL.createObjectURL(new Blob([`# ${path}\n# (harness stand-in for the real file)\n`], { type: 'text/plain' })));
+  }
+  return blobs.get(path)!;
+}
+
+function start(): { view: RunView; transport: FakeTransport; executor: FakeExecutor; server: FakeServer } {
+  const runId = big ? 'b16e5d2a-2000-4c1f-9e0d-7a1f3c9b2d41' : '5f3c9a1e-8b2d-4e6f-a7c1-0d9e8b7a6c5f';
+  const name = big ? `Tile reduction (${big} steps)` : 'CMB power spectrum: ΛCDM and extensions';
+  const description = big ? 'A large random layered DAG streaming status events' : 'TT spectra for four cosmologies, a joint fit, a figure and a report';
+  const server = new FakeServer(runId, name, description);
+  const transport = new FakeTransport(params.get('kind') === 'comm' ? 'comm' : 'socket', server);
+  const executor = new FakeExecutor(server, big ? 75 : 6, speed);
+  transport.executor = executor;
+  const host = document.getElementById('host')!;
+  if (panel) host.classList.add('cmbagent-run-panel');
+  const view = new RunView(host, { runId, transport, fileUrl });
+  setTimeout(() => {
+    const steps = big ? bigSteps(big) : cmbSteps({ hardFailure: params.get('fail') === '1',
+                                                   autoApprove: params.get('autoapprove') === '1' });
+    executor.start(steps, { name, description });
+  }, 400);
+  if (params.get('executor_lost') === '1') setTimeout(() => executor.loseExecutor(), 9000 / speed);
+  return { view, transport, executor, server };
+}
+
+function toolbar(h: ReturnType<typeof start>): void {
+  const bar = document.getElementById('bar')!;
+  const link = (text: string, q: string) => {
+    const a = document.createElement('a');
+    a.textContent = text;
+    a.href = `?${q}`;
+    return a;
+  };
+  const btn = (text: string, fn: () => void) => {
+    const b = document.createElement('button');
+    b.textContent = text;
+    b.addEventListener('click', fn);
+    return b;
+  };
+  const keep = (extra: string) => {
+    const p = new URLSearchParams(location.search);
+    const [k, v] = extra.split('=');
+    p.set(k, v);
+    return p.toString();
+  };
+  bar.append(
+    link('CMB run', `theme=${theme}`), link('… with a failure', `fail=1&theme=${theme}`),
+    link('2,000 nodes', `nodes=2000&theme=${theme}`),
+    link(theme === 'dark' ? 'light theme' : 'dark theme', keep(`theme=${theme === 'dark' ? 'light' : 'dark'}`)),
+    link(panel ? 'notebook cell' : 'main-area panel', keep(`layout=${panel ? 'cell' : 'panel'}`)),
+    btn('drop 4 s (replay)', () => h.transport.disconnect(4000, 'replay')),
+    btn('drop 4 s (snapshot)', () => h.transport.disconnect(4000, 'snapshot')),
+    btn('offline 6 s', () => h.transport.disconnect(6000, 'replay', 'offline')),
+    btn('lose executor', () => h.executor.loseExecutor())
+  );
+}
+
+/** Frame times while events stream (for the 2,000-node measurements). */
+function frameStats() {
+  const frames: number[] = [];
+  let last = performance.now();
+  const loop = (t: number) => {
+    frames.push(t - last);
+    last = t;
+    if (frames.length > 5000) frames.shift();
+    requestAnimationFrame(loop);
+  };
+  requestAnimationFrame(loop);
+  return {
+    reset: () => {
+      frames.length = 0;
+    },
+    summary: () => {
+      const s = [...frames].sort((a, b) => a - b);
+      const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))] ?? 0;
+      return { frames: s.length, mean: s.reduce((a, b) => a + b, 0) / (s.length || 1), p50: q(0.5), p95: q(0.95), max: s[s.length - 1] ?? 0 };
+    }
+  };
+}
+
+const h = start();
+toolbar(h);
+(window as any).__harness = { ...h, frames: frameStats() };

@@ -1,0 +1,211 @@
+// The activity log: which events a human wants to read, in what words, and the
+// bookkeeping that shows each seq at most once, across snapshots, with a visible
+// marker where events were skipped (the view never pretends it saw everything).
+import type { ErrorInfo } from './protocol';
+import type { Envelope } from './state';
+import { baseName } from './status';
+
+export const LOGGED_TYPES = new Set([
+  'agent_message', 'agent_thinking', 'agent_tool_call', 'file_created', 'file_updated',
+  'step_failed', 'step_retry_started', 'approval_requested', 'approval_received',
+  'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
+  'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled'
+]);
+
+export type Tone = 'info' | 'ok' | 'warn' | 'error' | 'muted' | 'state';
+
+export interface LogEntry {
+  kind: 'event';
+  seq: number;
+  timestamp: string;
+  type: string;
+  nodeId: string | null;
+  agent: string | null;
+  text: string;
+  /** Longer text behind a toggle: thinking, tool arguments, a traceback, a long message. */
+  body: string | null;
+  /** Whether the summary line alone stands for the event (thinking is collapsed). */
+  bodyLabel: string;
+  tone: Tone;
+  file: { path: string; mime: string | null } | null;
+}
+
+/** Where events were not seen one by one (before the view opened, or over a reconnect). */
+export interface GapEntry {
+  kind: 'gap';
+  key: string;
+  from: number;
+  to: number;
+  initial: boolean;
+}
+
+export type LogRow = LogEntry | GapEntry;
+
+const LONG_MESSAGE = 360;
+
+function entry(ev: Envelope, patch: Partial<LogEntry>): LogEntry {
+  const d: any = ev.data;
+  return {
+    kind: 'event', seq: ev.seq, timestamp: ev.timestamp, type: ev.event_type,
+    nodeId: d?.node_id ?? null, agent: d?.agent ?? null, text: '', body: null, bodyLabel: 'more',
+    tone: 'info', file: null, ...patch
+  };
+}
+
+function errorLine(e: ErrorInfo | null | undefined): string {
+  return e ? `${e.type}: ${e.message}` : '';
+}
+
+function words(state: string): string {
+  return state.replace(/_/g, ' ');
+}
+
+/** `tool(name=value, ...)` on one short line: multi-line values show their first line. */
+export function callSummary(tool: string, args: Record<string, unknown>, max = 90): string {
+  const value = (v: unknown): string => {
+    if (typeof v === 'string') {
+      const first = v.split('\n')[0];
+      return JSON.stringify(first.length < v.length ? first + ' …' : v);
+    }
+    try {
+      return JSON.stringify(v) ?? String(v);
+    } catch {
+      return String(v);
+    }
+  };
+  const inner = Object.entries(args).map(([k, v]) => `${k}=${value(v)}`).join(', ');
+  return `${tool}(${inner.length > max ? inner.slice(0, max - 1) + '…' : inner})`;
+}
+
+function describeWorkflow(ev: Envelope, d: any): LogEntry {
+  const tone: Tone = d.new_state === 'completed' ? 'ok' : d.new_state === 'failed' ? 'error'
+    : d.new_state === 'cancelled' ? 'muted' : 'state';
+  const reason = d.reason ? ` (${d.reason})` : '';
+  const failed = d.failed_nodes?.length ? ` — failed: ${d.failed_nodes.join(', ')}` : '';
+  return entry(ev, { tone, text: `run ${words(d.old_state)} → ${words(d.new_state)}${reason}${failed}` });
+}
+
+function describeMessage(ev: Envelope, d: any): LogEntry {
+  const msg = String(d.message ?? '');
+  if (msg.length <= LONG_MESSAGE) return entry(ev, { text: msg });
+  return entry(ev, { text: msg.slice(0, LONG_MESSAGE).trimEnd() + '…', body: msg, bodyLabel: 'full message' });
+}
+
+function describeToolCall(ev: Envelope, d: any): LogEntry {
+  const parts = [`arguments: ${JSON.stringify(d.arguments ?? {}, null, 2)}`];
+  if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
+  return entry(ev, {
+    text: `called ${callSummary(String(d.tool), d.arguments ?? {})}`,
+    body: parts.join('\n'), bodyLabel: 'arguments and result'
+  });
+}
+
+/** The log entry of an event, or null for events the log does not list. */
+export function describeEvent(ev: Envelope): LogEntry | null {
+  if (!LOGGED_TYPES.has(ev.event_type)) return null;
+  const d: any = ev.data;
+  switch (ev.event_type) {
+    case 'agent_message':
+      return describeMessage(ev, d);
+    case 'agent_thinking':
+      return entry(ev, { text: 'thinking…', body: String(d.content ?? ''), bodyLabel: 'thoughts',
+                         tone: 'muted' });
+    case 'agent_tool_call':
+      return describeToolCall(ev, d);
+    case 'file_created':
+    case 'file_updated': {
+      const verb = ev.event_type === 'file_created' ? 'wrote' : 'updated';
+      const desc = d.description ? ` — ${d.description}` : '';
+      return entry(ev, { text: `${verb} ${baseName(d.path)}${desc}`,
+                         file: { path: d.path, mime: d.mime ?? null } });
+    }
+    case 'step_failed':
+      return entry(ev, { tone: 'error', text: `failed (attempt ${d.attempt}): ${errorLine(d.error)}`,
+                         body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
+    case 'step_retry_started': {
+      const wait = d.delay_s ? ` in ${d.delay_s < 10 ? d.delay_s.toFixed(1) : Math.round(d.delay_s)} s` : '';
+      const why = d.reason ? ` — ${d.reason}` : '';
+      const err = d.error ? `: ${errorLine(d.error)}` : '';
+      return entry(ev, { tone: 'warn', text: `will retry${wait}${why}${err}`,
+                         body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
+    }
+    case 'approval_requested':
+      return entry(ev, { tone: 'warn', text: `asks for approval: ${d.prompt}` });
+    case 'approval_received': {
+      const comment = d.comment ? `: “${d.comment}”` : '';
+      return entry(ev, { tone: d.approved ? 'ok' : 'error', text: `${d.approved ? 'approved' : 'rejected'}${comment}` });
+    }
+    case 'error_occurred':
+      return entry(ev, { tone: 'error', text: `${d.code}: ${d.message}` });
+    default:
+      return describeWorkflow(ev, d);
+  }
+}
+
+export interface LogChange {
+  added: LogRow[];
+  removed: LogRow[];
+}
+
+/**
+ * The last `cap` rows, by seq. Each seq appears at most once: events at or below the
+ * last seen seq are ignored, and a snapshot behind the log drops the rows after it
+ * (they come again as events); a snapshot ahead of it leaves a gap marker.
+ */
+export class LogBook {
+  rows: LogRow[] = [];
+  /** The seq the log is complete up to; -1 before the first snapshot. */
+  lastSeq = -1;
+
+  constructor(readonly cap = 50) {}
+
+  onSnapshot(seq: number): LogChange {
+    const change: LogChange = { added: [], removed: [] };
+    if (this.lastSeq < 0) {
+      if (seq > 0) this.push({ kind: 'gap', key: `gap-1-${seq}`, from: 1, to: seq, initial: true }, change);
+    } else if (seq < this.lastSeq) {
+      const keep = this.rows.filter(r => rowEnd(r) <= seq);
+      change.removed.push(...this.rows.filter(r => rowEnd(r) > seq));
+      this.rows = keep;
+    } else if (seq > this.lastSeq) {
+      const from = this.lastSeq + 1;
+      this.push({ kind: 'gap', key: `gap-${from}-${seq}`, from, to: seq, initial: false }, change);
+    }
+    this.lastSeq = seq;
+    this.trim(change);
+    return change;
+  }
+
+  onEvents(events: Envelope[]): LogChange {
+    const change: LogChange = { added: [], removed: [] };
+    for (const ev of events) {
+      if (ev.seq <= this.lastSeq) continue; // already listed (or summarised by a snapshot)
+      this.lastSeq = ev.seq;
+      const e = describeEvent(ev);
+      if (e) this.push(e, change);
+    }
+    this.trim(change);
+    return change;
+  }
+
+  private push(row: LogRow, change: LogChange): void {
+    this.rows.push(row);
+    change.added.push(row);
+  }
+
+  private trim(change: LogChange): void {
+    const extra = this.rows.length - this.cap;
+    if (extra <= 0) return;
+    const gone = this.rows.splice(0, extra);
+    // A row added and dropped in the same change never reaches the DOM.
+    const added = new Set(change.added);
+    for (const r of gone) {
+      if (added.has(r)) change.added.splice(change.added.indexOf(r), 1);
+      else change.removed.push(r);
+    }
+  }
+}
+
+function rowEnd(r: LogRow): number {
+  return r.kind === 'event' ? r.seq : r.to;
+}

@@ -1,0 +1,131 @@
+// The activity log's DOM: one row per LogBook row, keyed by seq (data-seq) so a
+// row is never drawn twice; reconciled with the book once per animation frame.
+import { el } from './dom';
+import { GapEntry, LogBook, LogEntry, LogRow } from './eventlog';
+import { baseName, clockTime } from './status';
+
+export interface LogViewOptions {
+  fileUrl?: (path: string) => string | null;
+  /** The label of a node, for rows that name one. */
+  nodeLabel: (id: string) => string;
+  /** Select a node (clicking its name in a row). */
+  select: (id: string) => void;
+}
+
+function rowKey(r: LogRow): string {
+  return r.kind === 'event' ? String(r.seq) : r.key;
+}
+
+export class LogView {
+  readonly element: HTMLElement;
+  private readonly list: HTMLOListElement;
+  private readonly count: HTMLElement;
+  private readonly empty: HTMLElement;
+  private readonly rows = new Map<string, HTMLElement>();
+
+  constructor(private readonly book: LogBook, private readonly opts: LogViewOptions) {
+    this.element = el('section', 'cr-panel cr-log');
+    this.element.setAttribute('aria-label', 'Activity');
+    const head = el('div', 'cr-panel-title', 'Activity');
+    this.count = el('span', 'cr-muted cr-log-count');
+    head.append(this.count);
+    this.list = el('ol', 'cr-log-list');
+    this.list.setAttribute('aria-live', 'polite');
+    this.list.setAttribute('aria-relevant', 'additions');
+    this.empty = el('p', 'cr-muted cr-log-empty', 'Agent messages, files, failures, approvals and run state changes appear here as they happen.');
+    this.element.append(head, this.empty, this.list);
+    this.list.addEventListener('scroll', () => this.markScrolled(), { passive: true });
+  }
+
+  /** Fade the top edge when rows are scrolled past, so a cut row reads as "more above". */
+  private markScrolled(): void {
+    this.list.classList.toggle('cr-scrolled', this.list.scrollTop > 2);
+  }
+
+  /** Make the DOM match the book: drop rows it no longer has, append the new ones. */
+  sync(): void {
+    const keys = new Set(this.book.rows.map(rowKey));
+    for (const [k, li] of this.rows) {
+      if (!keys.has(k)) {
+        li.remove();
+        this.rows.delete(k);
+      }
+    }
+    const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 32;
+    let added = false;
+    for (const r of this.book.rows) {
+      const k = rowKey(r);
+      if (this.rows.has(k)) continue;
+      const li = r.kind === 'event' ? this.eventRow(r) : this.gapRow(r);
+      this.rows.set(k, li);
+      this.list.append(li); // new rows always come after the ones kept
+      added = true;
+    }
+    // Follow the tail, unless the reader scrolled up to read something.
+    if (added && atBottom) this.list.scrollTop = this.list.scrollHeight;
+    this.markScrolled();
+    const n = this.book.rows.filter(r => r.kind === 'event').length;
+    this.count.textContent = n ? ` · last ${n}` : '';
+    this.empty.hidden = this.book.rows.length > 0;
+  }
+
+  private eventRow(e: LogEntry): HTMLElement {
+    const li = el('li', 'cr-log-row');
+    li.dataset.seq = String(e.seq);
+    li.dataset.tone = e.tone;
+    li.dataset.type = e.type;
+    const meta = el('div', 'cr-log-meta');
+    const time = el('time', 'cr-log-time', clockTime(e.timestamp));
+    time.dateTime = e.timestamp;
+    time.title = `${e.timestamp} · event #${e.seq}`;
+    meta.append(time);
+    if (e.nodeId) {
+      const id = e.nodeId;
+      const node = el('button', 'cr-log-node', this.opts.nodeLabel(id));
+      node.type = 'button';
+      node.title = `Show step ${id}`;
+      node.addEventListener('click', () => this.opts.select(id));
+      meta.append(node);
+    }
+    if (e.agent) meta.append(el('span', 'cr-log-agent', e.agent));
+    li.append(meta, this.eventText(e));
+    if (e.body) {
+      const det = el('details', 'cr-log-more');
+      det.append(el('summary', '', e.bodyLabel), el('pre', 'cr-pre', e.body));
+      li.append(det);
+    }
+    return li;
+  }
+
+  private eventText(e: LogEntry): HTMLElement {
+    const text = el('div', 'cr-log-text');
+    if (!e.file) {
+      text.textContent = e.text;
+      return text;
+    }
+    // A file: link its name only when the server serves the path.
+    const url = this.opts.fileUrl?.(e.file.path) ?? null;
+    const name = baseName(e.file.path);
+    const i = e.text.indexOf(name);
+    const nameEl = url ? el('a', 'cr-file-name', name) : el('span', 'cr-file-name', name);
+    if (url) {
+      (nameEl as HTMLAnchorElement).href = url;
+      (nameEl as HTMLAnchorElement).target = '_blank';
+      (nameEl as HTMLAnchorElement).rel = 'noopener';
+    }
+    nameEl.title = e.file.path;
+    if (i < 0) text.append(e.text, ' ', nameEl);
+    else text.append(e.text.slice(0, i), nameEl, e.text.slice(i + name.length));
+    return text;
+  }
+
+  private gapRow(g: GapEntry): HTMLElement {
+    const li = el('li', 'cr-log-row cr-log-gap');
+    li.dataset.gap = `${g.from}-${g.to}`;
+    const span = g.from === g.to ? `event #${g.from}` : `events #${g.from}–#${g.to}`;
+    li.textContent = g.initial
+      ? `${span[0].toUpperCase()}${span.slice(1)} happened before this view opened: the graph and the step details show their outcome.`
+      : `Reconnected: ${span} arrived as a snapshot. The graph and details are up to date; those events are not listed here.`;
+    return li;
+  }
+}

@@ -506,6 +506,23 @@ def _preview(result: Any) -> Optional[str]:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
+def close_executors(store: Store) -> None:
+    """Stop this process's executors on ``store`` (before it closes its connections).
+
+    A run still active is recorded as lost: its steps cannot go on without the store.
+    """
+    for ex in [e for e in list(_executors.values()) if e.store is store]:
+        with ex.cond:
+            if not ex.stopped.is_set():
+                try:
+                    ex._abandon("executor_lost", "the store was closed while the run was active")
+                except EngineError:
+                    pass
+                ex.stopped.set()
+            ex.cond.notify_all()
+        ex._thread.join(10)
+
+
 def _abandon_all() -> None:
     """At interpreter exit, record at once that this process's unfinished runs are lost.
 

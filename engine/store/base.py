@@ -341,6 +341,9 @@ class Store(ABC):
         """Mark runs whose executor died as failed (executor_lost); return their ids."""
 
     def close(self) -> None:
+        from ..executor import close_executors
+
+        close_executors(self)
         if self._journal is not None:
             self._journal.close()
 

@@ -185,9 +185,18 @@ export class Connection implements Transport {
     this.lastFrameAt = Date.now();
     this.heartbeatTimer = setInterval(() => {
       if (Date.now() - this.lastFrameAt > 2 * this.heartbeatMs) {
-        // No pong (nor anything else) for two intervals: the connection is dead.
+        // No pong (nor anything else) for two intervals: the connection is dead. Do not
+        // wait for a closing handshake a dead server will never send: drop it now.
         this.lastError = 'heartbeat timeout';
-        this.ws?.close();
+        const ws = this.ws;
+        this.ws = null;
+        this.stopHeartbeat();
+        if (ws) {
+          ws.onclose = null;
+          ws.onmessage = null;
+          ws.close();
+        }
+        this.scheduleReconnect();
         return;
       }
       this.send({ type: 'ping', id: ++this.pingId });

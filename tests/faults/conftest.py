@@ -1,0 +1,79 @@
+"""Fixtures for the fault tests: real `jupyter server` and writer subprocesses on a real
+SQLite file, all stopped at teardown (by their own handles), and a printed random seed."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+
+import pytest
+
+import engine
+from fault_support import ServerProc, WriterProc
+
+
+@pytest.fixture
+def seed(request):
+    """``FAULTS_SEED=n`` reproduces a run; otherwise a fresh seed, printed either way."""
+    value = int(os.environ.get("FAULTS_SEED") or random.randrange(2**32))
+    print(f"\n{request.node.name}: seed={value} (FAULTS_SEED={value} reproduces it)")
+    return value
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "runs.sqlite"
+
+
+@pytest.fixture
+def token():
+    return secrets.token_hex(16)
+
+
+@pytest.fixture
+def spawn(tmp_path, db_path, token):
+    """``spawn.server(name, port=None)`` and ``spawn.writer(*args)``: started subprocesses."""
+    servers: list[ServerProc] = []
+    writers: list[WriterProc] = []
+
+    class Spawn:
+        @staticmethod
+        def server(name: str = "server", port=None) -> ServerProc:
+            s = ServerProc(tmp_path, db_path, token, name, port).start()
+            servers.append(s)
+            return s
+
+        @staticmethod
+        def server_problems() -> list[str]:
+            """What the servers logged as errors (tracebacks included) so far."""
+            return [line for s in servers for line in s.problems()]
+
+        @staticmethod
+        def writer(*args: str) -> WriterProc:
+            w = WriterProc(tmp_path, db_path, *args)
+            writers.append(w)
+            return w
+
+    yield Spawn
+    for w in writers:
+        w.kill()
+    for s in servers:  # all at once: a server takes a moment to shut down
+        s.terminate()
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def open_db(db_path):
+    """``open_db()``: the store, opened in this process once the writer created it."""
+    opened = []
+
+    def _open():
+        if not opened:
+            opened.append(engine.open_store(str(db_path)))
+        return opened[0]
+
+    yield _open
+    for s in opened:
+        s.close()

@@ -1,0 +1,251 @@
+"""Real processes for the fault tests: `jupyter server` subprocesses, writer subprocesses,
+cutting a client's socket, and condition waits with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+HERE = Path(__file__).resolve().parent
+WRITER = HERE / "writer.py"
+EXTENSIONS = {"cmbagent_jupyter": True,
+              # the venv enables these too; they only slow the start (and restarts) down
+              "jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False,
+              "jupyter_server_terminals": False}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+                     interval: float = 0.01) -> Any:
+    """Poll ``predicate`` (yielding to the event loop) until truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class ServerProc:
+    """A real ``jupyter server`` subprocess with the extension, on a fixed port and store."""
+
+    def __init__(self, workdir: Path, db_path: Path, token: str, name: str = "server",
+                 port: Optional[int] = None):
+        self.workdir, self.db_path, self.token, self.name = workdir, db_path, token, name
+        self.port = port or free_port()
+        self.proc: Optional[subprocess.Popen] = None
+        self.starts = 0
+        self.root = workdir / f"{name}-root"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.jupyter_dir = workdir / f"{name}-jupyter"
+        for sub in ("config", "data", "runtime"):
+            (self.jupyter_dir / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}-{self.starts}.log"
+
+    def start(self) -> "ServerProc":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        db_url = "sqlite:///" + str(self.db_path).lstrip("/")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN")}
+        env.update(CMBAGENT_DB_URL=db_url,
+                   JUPYTER_CONFIG_DIR=str(self.jupyter_dir / "config"),
+                   JUPYTER_DATA_DIR=str(self.jupyter_dir / "data"),
+                   JUPYTER_RUNTIME_DIR=str(self.jupyter_dir / "runtime"))
+        cmd = [sys.executable, "-X", "faulthandler", "-m", "jupyter_server", "--no-browser", "--allow-root",
+               f"--port={self.port}", "--ServerApp.port_retries=0", "--ip=127.0.0.1",
+               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
+               f"--ServerApp.jpserver_extensions={EXTENSIONS!r}",
+               f"--CmbAgentApp.db_url={db_url}"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=str(self.root))
+        return self
+
+    async def wait_ready(self, timeout: float = 60.0) -> float:
+        """Wait until the extension answers REST with this token; return the seconds it took."""
+        t0 = time.monotonic()
+        client = AsyncHTTPClient()
+        req = HTTPRequest(self.url + "cmbagent/api/runs",
+                          headers={"Authorization": f"token {self.token}"},
+                          connect_timeout=2, request_timeout=5)
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc and self.proc.returncode}):\n"
+                                     f"{tail(self.log_path)}")
+            try:
+                resp = await client.fetch(req, raise_error=False)
+                if resp.code == 200:
+                    return time.monotonic() - t0
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"{self.name} not ready after {timeout} s:\n{tail(self.log_path)}")
+            await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no close frames; the kernel resets its sockets."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def problems(self) -> list[str]:
+        """Error/critical log lines and tracebacks of every start of this server, so far."""
+        out = []
+        for n in range(1, self.starts + 1):
+            path = self.workdir / f"{self.name}-{n}.log"
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith(("[E ", "[C ")) or "Traceback" in line or "never retrieved" in line:
+                    out.append(f"{path.name}: {line}")
+        return out
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops answering, its sockets stay open (a silent dead peer)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def terminate(self) -> None:
+        """SIGTERM (after SIGCONT, should it be frozen): jupyter's clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.thaw()
+            self.proc.terminate()
+
+    def stop(self) -> None:
+        """Terminate and wait; SIGKILL if the shutdown takes more than 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class WriterProc:
+    """``writer.py`` in its own process: a run streaming into the store."""
+
+    def __init__(self, workdir: Path, db_path: Path, *args: str):
+        self.workdir = workdir
+        self.out = workdir / "writer.out"
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", str(WRITER), str(db_path),
+                                          str(workdir), *args],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def run_id(self, timeout: float = 60.0) -> str:
+        path = self.workdir / "run_id"
+
+        def ready():
+            if self.proc.poll() is not None and not path.exists():
+                raise AssertionError(f"writer exited ({self.proc.returncode}):\n{tail(self.out)}")
+            return path.exists() and path.read_text()
+
+        return await wait_until(ready, timeout, "the writer's run id")
+
+    def go(self) -> None:
+        (self.workdir / "go").touch()
+
+    def stop_emitting(self) -> None:
+        (self.workdir / "stop").touch()
+
+    async def finished(self, timeout: float = 120.0) -> dict:
+        """Wait for the writer to exit; its final JSON line (state completed) is returned."""
+        await wait_until(lambda: self.proc.poll() is not None, timeout, "the writer to finish",
+                         interval=0.05)
+        lines = self.out.read_text(errors="replace").strip().splitlines()
+        assert self.proc.returncode == 0 and lines, \
+            f"writer failed ({self.proc.returncode}):\n{tail(self.out)}"
+        result = json.loads(lines[-1])
+        assert result["state"] == "completed", result
+        return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def cut(client, rst: bool = False) -> bool:
+    """Cut the client's live socket abruptly: no close frame; with ``rst`` a TCP reset.
+
+    Closes the TCP stream under tornado's websocket (``rst``: SO_LINGER 0 first, so the
+    kernel sends RST instead of FIN). Unsent and unread frames are lost on the wire; the
+    client sees its connection end and reconnects. False if no connection was live.
+    """
+    conn = client._conn
+    protocol = getattr(conn, "protocol", None)
+    stream = getattr(protocol, "stream", None)
+    if stream is None or stream.closed():
+        return False
+    if rst:
+        try:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    stream.close()
+    return True
+
+
+class App:
+    """The client application of a fault test: follows one run and keeps every item the
+    client hands it (``client.events(run_id, markers=True)``), as an application would."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.items: list = []
+        self._consumer: Optional[asyncio.Future] = None
+
+    async def start(self, timeout: float = 30.0) -> int:
+        """Subscribe, wait for the first snapshot; return its seq (the base)."""
+        stream = self.client.events(self.run_id, markers=True)
+        self._consumer = asyncio.ensure_future(self._collect(stream))
+        await self.client.wait_synced(self.run_id, timeout)
+        return self.client.last_seq(self.run_id)
+
+    async def _collect(self, stream) -> None:
+        async for item in stream:
+            self.items.append(item)
+
+    async def catch_up(self, timeout: float = 60.0) -> dict:
+        """Wait until the client has every event of the log; its state's snapshot."""
+        view = await self.client.wait_caught_up(self.run_id, timeout)
+        return view.snapshot()
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._consumer is not None:
+            await asyncio.wait_for(self._consumer, 10)

@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port, wait_until  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -34,21 +34,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class LabServer:
@@ -96,7 +81,7 @@ class LabServer:
             args.append("--allow-root")
         self.proc = subprocess.Popen(args, env=self.env(), stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._ready, 60, "jupyter lab to answer /api/status")
+        wait_until(self._ready, 60, "jupyter lab to answer /api/status", interval=0.1)
         return self
 
     def _ready(self) -> bool:

@@ -16,33 +16,14 @@ import pytest
 
 from engine import states
 from engine.events import TYPED_ENVELOPES, parse_events
-from engine.executor import _executors, _executors_lock
 from engine.snapshot import RunView
+from support import shutdown_executors, wait_until  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 SETTLED = ("completed", "failed", "cancelled")
 
 
 # -- waiting ---------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "",
-               interval: float = 0.005, context: Optional[Callable[[], Any]] = None) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that value.
-
-    Fails the test after ``timeout`` seconds, saying what it waited for, the last
-    value seen and, if given, ``context()`` (e.g. the run's state and nodes).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\ncontext: {context()!r}" if context else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate!r}; "
-                        f"last value: {value!r}{extra}")
-        time.sleep(interval)
 
 
 def node_status(run, node_id: str) -> str:
@@ -141,20 +122,6 @@ def check_log(run) -> list[dict]:
 
 
 # -- executors of finished tests ------------------------------------------------------------------
-
-
-def shutdown_executors(store) -> None:
-    """Stop this store's executors still alive in this process (e.g. of failed runs,
-    which stay up for a retry), so that they do not poll a store nobody reads."""
-    with _executors_lock:
-        mine = {rid: ex for rid, ex in _executors.items() if ex.store is store}
-        for rid in mine:
-            del _executors[rid]
-    for ex in mine.values():
-        ex.stopped.set()
-        ex.wake()
-    for ex in mine.values():
-        ex._thread.join(10)
 
 
 # -- other processes ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from support import free_port  # noqa: F401  (re-exported)
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 HERE = Path(__file__).resolve().parent
@@ -23,12 +24,6 @@ EXTENSIONS = {"cmbagent_jupyter": True,
               # the venv enables these too; they only slow the start (and restarts) down
               "jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False,
               "jupyter_server_terminals": False}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from jsonschema import Draft202012Validator, validators
 
 from engine import Workflow
-from engine.executor import _executors, _executors_lock
+from engine.executor import close_executors
+from support import finished_run  # noqa: F401  (re-exported)
 
 #: Events the tests open at teardown, so no step thread outlives its test.
 RELEASES: list[threading.Event] = []
@@ -35,24 +36,6 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: st
 
 def node_status(store, run_id: str, node_id: str) -> str:
     return next(n["status"] for n in store.snapshot(run_id)["nodes"] if n["id"] == node_id)
-
-
-def finished_run(store, name: str = "finished", progress: int = 10):
-    wf = Workflow(name)
-
-    @wf.step()
-    def a(ctx):
-        for i in range(progress):
-            ctx.progress((i + 1) / progress)
-        return 1
-
-    @wf.step(deps=["a"])
-    def b(a):
-        return a + 1
-
-    run = wf.run(store=store, timeout=30)
-    assert run.state == "completed", run.state
-    return run
 
 
 def gated_run(store, progress: int = 20, name: str = "gated"):
@@ -125,15 +108,7 @@ def shutdown_executors(store) -> None:
     for ev in RELEASES:
         ev.set()
     RELEASES.clear()
-    with _executors_lock:
-        mine = {rid: ex for rid, ex in _executors.items() if ex.store is store}
-        for rid in mine:
-            del _executors[rid]
-    for ex in mine.values():
-        ex.stopped.set()
-        ex.wake()
-    for ex in mine.values():
-        ex._thread.join(10)
+    close_executors(store)
 
 
 def _discriminated_one_of(validator, one_of, instance, schema):

@@ -16,8 +16,8 @@ from cmbagent_jupyter.protocol import validate_server_frame
 from cmbagent_jupyter.session import Session
 from engine import Workflow
 from engine.events import new_event
-from engine.executor import _executors, _executors_lock
 from engine.store.base import Commit
+from support import finished_run, shutdown_executors, wait_until  # noqa: F401  (re-exported)
 
 SETTLED = ("completed", "failed", "cancelled")
 #: Gates of gated runs; the store fixture opens them all so no step thread outlives its test.
@@ -25,25 +25,6 @@ GATES: list[threading.Event] = []
 
 
 # -- runs -------------------------------------------------------------------------------
-
-
-def finished_run(store, name: str = "finished", progress: int = 10):
-    """A two-step run, completed; ``progress`` step_progress events in its first step."""
-    wf = Workflow(name)
-
-    @wf.step()
-    def a(ctx):
-        for i in range(progress):
-            ctx.progress((i + 1) / progress)
-        return 1
-
-    @wf.step(deps=["a"])
-    def b(a):
-        return a + 1
-
-    run = wf.run(store=store, timeout=30)
-    assert run.state == "completed"
-    return run
 
 
 def gated_run(store, progress: int = 5, name: str = "gated"):
@@ -72,17 +53,6 @@ def gated_run(store, progress: int = 5, name: str = "gated"):
     return run, gate
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "", interval: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
 def append_events(store, run_id: str, k: int, text: str = "x") -> int:
     """Append ``k`` agent_message events to a finished run (as if it were live); return last seq."""
     _, last = store.bounds(run_id)
@@ -106,19 +76,6 @@ def copy_db(src: str, dst: str) -> None:
     finally:
         a.close()
         b.close()
-
-
-def shutdown_executors(store) -> None:
-    """Stop executors of this store still alive in this process."""
-    with _executors_lock:
-        mine = {rid: ex for rid, ex in _executors.items() if ex.store is store}
-        for rid in mine:
-            del _executors[rid]
-    for ex in mine.values():
-        ex.stopped.set()
-        ex.wake()
-    for ex in mine.values():
-        ex._thread.join(10)
 
 
 # -- the session and a client model ----------------------------------------------------------

@@ -4,6 +4,7 @@
 // browser comes back online, and resubscribes each run after its last applied seq.
 import type { Ack, RunInfo, ServerMessage } from './protocol';
 import { RunFollower, Update, update } from './follower';
+import type { Envelope } from './state';
 
 export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline';
 
@@ -26,6 +27,8 @@ export interface Transport {
   follow(runId: string, listener: RunListener): () => void;
   command(runId: string, action: string, nodeId?: string | null,
           payload?: Record<string, unknown> | null): Promise<Ack>;
+  /** Events of a run's log with seq > afterSeq (at most limit), where the log is reachable. */
+  history?(runId: string, afterSeq: number, limit: number): Promise<Envelope[]>;
 }
 
 /** Full jitter: uniform in [0, min(cap, base * 2^attempt)). */
@@ -37,6 +40,8 @@ export function backoffDelay(attempt: number, random: () => number = Math.random
 export interface ConnectionOptions {
   url: string;
   token?: string;
+  /** The server's HTTP base URL (for REST reads such as history). */
+  baseUrl?: string;
   WebSocket?: typeof WebSocket;
   random?: () => number;
   /** Set false in tests: no window/document listeners. */
@@ -339,6 +344,17 @@ export class Connection implements Transport {
     };
   }
 
+  async history(runId: string, afterSeq: number, limit: number): Promise<Envelope[]> {
+    if (!this.opts.baseUrl) return [];
+    const url = `${this.opts.baseUrl}cmbagent/api/runs/${encodeURIComponent(runId)}/events` +
+      `?after_seq=${afterSeq}&limit=${limit}`;
+    const headers: Record<string, string> = {};
+    if (this.opts.token) headers.Authorization = `token ${this.opts.token}`;
+    const r = await fetch(url, { headers, credentials: 'same-origin' });
+    if (!r.ok) return [];
+    return (await r.json()).events as Envelope[];
+  }
+
   /** Stats of a followed run (tests and diagnostics). */
   stats(runId: string) {
     return this.subs.get(runId)?.follower.stats;
@@ -362,12 +378,12 @@ export class Connection implements Transport {
 }
 
 /** The page's shared connection to a server (one socket per tab, whoever asks first). */
-export function sharedConnection(url: string, token?: string): Connection {
+export function sharedConnection(url: string, token?: string, baseUrl?: string): Connection {
   const g = globalThis as any;
   const registry: Map<string, Connection> = (g.__cmbagentConnections ??= new Map());
   let conn = registry.get(url);
   if (!conn) {
-    conn = new Connection({ url, token });
+    conn = new Connection({ url, token, baseUrl });
     registry.set(url, conn);
   }
   return conn;

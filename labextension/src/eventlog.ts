@@ -188,6 +188,29 @@ export class LogBook {
     return change;
   }
 
+  /**
+   * Fill the gap left by events that happened before the view opened with those
+   * events (fetched from the log), oldest first. Rows stay unique by seq.
+   */
+  backfill(events: Envelope[]): void {
+    const i = this.rows.findIndex(r => r.kind === 'gap' && r.initial);
+    if (i < 0) return;
+    const gap = this.rows[i] as GapEntry;
+    const inside = events.filter(e => e.seq >= gap.from && e.seq <= gap.to).sort((a, b) => a.seq - b.seq);
+    if (!inside.length) return;
+    const rows: LogRow[] = [];
+    if (inside[0].seq > gap.from) {
+      const to = inside[0].seq - 1;
+      rows.push({ kind: 'gap', key: `gap-${gap.from}-${to}`, from: gap.from, to, initial: true });
+    }
+    for (const ev of inside) {
+      const e = describeEvent(ev);
+      if (e) rows.push(e);
+    }
+    this.rows.splice(i, 1, ...rows);
+    this.trim({ added: [], removed: [] });
+  }
+
   private push(row: LogRow, change: LogChange): void {
     this.rows.push(row);
     change.added.push(row);

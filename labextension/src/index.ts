@@ -42,7 +42,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
   activate: (app: JupyterFrontEnd, shell: ILabShell, palette: ICommandPalette | null) => {
     const info = pageServerInfo();
     if (!info) return;
-    const conn = sharedConnection(info.wsUrl, info.token);
+    const conn = sharedConnection(info.wsUrl, info.token, info.baseUrl);
     const panels = new Map<string, MainAreaWidget<RunPanelContent>>();
 
     const openRun = (run: Pick<RunInfo, 'id' | 'name'>) => {

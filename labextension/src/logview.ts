@@ -53,13 +53,18 @@ export class LogView {
     }
     const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 32;
     let added = false;
+    let prev: HTMLElement | null = null;
     for (const r of this.book.rows) {
       const k = rowKey(r);
-      if (this.rows.has(k)) continue;
-      const li = r.kind === 'event' ? this.eventRow(r) : this.gapRow(r);
-      this.rows.set(k, li);
-      this.list.append(li); // new rows always come after the ones kept
-      added = true;
+      let li = this.rows.get(k);
+      if (!li) {
+        li = r.kind === 'event' ? this.eventRow(r) : this.gapRow(r);
+        this.rows.set(k, li);
+        if (prev) prev.after(li); // in book order (a backfill inserts older rows first)
+        else this.list.prepend(li);
+        added = true;
+      }
+      prev = li;
     }
     // Follow the tail, unless the reader scrolled up to read something.
     if (added && atBottom) this.list.scrollTop = this.list.scrollHeight;

@@ -242,13 +242,30 @@ export class RunView {
     if (!u.state) return;
     this.state = u.state;
     this.lastUpdateAt = Date.now();
-    if (u.snapshot) this.book.onSnapshot(u.state.seq);
+    if (u.snapshot) {
+      const first = this.book.lastSeq < 0;
+      this.book.onSnapshot(u.state.seq);
+      if (first && u.state.seq > 0) this.backfill(u.state.seq);
+    }
     if (u.events.length) this.book.onEvents(u.events);
     this.dirtyLog = true;
     this.dirtyRun ||= u.runChanged || u.snapshot;
     for (const id of u.nodes) this.dirtyNodes.add(id);
     this.dag.update(u.state, u.nodes, u.snapshot);
     this.schedule();
+  }
+
+  /** Fill the log with what happened before this view opened (the last ~50 shown). */
+  private backfill(seq: number): void {
+    const history = this.opts.transport.history;
+    if (!history) return;
+    const limit = Math.min(seq, 500);
+    history.call(this.opts.transport, this.opts.runId, seq - limit, limit).then(events => {
+      if (this.disposed) return;
+      this.book.backfill(events);
+      this.dirtyLog = true;
+      this.schedule();
+    }, () => undefined);
   }
 
   private schedule(): void {

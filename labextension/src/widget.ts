@@ -16,7 +16,7 @@ async function transportFor(model: WidgetModel): Promise<{
 }> {
   const info = pageServerInfo();
   if (info && (await extensionAvailable(info))) {
-    const conn = sharedConnection(info.wsUrl, info.token);
+    const conn = sharedConnection(info.wsUrl, info.token, info.baseUrl);
     return { transport: conn, files: path => fileUrl(info.baseUrl, conn.rootDir, path) };
   }
   const comm = new CommTransport(model);

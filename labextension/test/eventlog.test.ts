@@ -79,6 +79,18 @@ describe('LogBook', () => {
     expect(seqs(b)).toEqual([1, 'gap 2-9', 10]);
   });
 
+  it('backfills what happened before the view opened, each seq once, newest kept', () => {
+    const b = new LogBook(4);
+    b.onSnapshot(10);
+    b.onEvents([msg(11)]);
+    b.backfill([msg(6), ev(7, 'step_progress', { node_id: 'n' }), msg(8), msg(9), msg(10), msg(11)]);
+    expect(seqs(b)).toEqual([8, 9, 10, 11]); // 11 was already listed; progress is not logged
+    const c = new LogBook(50);
+    c.onSnapshot(10);
+    c.backfill([msg(9), msg(10)]);
+    expect(seqs(c)).toEqual(['gap 1-8', 9, 10]); // the older part stays summarised
+  });
+
   it('says what happened before the view opened', () => {
     const b = new LogBook();
     b.onSnapshot(120);

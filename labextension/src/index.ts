@@ -5,7 +5,7 @@ import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apput
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 import { sharedConnection } from './connection';
-import { fileUrl, pageServerInfo } from './page';
+import { extensionAvailable, fileUrl, pageServerInfo } from './page';
 import type { RunInfo, WorkflowState } from './protocol';
 import { alertsFor } from './runlist';
 import { RunView } from './runview';
@@ -39,9 +39,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   requires: [ILabShell],
   optional: [ICommandPalette],
-  activate: (app: JupyterFrontEnd, shell: ILabShell, palette: ICommandPalette | null) => {
+  activate: async (app: JupyterFrontEnd, shell: ILabShell, palette: ICommandPalette | null) => {
     const info = pageServerInfo();
     if (!info) return;
+    if (!(await extensionAvailable(info))) {
+      // No cmbagent server extension on this server: nothing to list (notebook widgets
+      // fall back to their kernel's comm on their own).
+      console.warn('cmbagent-jupyter: the cmbagent_jupyter server extension is not enabled');
+      return;
+    }
     const conn = sharedConnection(info.wsUrl, info.token, info.baseUrl);
     const panels = new Map<string, MainAreaWidget<RunPanelContent>>();
 

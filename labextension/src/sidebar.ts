@@ -39,7 +39,7 @@ export class RunsPanel extends Widget {
     const tools = el('div', 'cmbagent-runs-tools');
     const search = el('input', 'cmbagent-runs-search');
     search.type = 'search';
-    search.placeholder = 'Search by name';
+    search.placeholder = 'Search';
     search.setAttribute('aria-label', 'Search runs by name');
     search.addEventListener('input', () => {
       this.filter = { ...this.filter, query: search.value };
@@ -54,7 +54,7 @@ export class RunsPanel extends Widget {
     });
     tools.append(search, state);
     this.empty.textContent = 'No runs yet. Start a workflow from a notebook or a script.';
-    this.node.append(head, tools, this.list, this.empty);
+    this.node.append(head, tools, this.empty, this.list);
 
     const conn = opts.connection;
     this.disposers.push(conn.onInfo(info => this.showConnection(info)));

@@ -11,3 +11,9 @@ def pytest_configure(config):
         path = os.path.join(tempfile.mkdtemp(prefix="cmbagent-tests-"), "default.sqlite")
         os.environ["CMBAGENT_DB_URL"] = "sqlite:///" + path.lstrip("/")
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The browser tests run last: they are the slowest, and Playwright's event loop
+    # must not be around while pytest-jupyter's tests run.
+    items.sort(key=lambda item: "tests/browser/" in item.nodeid)

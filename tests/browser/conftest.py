@@ -120,8 +120,10 @@ def lab(tmp_path):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Module scope: Playwright's sync API keeps an asyncio loop running in this thread
+    # while it lives, which later (pytest-jupyter) tests would otherwise pick up.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -295,12 +295,14 @@ def close_server_error_dialog(page) -> None:
 def open_lab(page, lab: LabServer) -> None:
     accept_dialogs(page)
     page.goto(lab_url(lab), timeout=PAGE_TIMEOUT_MS)
-    wait_lab_ready(page)
+    wait_lab_ready(page, lab)
 
 
-def wait_lab_ready(page) -> None:
+def wait_lab_ready(page, lab: Optional[LabServer] = None) -> None:
+    """JupyterLab is up (and, where the server extension is on, so is our sidebar)."""
     page.wait_for_selector("#jp-main-dock-panel", timeout=PAGE_TIMEOUT_MS)
-    page.wait_for_selector("#cmbagent-runs", state="attached", timeout=PAGE_TIMEOUT_MS)
+    if lab is None or not any("cmbagent_jupyter=False" in a for a in lab.extra_args):
+        page.wait_for_selector("#cmbagent-runs", state="attached", timeout=PAGE_TIMEOUT_MS)
 
 
 def kernel_of(lab: LabServer, notebook: str) -> Optional[dict]:
@@ -333,7 +335,7 @@ def open_notebook(page, lab: LabServer, notebook: str) -> None:
     """Open a notebook in a fresh workspace and wait for its kernel."""
     accept_dialogs(page)
     page.goto(lab_url(lab, notebook), timeout=PAGE_TIMEOUT_MS)
-    wait_lab_ready(page)
+    wait_lab_ready(page, lab)
     page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=PAGE_TIMEOUT_MS)
     wait_kernel_ready(page, lab, notebook)
 

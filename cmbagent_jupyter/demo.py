@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot find {notebook}: run the demo from a checkout of cmbagent-jupyter",
               file=sys.stderr)
         return 2
+    # The printed (and opened) URL is the quickstart itself.
     args = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={ROOT / 'notebooks'}",
-            str(notebook)]
+            "--LabApp.default_url=/lab/tree/quickstart.ipynb"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         args.append("--allow-root")  # JupyterLab refuses to run as root otherwise
     if not os.environ.get("DISPLAY") and sys.platform.startswith("linux"):

@@ -48,3 +48,14 @@ def test_events_beyond_the_limit_are_trimmed_but_the_snapshot_is_complete(tmp_pa
     finally:
         shutdown_executors(store)
         store.close()
+
+
+def test_the_tailers_poll_reads_only_new_rows(store):
+    """The hub asks for changes every few ms: it must not scan the whole log."""
+    plan = store._conn().execute(
+        "EXPLAIN QUERY PLAN SELECT run_id, MAX(seq), MAX(gid) FROM events NOT INDEXED "
+        "WHERE gid>? GROUP BY run_id", (0,)).fetchall()
+    assert any("INTEGER PRIMARY KEY (rowid>?)" in row[-1] for row in plan), plan
+    import inspect
+    from engine.store.sqlite import SQLiteStore
+    assert "NOT INDEXED WHERE gid>?" in inspect.getsource(SQLiteStore.changes_since)

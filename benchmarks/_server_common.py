@@ -870,3 +870,22 @@ def paced_baseline(clients: int, procs: int, rate: float, seconds: float, grace:
          f" gaps {stats['summary']['gaps']} dups {stats['summary']['dups']}; client loops late by p50"
          f" {res['loop_lag_ms']['p50']:.1f} p99 {res['loop_lag_ms']['p99']:.1f} ms")
     return stats
+
+
+def paced_comparison(args, db: str, d: str):
+    """The server (after a warm-up) and then the baseline, both paced at ``args.rate``
+    to ``args.clients`` sockets: ``(server figures, baseline figures)``."""
+    server = JupyterServer(db, d)
+    try:
+        paced_engine(server, db, 2, 1, args.rate, 1.0, 5.0, "warm-up")
+        eng = paced_engine(server, db, args.clients, args.procs, args.rate, args.seconds, args.grace,
+                           f"server, {args.clients} subscribers")
+        if args.profile:
+            paced_engine(server, db, args.clients, args.procs, args.rate, min(args.seconds, 10.0),
+                         args.grace, "profiled run (not a figure)", profile=True)
+    finally:
+        server.stop()
+    base = (NO_BASELINE if args.no_baseline else
+            paced_baseline(args.clients, args.procs, args.rate, args.seconds, args.grace,
+                           f"baseline, {args.clients} subscribers"))
+    return eng, base

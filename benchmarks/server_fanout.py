@@ -26,7 +26,7 @@ import time
 
 import _common
 from _common import bench_dir, emit, note
-from _server_common import NO_BASELINE, JupyterServer, paced_baseline, paced_engine
+from _server_common import paced_comparison
 
 P99_MS = 250.0
 
@@ -47,19 +47,7 @@ def main() -> int:
 
     with bench_dir(args.dir) as d:
         db = os.path.join(d, "served.sqlite")
-        server = JupyterServer(db, d)
-        try:
-            paced_engine(server, db, 2, 1, args.rate, 1.0, 5.0, "warm-up")
-            eng = paced_engine(server, db, args.clients, args.procs, args.rate, args.seconds, args.grace,
-                               f"server, {args.clients} subscribers")
-            if args.profile:
-                paced_engine(server, db, args.clients, args.procs, args.rate, min(args.seconds, 10.0),
-                             args.grace, "profiled run (not a figure)", profile=True)
-        finally:
-            server.stop()
-        base = (NO_BASELINE if args.no_baseline else
-                paced_baseline(args.clients, args.procs, args.rate, args.seconds, args.grace,
-                               f"baseline, {args.clients} subscribers"))
+        eng, base = paced_comparison(args, db, d)
 
     tag = f"{args.clients}subs_{args.rate:g}eps_{args.seconds:g}s"
     label = (f"plain Tornado WebSocket server, one frame per event, events from memory, {args.clients} sockets "

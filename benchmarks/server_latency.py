@@ -33,7 +33,7 @@ import time
 
 import _common
 from _common import bench_dir, emit, note, open_store, progress_workflow, run_to_completion, wait_stopped
-from _server_common import NO_BASELINE, JupyterServer, paced_baseline, paced_engine
+from _server_common import paced_comparison
 
 P50_MS, P99_MS = 10.0, 30.0
 
@@ -62,19 +62,7 @@ def main() -> int:
             wait_stopped(run)
             store.close()
             note(f"store holds a finished run of {args.history} events")
-        server = JupyterServer(db, d)
-        try:
-            paced_engine(server, db, 2, 1, args.rate, 1.0, 5.0, "warm-up")
-            eng = paced_engine(server, db, args.clients, args.procs, args.rate, args.seconds, args.grace,
-                               f"server, {args.clients} subscribers")
-            if args.profile:
-                paced_engine(server, db, args.clients, args.procs, args.rate, min(args.seconds, 10.0),
-                             args.grace, "profiled run (not a figure)", profile=True)
-        finally:
-            server.stop()
-        base = (NO_BASELINE if args.no_baseline else
-                paced_baseline(args.clients, args.procs, args.rate, args.seconds, args.grace,
-                               f"baseline, {args.clients} subscribers"))
+        eng, base = paced_comparison(args, db, d)
 
     tag = f"{args.clients}subs_{args.rate:g}eps" + (f"_history{args.history // 1000}k" if args.history else "")
     label = (f"plain Tornado WebSocket server, one frame per event, events from memory, {args.clients} "

@@ -268,11 +268,9 @@ async def cmd_runs(args, out: TextIO) -> int:
     if args.store is not None:
         import engine
 
-        store = engine.open_store(args.store or None)
-        try:
-            runs = store.runs()
-        finally:
-            store.close()
+        # Not closed: open_store's object is shared in this process (a server or
+        # executors may use it too), and the process ends soon anyway.
+        runs = engine.open_store(args.store or None).runs()
     else:
         url, token = resolve_server(args.url, args.token)
         client = Client(url, token)

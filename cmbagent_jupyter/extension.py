@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, Optional
 
+from jupyter_server.auth.identity import IdentityProvider, LegacyIdentityProvider, PasswordIdentityProvider
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, TraitError, Unicode, default, validate
 
 import engine
+from engine.owners import default_owner
 from engine.store import default_url
 
 from .handlers import routes
 from .hub import EventHub
 from .protocol import Command
+
+#: jupyter_server's own identity providers: they authenticate a shared token or password
+#: and hand out random anonymous users, so on them the user is the server's own.
+_ANONYMOUS_IDENTITY_PROVIDERS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
 
 
 class CmbAgentApp(ExtensionApp):
@@ -32,8 +38,11 @@ class CmbAgentApp(ExtensionApp):
                                           "socket with code 1009.").tag(config=True)
     client_buffer_bytes = Integer(16 * 2**20, help="Bytes a slow client may have unsent before its "
                                                    "backlog is dropped for a reset + snapshot.").tag(config=True)
-    share_runs = Bool(True, help="Serve every run in the store to every user of this server. "
-                                 "False: a user sees only the runs they own.").tag(config=True)
+    share_runs = Bool(False, help="Serve every run in the store to every user of this server. "
+                                  "By default a user lists, streams and controls only the runs they "
+                                  "own, and someone else's run is answered as an unknown one. Set "
+                                  "True when the users of a shared store should see each other's "
+                                  "runs (e.g. a team's PostgreSQL store).").tag(config=True)
 
     @default("db_url")
     def _default_db_url(self) -> str:
@@ -65,10 +74,23 @@ class CmbAgentApp(ExtensionApp):
         await self.hub.stop()
 
     def visible(self, run_doc: dict, user: Any) -> bool:
-        """May ``user`` see (and control) this run?"""
+        """May ``user`` (a request's ``current_user``) see and control this run?"""
         if self.share_runs:
             return True
-        return run_doc.get("owner") == getattr(user, "username", None)
+        name = self.owner_name(user)
+        return name is not None and run_doc.get("owner") == name
+
+    def owner_name(self, user: Any) -> Optional[str]:
+        """The owner ``user``'s runs are recorded under.
+
+        A server that names its users (JupyterHub's identity provider, or any other
+        custom one) gives ``user.username``. jupyter_server's stock providers only tell a
+        token or password holder from a stranger, naming them "Anonymous <moon>" at
+        random: there the user is the server process's own, as in the runs its kernels
+        start (``engine.owners.default_owner``)."""
+        if type(self.serverapp.identity_provider) in _ANONYMOUS_IDENTITY_PROVIDERS:
+            return default_owner()
+        return getattr(user, "username", None)
 
     async def submit(self, cmd: Command) -> dict:
         """Write a command to the store (off the event loop: it may wait for a writer)."""

@@ -1,7 +1,8 @@
 """The event hub: one tailer per store per server process, fanning out to connections.
 
-The hub polls the store's commit cursor (a cheap indexed query) every
-``tail_interval``; when runs have new events it reads them once, encodes them once,
+The hub watches the store's commit cursor: a store that pushes notifications
+(PostgreSQL's LISTEN/NOTIFY) wakes it, others are polled (a cheap indexed query) every
+``tail_interval``. When runs have new events it reads them once, encodes them once,
 and wakes every connection that follows those runs. Each connection then sends what
 its own cursor is missing, in as few frames as possible. The hub holds no run state:
 the log is the truth, cursors live in the sessions (and in the clients).
@@ -57,6 +58,8 @@ class EventHub:
         self.run_watchers: set[Connection] = set()
         self.cursor = 0
         self._tasks: list[asyncio.Task] = []
+        self._woken: Optional[asyncio.Event] = None
+        self._unsubscribe = None
 
     def watcher(self, conn: Connection) -> _ConnWatcher:
         return _ConnWatcher(self, conn)
@@ -66,9 +69,22 @@ class EventHub:
         if self._tasks:
             return
         self.cursor = self.store.change_cursor()
+        if self.store.pushes_changes:
+            loop = asyncio.get_running_loop()
+            self._woken = asyncio.Event()
+            woken = self._woken
+
+            def on_change(kind: Optional[str], run_id: Optional[str]) -> None:
+                if kind != "cmbagent_commands":
+                    loop.call_soon_threadsafe(woken.set)
+
+            self._unsubscribe = self.store.subscribe(on_change)
         self._tasks = [asyncio.ensure_future(self._tail()), asyncio.ensure_future(self._reap())]
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -80,7 +96,16 @@ class EventHub:
                 self.poll()
             except Exception:  # a failed read must not stop the hub; retry next tick
                 log.exception("cmbagent hub: polling the store failed")
-            await asyncio.sleep(self.tail_interval)
+            if self._woken is None:
+                await asyncio.sleep(self.tail_interval)
+                continue
+            # Pushed: sleep until notified. The re-check every reap_interval bounds the
+            # delay of a notification lost with the listening connection.
+            try:
+                await asyncio.wait_for(self._woken.wait(), self.reap_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._woken.clear()
 
     async def _reap(self) -> None:
         loop = asyncio.get_running_loop()

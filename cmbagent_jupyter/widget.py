@@ -24,6 +24,8 @@ from .session import Session
 STATIC = Path(__file__).parent / "static"
 #: How often the kernel-side stream looks for new events (comm fallback only).
 COMM_POLL_S = 0.1
+#: With a store that pushes notifications: the re-check bounding a lost one's delay.
+COMM_RESYNC_S = 5.0
 
 
 class RunWidget(anywidget.AnyWidget):
@@ -47,6 +49,7 @@ class RunWidget(anywidget.AnyWidget):
         self._comm_lock = threading.Lock()
         self._comm_thread: Optional[threading.Thread] = None
         self._closed = threading.Event()
+        self._woken = threading.Event()
         self.on_msg(self._on_frame)
 
     # -- the comm fallback ----------------------------------------------------------------
@@ -78,18 +81,29 @@ class RunWidget(anywidget.AnyWidget):
                 return
 
     def _stream(self) -> None:
-        cursor = self._store.change_cursor()
-        while not self._closed.wait(COMM_POLL_S):
-            cursor, changes = self._store.changes_since(cursor)
-            if not changes:
-                continue
-            with self._comm_lock:
-                for run_id, last in changes.items():
-                    self._comm_session.notify(run_id, last)
-                self._pump()
+        # A store that pushes notifications wakes this thread; others are polled.
+        woken = self._woken
+        unsubscribe = self._store.subscribe(
+            lambda kind, run_id: woken.set() if kind != "cmbagent_commands" else None)
+        idle = COMM_RESYNC_S if self._store.pushes_changes else COMM_POLL_S
+        try:
+            cursor = self._store.change_cursor()
+            while not self._closed.is_set():
+                woken.wait(idle)
+                woken.clear()
+                cursor, changes = self._store.changes_since(cursor)
+                if not changes or self._closed.is_set():
+                    continue
+                with self._comm_lock:
+                    for run_id, last in changes.items():
+                        self._comm_session.notify(run_id, last)
+                    self._pump()
+        finally:
+            unsubscribe()
 
     def close(self) -> None:
         self._closed.set()
+        self._woken.set()
         super().close()
 
     def __repr__(self) -> str:

@@ -14,7 +14,12 @@ if TYPE_CHECKING:
 
 
 class StepContext:
-    """Passed to a step as its ``ctx`` parameter. Every call records one event."""
+    """Passed to a step as its ``ctx`` parameter. Every call records one event.
+
+    ``executor`` is the run's Executor for a step running in its process, or, for a
+    step on a Dask worker, engine.dask's link back to it. Both offer the same calls:
+    record, record_file, attempt_of, checkpoint, request_approval, add_step.
+    """
 
     def __init__(self, executor: "Executor", node_id: str):
         self._ex = executor
@@ -24,7 +29,7 @@ class StepContext:
     @property
     def attempt(self) -> int:
         """1 on the first attempt, 2 on the first retry, ..."""
-        return self._ex.view.nodes[self.node_id]["attempt"]
+        return self._ex.attempt_of(self.node_id)
 
     def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
         """Report progress in [0, 1] and/or a status line (``step_progress``)."""
@@ -85,8 +90,7 @@ class StepContext:
             data["mime"] = mime
         if description is not None:
             data["description"] = str(description)
-        known = any(f["path"] == path for f in self._ex.view.nodes[self.node_id]["files"])
-        self._ex.record("file_updated" if known else "file_created", data)
+        self._ex.record_file(self.node_id, data)
         return path
 
     def checkpoint(self) -> None:

@@ -68,6 +68,13 @@ class LeaseLost(EngineError):
     code = "lease_lost"
 
 
+class WorkerLost(EngineError):
+    """A step's attempt was lost with the Dask worker running it (the worker died or was
+    cut off from the scheduler). Recorded as that attempt's error; the step's retries apply."""
+
+    code = "worker_lost"
+
+
 class StoreError(EngineError):
     """The store cannot be opened or used as configured."""
 

@@ -1,4 +1,5 @@
-"""The executor: runs a workflow's ready steps on a thread pool and records every fact.
+"""The executor: runs a workflow's ready steps on a thread pool (or, through the same
+runner seam, on a Dask cluster: engine.dask) and records every fact.
 
 One executor per run, in the process that started it (the step code lives there).
 All state changes happen under one lock, in this order: check the transition table,
@@ -10,7 +11,6 @@ started here obeys a pause sent from a browser, and vice versa.
 from __future__ import annotations
 
 import atexit
-import getpass
 import os
 import threading
 import time
@@ -26,11 +26,14 @@ from . import states
 from .context import StepContext
 from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
 from .events import new_event, now_iso, validate_data
+from .owners import default_owner
 from .snapshot import RunView, new_run_doc
 from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
 from .workflow import Step, Workflow
 
-#: How often an idle executor looks for commands written by other processes.
+#: How often an idle executor looks for commands written by other processes, on a
+#: store that does not push notifications (SQLite). With one that does (PostgreSQL)
+#: it sleeps until notified, or until its lease is due for renewal.
 COMMAND_POLL_S = 0.02
 #: Recorded events waiting for the journal before step code has to wait (bounds memory).
 OUTBOX_LIMIT = 2_000
@@ -46,11 +49,16 @@ def local_executor(run_id: str) -> Optional["Executor"]:
 
 
 def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
-              owner: Optional[str] = None, run_id: Optional[str] = None):
+              owner: Optional[str] = None, run_id: Optional[str] = None, dask: Any = None):
+    """Create the run in ``store`` and start its executor in this process.
+
+    ``dask`` (a ``distributed.Client`` or a scheduler address) runs the step bodies on
+    that cluster (engine.dask); the executor, its lease and the log stay here.
+    """
     from .run import Run
 
     run_id = run_id or uuid.uuid4().hex
-    owner = owner or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    owner = owner or default_owner()
     created = now_iso()
     view = RunView(new_run_doc(run_id, wf.name, wf.description, owner, created))
     specs = [s.spec() for s in wf.steps.values()]
@@ -60,16 +68,27 @@ def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
         "nodes": specs, "edges": edges})
     first["timestamp"] = created
     view.apply(first)
+    runner = None
+    if dask is not None:  # connect before the run exists: an unreachable cluster creates nothing
+        from .dask import DaskRunner
+
+        runner = DaskRunner(dask, run_id)
+        max_workers = max_workers or runner.default_width()
     lease = Lease.mine()
-    store.create_run(view, first, lease)
-    ex = Executor(store, view, dict(wf.steps), lease, max_workers)
+    try:
+        store.create_run(view, first, lease)
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
+    ex = Executor(store, view, dict(wf.steps), lease, max_workers, runner)
     ex.start()
     return Run(store, run_id)
 
 
 class Executor:
     def __init__(self, store: Store, view: RunView, steps: dict[str, Step], lease: Lease,
-                 max_workers: Optional[int]):
+                 max_workers: Optional[int], runner: Any = None):
         self.store = store
         self.view = view
         self.run_id = view.run["id"]
@@ -77,7 +96,9 @@ class Executor:
         self.lease = lease
         self.cond = threading.Condition(threading.RLock())
         self.width = max_workers or min(32, (os.cpu_count() or 1) + 4)
-        self.pool = ThreadPoolExecutor(self.width, thread_name_prefix=f"cmbagent-step-{self.run_id[:8]}")
+        #: Where step bodies run: threads of this process (ThreadRunner), or a Dask
+        #: cluster (engine.dask.DaskRunner). Either ends every attempt with _end_attempt.
+        self.pool = ThreadRunner(self) if runner is None else runner.attach(self)
         self.results: dict[str, Any] = {}
         self.retry_at: dict[str, float] = {}
         self.children: dict[str, list[str]] = {nid: [] for nid in steps}
@@ -112,7 +133,20 @@ class Executor:
         with self.cond:
             self.cond.notify_all()
 
+    def _on_store_change(self, kind: Optional[str], run_id: Optional[str]) -> None:
+        if run_id == self.run_id or kind is None:  # a command for this run, or maybe missed ones
+            self.wake()
+
+    def _idle_wait(self, last_renew: float) -> float:
+        """How long the main loop may sleep when nothing wakes it."""
+        wait = COMMAND_POLL_S if not self.store.pushes_changes else max(
+            0.0, last_renew + LEASE_RENEW_S - time.monotonic())
+        if self.retry_at:
+            wait = min(wait, max(0.0, min(self.retry_at.values()) - time.monotonic()))
+        return wait
+
     def _main(self) -> None:
+        unsubscribe = self.store.subscribe(self._on_store_change)
         try:
             with self.cond:
                 self._set_run("planning", reason="preparing the DAG")
@@ -132,7 +166,7 @@ class Executor:
                     break
                 with self.cond:
                     self._settle()
-                    self.cond.wait(COMMAND_POLL_S)
+                    self.cond.wait(self._idle_wait(last_renew))
                 if self.run_id in self.store.journal.refused:
                     raise self.store.journal.refused[self.run_id]
                 if time.monotonic() - last_renew > LEASE_RENEW_S:
@@ -146,6 +180,7 @@ class Executor:
             with self.cond:
                 self._abandon("executor_error", "the executor failed:\n" + traceback.format_exc())
         finally:
+            unsubscribe()
             self.stopped.set()
             self.settled.set()
             with self.cond:
@@ -223,6 +258,7 @@ class Executor:
         # Durable before anything else happens: whoever reads the store (a command's
         # legality check, run.state) must never see the run behind its own steps.
         self._record(states.workflow_event_type(old, new), data, command, durable=True)
+        self.pool.state_changed(new)
         if new in states.SETTLED_WORKFLOW_STATES:
             self.settled.set()
         else:
@@ -321,9 +357,10 @@ class Executor:
 
     def _dispatch(self, node_id: str) -> None:
         self._set_node(node_id, "running")
-        self.pool.submit(self._execute, node_id)
+        self.pool.submit(node_id)
 
     def _execute(self, node_id: str) -> None:
+        """Run one attempt of a step on this thread (ThreadRunner's worker threads)."""
         step = self.steps[node_id]
         try:
             kwargs = {d: self.results[d] for d in step.inputs}
@@ -331,28 +368,34 @@ class Executor:
                 kwargs["ctx"] = StepContext(self, node_id)
             result = step.fn(**kwargs)
         except Cancelled:
-            with self.cond:
-                if self._status(node_id) in states.ACTIVE_NODE_STATES:
-                    self._set_node(node_id, "cancelled", reason="run cancelled")
+            self._end_attempt(node_id, cancelled=True)
         except BaseException as exc:  # the step's own failure
-            with self.cond:
-                self._attempt_failed(node_id, step, exc)
+            self._end_attempt(node_id, error=error_info(exc))
         else:
-            with self.cond:
-                self.results[node_id] = result
-                st = self._status(node_id)
-                if st != "running":  # the node was answered into another state; resume first
-                    self._set_node(node_id, "running")
-                self._set_node(node_id, "completed", result_preview=_preview(result))
-        finally:
-            with self.cond:
+            self._end_attempt(node_id, result=result)
+
+    def _end_attempt(self, node_id: str, result: Any = None, error: Optional[dict] = None,
+                     cancelled: bool = False) -> None:
+        """Record how a running attempt ended: its result, its ``error`` (see error_info)
+        or ``cancelled`` (it stopped at a checkpoint of a cancelled run)."""
+        with self.cond:
+            try:
+                if cancelled:
+                    if self._status(node_id) in states.ACTIVE_NODE_STATES:
+                        self._set_node(node_id, "cancelled", reason="run cancelled")
+                elif error is not None:
+                    self._attempt_failed(node_id, self.steps[node_id], error)
+                else:
+                    self.results[node_id] = result
+                    if self._status(node_id) != "running":  # answered into another state:
+                        self._set_node(node_id, "running")  # resume first
+                    self._set_node(node_id, "completed", result_preview=_preview(result))
+            finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
 
-    def _attempt_failed(self, node_id: str, step: Step, exc: BaseException) -> None:
-        error = {"type": type(exc).__name__, "message": str(exc) or repr(exc),
-                 "traceback": "".join(traceback.format_exception(exc))}
+    def _attempt_failed(self, node_id: str, step: Step, error: dict) -> None:
         if self._status(node_id) != "running":
             self._set_node(node_id, "running")
         attempt = self.view.nodes[node_id]["attempt"]
@@ -366,10 +409,17 @@ class Executor:
 
     # -- cooperation with step code ------------------------------------------------------------
 
-    def checkpoint(self, node_id: str) -> None:
+    def checkpoint(self, node_id: str, attempt: Optional[int] = None) -> None:
+        """Wait while the run is paused; raise Cancelled when it is cancelled.
+
+        ``attempt``: the attempt asking, for steps answered from another process (a Dask
+        worker): if that attempt has meanwhile ended (its worker was lost), it gets
+        Cancelled instead of touching the node, which may be running a newer attempt.
+        """
         with self.cond:
             while True:
-                if self.stopped.is_set() or self.view.run["state"] == "cancelling":
+                if (self.stopped.is_set() or self.view.run["state"] == "cancelling"
+                        or self._attempt_over(node_id, attempt)):
                     raise Cancelled()
                 if self.view.run["state"] in ("pausing", "paused"):
                     if self._status(node_id) == "running":
@@ -380,22 +430,39 @@ class Executor:
                     self._set_node(node_id, "running", reason="run resumed")
                 return
 
-    def request_approval(self, node_id: str, prompt: str) -> bool:
+    def request_approval(self, node_id: str, prompt: str, attempt: Optional[int] = None) -> bool:
         with self.cond:
-            self.checkpoint(node_id)
+            self.checkpoint(node_id, attempt)
             approval_id = uuid.uuid4().hex
             self.answers[approval_id] = None
             self._set_node(node_id, "waiting_approval", reason="approval requested")
             self._record("approval_requested", {"node_id": node_id, "approval_id": approval_id,
                                                 "prompt": prompt})
             while self.answers[approval_id] is None:
-                if self.stopped.is_set() or self.view.run["state"] == "cancelling":
+                if (self.stopped.is_set() or self.view.run["state"] == "cancelling"
+                        or self._attempt_over(node_id, attempt)):
                     self.answers.pop(approval_id, None)
                     raise Cancelled()
                 self.cond.wait()
             approved, _comment = self.answers.pop(approval_id)
-            self.checkpoint(node_id)
+            self.checkpoint(node_id, attempt)
             return approved
+
+    def _attempt_over(self, node_id: str, attempt: Optional[int]) -> bool:
+        if attempt is None:  # a local step: its attempt ends on the thread that asks
+            return False
+        node = self.view.nodes[node_id]
+        return node["attempt"] != attempt or node["status"] not in states.ACTIVE_NODE_STATES
+
+    def attempt_of(self, node_id: str) -> int:
+        """The node's current attempt (1, then 2 on the first retry, ...)."""
+        return self.view.nodes[node_id]["attempt"]
+
+    def record_file(self, node_id: str, data: dict) -> None:
+        """``file_created`` for a path new to the node, ``file_updated`` after that."""
+        with self.cond:
+            known = any(f["path"] == data["path"] for f in self.view.nodes[node_id]["files"])
+            self._record("file_updated" if known else "file_created", data)
 
     def add_step(self, step: Step, by_node: str) -> None:
         with self.cond:
@@ -480,6 +547,37 @@ class Executor:
 
     def _do_reject(self, cid: str, node_id: str, payload: dict) -> None:
         self._do_approve(cid, node_id, payload, approved=False)
+
+
+class ThreadRunner:
+    """Runs step bodies on a thread pool in the executor's process (the default).
+
+    The runner seam: ``_dispatch`` marks a node running and calls ``submit(node_id)``;
+    the runner runs one attempt of it and reports how it ended through
+    ``Executor._end_attempt``. ``state_changed(state)`` hears every run state change
+    (under the executor's lock: it must not block), ``shutdown`` comes once, when the
+    executor stops. engine.dask.DaskRunner is the other runner.
+    """
+
+    def __init__(self, ex: "Executor"):
+        self._pool = ThreadPoolExecutor(ex.width,
+                                        thread_name_prefix=f"cmbagent-step-{ex.run_id[:8]}")
+        self._execute = ex._execute
+
+    def submit(self, node_id: str) -> None:
+        self._pool.submit(self._execute, node_id)
+
+    def state_changed(self, state: str) -> None:
+        pass  # local steps read the run's state under the executor's lock
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def error_info(exc: BaseException) -> dict:
+    """An exception as the log records a step's error: type, message, traceback."""
+    return {"type": type(exc).__name__, "message": str(exc) or repr(exc),
+            "traceback": "".join(traceback.format_exception(exc))}
 
 
 class _Pull:

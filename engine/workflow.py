@@ -137,14 +137,21 @@ class Workflow:
         raise WorkflowDefinitionError(f"workflow {self.name!r} has a cycle: {path}")
 
     def start(self, store=None, *, max_workers: Optional[int] = None, owner: Optional[str] = None,
-              run_id: Optional[str] = None):
-        """Start a run in this process and return its ``Run`` handle at once."""
+              run_id: Optional[str] = None, dask: Any = None):
+        """Start a run in this process and return its ``Run`` handle at once.
+
+        ``max_workers``: how many steps may be running at once (default: CPUs + 4, at
+        most 32; with ``dask``, no limit: Dask queues what its workers cannot take).
+        ``dask``: a ``distributed.Client`` or a scheduler address; the step bodies then
+        run on that cluster while the executor and the run's log stay in this process
+        (see engine.dask).
+        """
         from .executor import start_run
         from .store import open_store
 
         self.validate()
         return start_run(self, store if store is not None else open_store(),
-                         max_workers=max_workers, owner=owner, run_id=run_id)
+                         max_workers=max_workers, owner=owner, run_id=run_id, dask=dask)
 
     def run(self, store=None, *, timeout: Optional[float] = None, **kwargs):
         """``start()`` then ``wait()``: returns the finished ``Run``."""

@@ -1,6 +1,10 @@
 import os
 import tempfile
 
+import pytest
+
+from pg_cluster import HOW_TO_ENABLE, PgServer, Unavailable
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 
@@ -17,3 +21,71 @@ def pytest_collection_modifyitems(config, items):
     # The browser tests run last: they are the slowest, and Playwright's event loop
     # must not be around while pytest-jupyter's tests run.
     items.sort(key=lambda item: "tests/browser/" in item.nodeid)
+
+
+# -- stores -----------------------------------------------------------------------------------
+# The engine, session, server and client suites run against both stores: a test that
+# takes ``db_url`` (or a ``store`` fixture built on it) runs once on a new SQLite file
+# and once on a new PostgreSQL database.
+
+_pg: dict = {}
+
+
+def pg_server() -> PgServer:
+    """The session's PostgreSQL server (started on first use); skips or fails without one."""
+    if "server" not in _pg:
+        try:
+            _pg["server"] = PgServer.get()
+        except Unavailable as exc:
+            _pg["server"] = exc
+    server = _pg["server"]
+    if isinstance(server, Unavailable):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and PostgreSQL is unavailable: {server}. {HOW_TO_ENABLE}")
+        pytest.skip(f"PostgreSQL unavailable ({server}). {HOW_TO_ENABLE}")
+    return server
+
+
+_used_databases: list[str] = []
+
+
+def _drop_used_databases() -> None:
+    import engine.store
+
+    while _used_databases:
+        url = _used_databases.pop()
+        engine.store.close_store(url)
+        _pg["server"].drop_database(url)
+
+
+@pytest.fixture
+def pg_url():
+    """A new, empty PostgreSQL database.
+
+    It is dropped (and this process's store objects on it closed) when the next test
+    takes one, or at the end of the session: a test's Jupyter server is torn down by
+    pytest-jupyter only after every other fixture, and must not lose its store first.
+    """
+    server = pg_server()
+    _drop_used_databases()
+    url = server.create_database()
+    yield url
+    _used_databases.append(url)
+
+
+def pytest_sessionfinish(session):
+    if isinstance(_pg.get("server"), PgServer):
+        _drop_used_databases()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A new store's URL, once per kind of store."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("pg_url")
+        return
+    url = "sqlite:///" + str(tmp_path / "runs.sqlite").lstrip("/")
+    yield url
+    import engine.store
+
+    engine.store.close_store(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from typing import Any, Callable, Optional
 
@@ -37,7 +38,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def finished_run(store, name: str = "finished", progress: int = 10):
+def finished_run(store, name: str = "finished", progress: int = 10, owner: Optional[str] = None):
     """A two-step run, completed; ``progress`` step_progress events in its first step."""
     wf = Workflow(name)
 
@@ -51,7 +52,7 @@ def finished_run(store, name: str = "finished", progress: int = 10):
     def b(a):
         return a + 1
 
-    run = wf.run(store=store, timeout=30)
+    run = wf.run(store=store, timeout=30, owner=owner)
     assert run.state == "completed"
     return run
 
@@ -60,3 +61,23 @@ def shutdown_executors(store) -> None:
     """Stop this store's executors still alive in this process (e.g. of failed runs,
     which stay up for a retry), so that they do not poll a store nobody reads."""
     close_executors(store)
+
+
+#: For tests of one store's internals: run them on SQLite only (``db_url``'s other param).
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def raw_rows(store, sql: str) -> list[tuple]:
+    """Rows of ``sql`` read straight from the store's database, around the store object."""
+    from engine.store import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        with psycopg.connect(store._conninfo) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()

@@ -12,16 +12,21 @@ import sys
 import threading
 from pathlib import Path
 from typing import Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import StoreError
 from .base import Commit, EventList, Lease, Store
+from .postgres import PostgresStore
 from .sqlite import SQLiteStore
 
-__all__ = ["open_store", "default_url", "Store", "SQLiteStore", "Commit", "EventList", "Lease"]
+__all__ = ["open_store", "close_store", "default_url", "Store", "SQLiteStore", "PostgresStore", "Commit",
+           "EventList", "Lease"]
 
-_OPTIONS = {"max_events_per_run": int, "max_event_age_s": float, "busy_timeout_s": float}
-
+#: Options any store takes, and those only one kind does (as URL query or keyword).
+_OPTIONS = {"max_events_per_run": int, "max_event_age_s": float}
+_SQLITE_OPTIONS = {"busy_timeout_s": float}
+_POSTGRES_OPTIONS = {"pool_size": int, "connect_timeout_s": float}
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 def jupyter_data_dir() -> Path:
     """Jupyter's per-user data directory, computed as jupyter_core does (without importing it)."""
@@ -51,26 +56,65 @@ _cache_lock = threading.Lock()
 
 
 def open_store(url: Optional[str] = None, **options) -> Store:
-    """Open (creating if needed) the store at ``url``; the default store without one.
+    """Open (creating or upgrading if needed) the store at ``url``; the default store without one.
 
-    URLs: ``sqlite:///abs/path.sqlite`` (or a plain file path). Options such as
-    ``max_events_per_run`` and ``max_event_age_s`` may be keyword arguments or URL
-    query parameters. One store object is shared per process and URL. Opening a store
-    marks runs whose executor died as failed (``executor_lost``).
+    URLs: ``sqlite:///abs/path.sqlite`` (or a plain file path), or
+    ``postgresql://user:password@host:port/dbname`` (libpq's URL; its own query
+    parameters such as ``sslmode`` pass through). Options — ``max_events_per_run`` and
+    ``max_event_age_s`` for both; ``busy_timeout_s`` for SQLite; ``pool_size`` and
+    ``connect_timeout_s`` for PostgreSQL — may be keyword arguments or URL query
+    parameters. One store object is shared per process and URL. Opening a store marks
+    runs whose executor died as failed (``executor_lost``).
     """
-    url = url or default_url()
+    factory, target, options = _resolve(url or default_url(), options)
+    key = (os.getpid(), f"{target}?{sorted(options.items())}")
+    with _cache_lock:
+        store = _cache.get(key)
+        if store is None or store.closed:
+            store = _cache[key] = factory(target, **options)
+    store.reap()
+    return store
+
+
+def close_store(url: Optional[str] = None) -> None:
+    """Close this process's shared store object(s) for ``url`` (its executors stop first).
+
+    The next ``open_store(url)`` opens a new one.
+    """
+    _, target, _ = _resolve(url or default_url(), {})
+    with _cache_lock:
+        doomed = [k for k in _cache if k[0] == os.getpid() and k[1].rsplit("?", 1)[0] == target]
+        stores = [_cache.pop(k) for k in doomed]
+    for store in stores:
+        store.close()
+
+
+def _resolve(url: str, options: dict):
+    """(store class, what it opens, options) for a store URL; StoreError if it is not one."""
+    options = dict(options)
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    for key, value in query.items():
-        if key not in _OPTIONS:
-            raise StoreError(f"unknown store option {key!r} in {url!r}; known: {', '.join(_OPTIONS)}")
+    postgres = parts.scheme in _POSTGRES_SCHEMES
+    known = {**_OPTIONS, **(_POSTGRES_OPTIONS if postgres else _SQLITE_OPTIONS)}
+    passthrough = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in known:
+            if postgres:  # libpq's own parameters (sslmode, application_name, ...)
+                passthrough.append((key, value))
+                continue
+            raise StoreError(f"unknown store option {key!r} in {url!r}; known: {', '.join(known)}")
         try:
-            options.setdefault(key, _OPTIONS[key](value))
+            options.setdefault(key, known[key](value))
         except ValueError:
-            raise StoreError(f"store option {key}={value!r} is not a {_OPTIONS[key].__name__}") from None
+            raise StoreError(f"store option {key}={value!r} is not a {known[key].__name__}") from None
     for key in options:
-        if key not in _OPTIONS:
-            raise StoreError(f"unknown store option {key!r}; known: {', '.join(_OPTIONS)}")
+        if key not in known:
+            raise StoreError(f"unknown store option {key!r}; known: {', '.join(known)}")
+    if postgres:
+        return PostgresStore, urlunsplit(parts._replace(query=urlencode(passthrough))), options
+    return SQLiteStore, _sqlite_path(url, parts), options
+
+
+def _sqlite_path(url: str, parts) -> str:
     if parts.scheme in ("", "file") or (len(parts.scheme) == 1 and os.name == "nt"):
         path = url.split("?", 1)[0]
         path = path[len("file://"):] if path.startswith("file://") else path
@@ -79,13 +123,8 @@ def open_store(url: Optional[str] = None, **options) -> Store:
         if parts.netloc:
             raise StoreError(f"sqlite URL {url!r} must look like sqlite:///absolute/path.sqlite")
     else:
-        raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path")
+        raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path or "
+                         "postgresql://user@host/dbname")
     if not path:
         raise StoreError(f"store URL {url!r} names no file")
-    key = (os.getpid(), f"{os.path.abspath(path)}?{sorted(options.items())}")
-    with _cache_lock:
-        store = _cache.get(key)
-        if store is None:
-            store = _cache[key] = SQLiteStore(path, **options)
-    store.reap()
-    return store
+    return os.path.abspath(path)

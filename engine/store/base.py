@@ -16,12 +16,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import orjson
 
 from .. import states
-from ..errors import CommandRejected
+from ..errors import CommandRejected, StoreError, UnknownNode, UnknownRun
 from ..events import TYPED_ENVELOPES, new_event
 from ..snapshot import RunView
 
@@ -215,6 +215,64 @@ def record(view: RunView, items: list[tuple[str, dict]]) -> tuple[list[dict], se
     return events, touched
 
 
+def lost_message() -> str:
+    return ("the process that ran this workflow is gone (executor_lost); "
+            "step code lives in that process, so the run cannot continue")
+
+
+def command_refusal(command_id: str, code: str, message: str) -> dict:
+    """The ack of a command the store refused (it changed nothing)."""
+    return {"command_id": command_id, "ok": False, "error": message, "code": code}
+
+
+def unstorable_command(command_id: str, run_id: str, node_id: Optional[str]) -> Optional[dict]:
+    """The refusal of a command naming ids no store can hold (NUL characters), if it does.
+
+    Such a run or node cannot exist, so those get the unknown-run / unknown-node answer.
+    """
+    if "\x00" in run_id:
+        return command_refusal(command_id, "unknown_run", str(UnknownRun(run_id)))
+    if node_id is not None and "\x00" in node_id:
+        return command_refusal(command_id, "unknown_node", str(UnknownNode(run_id, node_id)))
+    if "\x00" in command_id:
+        return command_refusal(command_id, "invalid", "command_id must not contain NUL characters")
+    return None
+
+
+def ordered_edges(rows: list[tuple], nodes: dict) -> list[dict]:
+    """Stored ``(source, target)`` rows in node-declaration order (the order the log added them)."""
+    by_target: dict[str, set[str]] = {}
+    for s, t in rows:
+        by_target.setdefault(t, set()).add(s)
+    out = []
+    for n in sorted(nodes.values(), key=lambda n: n["position"]):
+        for dep in n["deps"]:
+            if dep in by_target.get(n["id"], ()):
+                out.append({"source": dep, "target": n["id"]})
+    return out
+
+
+def plan_schema(found: Optional[int], current: int, migrations: dict[int, list[str]],
+                create: str, where: str) -> list[str]:
+    """The statements that bring a store at version ``found`` (None: empty) to ``current``.
+
+    The caller runs them in one transaction with the version bump, so a store is never
+    half-migrated. A store newer than this code is refused untouched.
+    """
+    if found is None:
+        return [s for s in create.split(";") if s.strip()]
+    if found > current:
+        raise StoreError(
+            f"{where} was written by a newer cmbagent-jupyter (schema {found}, this one reads "
+            f"up to {current}); upgrade cmbagent-jupyter (pip install -U cmbagent-jupyter)")
+    missing = [v for v in range(found, current) if v not in migrations]
+    if missing:
+        raise StoreError(f"{where} has schema {found}, which this cmbagent-jupyter cannot upgrade "
+                         f"(no migration from version {missing[0]}); export what you need and "
+                         "start a new store")
+    return [s for v in range(found, current) for s in migrations[v]]
+
+
 def check_command(view_run: dict, node_status: Optional[str], action: str,
                   node_id: Optional[str]) -> Optional[str]:
     """Resolve the node a command is about; raise CommandRejected if it is not legal."""
@@ -240,10 +298,14 @@ class Store(ABC):
     """Durable state of runs. Thread-safe; one object per process and URL is enough."""
 
     url: str
+    #: True when the store pushes change notifications (PostgreSQL's LISTEN/NOTIFY):
+    #: tailers and executors then sleep until woken instead of polling.
+    pushes_changes: bool = False
 
     def __init__(self) -> None:
         self._journal = None
         self._journal_lock = threading.Lock()
+        self.closed = False
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -330,6 +392,17 @@ class Store(ABC):
     def command_status(self, command_id: str) -> Optional[dict]:
         """``{status: pending|applied|rejected, error, code, state}`` of a stored command."""
 
+    # -- notifications ---------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Optional[str], Optional[str]], None]) -> Callable[[], None]:
+        """Call ``callback(kind, run_id)`` from a background thread when a commit appends
+        events (kind ``"cmbagent_events"``) or a command (``"cmbagent_commands"``) for a
+        run; ``(None, None)`` when notifications may have been missed (re-check all).
+        Only a wake-up: what changed is read from the store. Returns an unsubscribe
+        function. Stores without ``pushes_changes`` never call back (poll them).
+        """
+        return lambda: None
+
     # -- leases --------------------------------------------------------------------------------
 
     @abstractmethod
@@ -343,6 +416,7 @@ class Store(ABC):
     def close(self) -> None:
         from ..executor import close_executors
 
+        self.closed = True
         close_executors(self)
         if self._journal is not None:
             self._journal.close()
@@ -359,5 +433,5 @@ def now() -> float:
 __all__ = [
     "Store", "Commit", "Lease", "EventList", "LEASE_RENEW_S", "LEASE_TTL_S",
     "lease_is_dead", "lost_run_events", "record", "check_command", "envelope_dict",
-    "envelope_json",
+    "envelope_json", "plan_schema", "ordered_edges", "unstorable_command", "command_refusal", "lost_message",
 ]

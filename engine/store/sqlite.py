@@ -26,11 +26,16 @@ from .base import (
     Lease,
     Store,
     check_command,
+    command_refusal,
     executor_lost,
     lease_is_dead,
+    lost_message,
     lost_run_events,
     new_command_id,
+    ordered_edges,
+    plan_schema,
     record,
+    unstorable_command,
 )
 
 SCHEMA_VERSION = 2
@@ -120,19 +125,9 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else None
-            if version is not None and version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer cmbagent-jupyter (schema {version}, "
-                    f"this one reads up to {SCHEMA_VERSION}); upgrade cmbagent-jupyter")
-            if version is None:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            else:
-                for v in range(version, SCHEMA_VERSION):
-                    for statement in MIGRATIONS[v]:
-                        conn.execute(statement)
+            for statement in plan_schema(int(row[0]) if row else None, SCHEMA_VERSION, MIGRATIONS,
+                                         _SCHEMA, self.path):
+                conn.execute(statement)
             conn.execute("INSERT OR REPLACE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -204,21 +199,8 @@ class SQLiteStore(Store):
         for (doc,) in c.execute("SELECT doc FROM nodes WHERE run_id=?", (run_id,)):
             n = orjson.loads(doc)
             nodes[n["id"]] = n
-        return RunView(orjson.loads(row[0]), nodes, self._edges(c, run_id, nodes), row[1])
-
-    @staticmethod
-    def _edges(c: sqlite3.Connection, run_id: str, nodes: dict) -> list[dict]:
-        # Edges in node-declaration order, the order the log added them in.
-        rows = c.execute("SELECT source, target FROM edges WHERE run_id=?", (run_id,)).fetchall()
-        by_target: dict[str, list[str]] = {}
-        for s, t in rows:
-            by_target.setdefault(t, []).append(s)
-        out = []
-        for n in sorted(nodes.values(), key=lambda n: n["position"]):
-            for dep in n["deps"]:
-                if dep in by_target.get(n["id"], ()):
-                    out.append({"source": dep, "target": n["id"]})
-        return out
+        edges = c.execute("SELECT source, target FROM edges WHERE run_id=?", (run_id,)).fetchall()
+        return RunView(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
 
     def runs(self) -> list[dict]:
         rows = self._conn().execute("SELECT doc FROM runs ORDER BY created_at DESC, rowid DESC")
@@ -369,12 +351,15 @@ class SQLiteStore(Store):
                        payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
         command_id = command_id or new_command_id()
         lost: Optional[str] = None
+        refused = unstorable_command(command_id, run_id, node_id)
+        if refused:
+            return refused
         with self._write() as c:
             row = c.execute("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=?",
                             (command_id,)).fetchone()
             if row is not None:
                 if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
-                    return _refusal(command_id, "command_id_reused",
+                    return command_refusal(command_id, "command_id_reused",
                                     f"command_id {command_id!r} was already used for another command")
                 return orjson.loads(row[3])
             try:
@@ -390,8 +375,8 @@ class SQLiteStore(Store):
                     raise CommandRejected(lost, "executor_lost")
             except (UnknownRun, UnknownNode, CommandRejected) as exc:
                 if lost is None:
-                    return _refusal(command_id, exc.code, str(exc))
-                ack = _refusal(command_id, exc.code, str(exc))
+                    return command_refusal(command_id, exc.code, str(exc))
+                ack = command_refusal(command_id, exc.code, str(exc))
             else:
                 ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
                 c.execute(
@@ -439,8 +424,7 @@ class SQLiteStore(Store):
 
     def _mark_lost(self, c: sqlite3.Connection, view: RunView) -> str:
         """Record, inside the caller's transaction, that the run's executor is gone."""
-        message = ("the process that ran this workflow is gone (executor_lost); "
-                   "step code lives in that process, so the run cannot continue")
+        message = lost_message()
         if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
             # Nothing (more) to record: the run is final, or its loss is already on record.
             c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
@@ -454,6 +438,3 @@ class SQLiteStore(Store):
                   (message, view.run["id"]))
         return message
 
-
-def _refusal(command_id: str, code: str, message: str) -> dict:
-    return {"command_id": command_id, "ok": False, "error": message, "code": code}

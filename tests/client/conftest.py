@@ -10,11 +10,6 @@ from client_support import FakeHandler, FakeServer, shutdown_executors
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return "sqlite:///" + str(tmp_path / "runs.sqlite").lstrip("/")
-
-
-@pytest.fixture
 def store(db_url):
     s = engine.open_store(db_url)
     yield s

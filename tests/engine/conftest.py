@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: a fresh SQLite store per test."""
+"""Fixtures for the engine tests: a fresh store per test (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from engine_support import shutdown_executors
 
 
 @pytest.fixture
-def store_path(tmp_path):
-    return tmp_path / "runs.sqlite"
-
-
-@pytest.fixture
-def store(store_path):
-    """A store on a new SQLite file. Its executors are stopped and it is closed afterwards."""
-    s = engine.open_store(str(store_path))
+def store(db_url):
+    """A new store (SQLite file or PostgreSQL database). Its executors are stopped and it
+    is closed afterwards."""
+    s = engine.open_store(db_url)
     yield s
     shutdown_executors(s)
     s.close()

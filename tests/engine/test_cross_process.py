@@ -62,15 +62,15 @@ except EngineError as exc:
 """
 
 
-def control(tmp_path, store_path, run_id, action, **kwargs) -> dict:
+def control(tmp_path, db_url, run_id, action, **kwargs) -> dict:
     """Send one command from a second process; return what it printed."""
-    args = [store_path, run_id, action] + ([json.dumps(kwargs)] if kwargs else [])
+    args = [db_url, run_id, action] + ([json.dumps(kwargs)] if kwargs else [])
     return json.loads(run_script(tmp_path, f"control_{action}", CONTROL, *args))
 
 
-def test_pause_and_resume_from_another_process(store, store_path, tmp_path):
+def test_pause_and_resume_from_another_process(store, db_url, tmp_path):
     """The run executes in process A; this process pauses and resumes it."""
-    remote = Script(tmp_path, "remote_run", REMOTE_RUN).start(store_path, tmp_path)
+    remote = Script(tmp_path, "remote_run", REMOTE_RUN).start(db_url, tmp_path)
     try:
         run = store.run(remote.wait_for_file(tmp_path / "run_id"))
         wait_node(run, "long", "running", timeout=30)
@@ -125,18 +125,18 @@ def looping(gate: threading.Event, name="local") -> Workflow:
     return wf
 
 
-def test_pause_and_resume_sent_by_another_process(store, store_path, tmp_path):
+def test_pause_and_resume_sent_by_another_process(store, db_url, tmp_path):
     """The run executes here; another process pauses and resumes it."""
     gate = threading.Event()
     run = looping(gate).start(store=store)
     wait_node(run, "long", "running")
 
-    out = control(tmp_path, store_path, run.id, "pause")
+    out = control(tmp_path, db_url, run.id, "pause")
     assert out["ack"]["ok"] and out["ack"]["state"] in ("pausing", "paused")
     wait_state(run, "paused")
     assert statuses(run) == {"long": "paused", "after": "pending"}
 
-    out = control(tmp_path, store_path, run.id, "resume")
+    out = control(tmp_path, db_url, run.id, "resume")
     assert out["ack"]["state"] == "executing"
     wait_node(run, "long", "running")
     gate.set()
@@ -157,18 +157,18 @@ def approval_run(store, ready: threading.Event):
     return wf.start(store=store), answers
 
 
-def test_approval_answered_from_another_process(store, store_path, tmp_path):
+def test_approval_answered_from_another_process(store, db_url, tmp_path):
     ready = threading.Event()
     run, answers = approval_run(store, ready)
     wait_node(run, "fit", "running")
     # Nothing is pending yet: approving (with the node omitted) is refused, and says why.
-    out = control(tmp_path, store_path, run.id, "approve")
+    out = control(tmp_path, db_url, run.id, "approve")
     assert out["code"] == "no_pending_approval" and "no approval is pending" in out["message"]
     assert out["error"] == "CommandRejected"
 
     ready.set()
     wait_state(run, "waiting_approval")
-    out = control(tmp_path, store_path, run.id, "approve", comment="looks right to me")
+    out = control(tmp_path, db_url, run.id, "approve", comment="looks right to me")
     assert out["ack"]["ok"]
     assert run.wait(10) == "completed"
     assert answers == {"fit": True} and run.result("fit") == "kept"
@@ -182,12 +182,12 @@ def test_approval_answered_from_another_process(store, store_path, tmp_path):
     assert requested["data"]["approval_id"] == received["data"]["approval_id"]
 
 
-def test_rejection_from_another_process(store, store_path, tmp_path):
+def test_rejection_from_another_process(store, db_url, tmp_path):
     ready = threading.Event()
     ready.set()
     run, answers = approval_run(store, ready)
     wait_state(run, "waiting_approval")
-    out = control(tmp_path, store_path, run.id, "reject", node_id="fit", comment="too noisy")
+    out = control(tmp_path, db_url, run.id, "reject", node_id="fit", comment="too noisy")
     assert out["ack"]["ok"]
     assert run.wait(10) == "completed"
     assert answers == {"fit": False} and run.result("fit") == "discarded"
@@ -224,9 +224,9 @@ run.wait()
 """
 
 
-def start_and_kill(store, store_path, tmp_path):
+def start_and_kill(store, db_url, tmp_path):
     """Start DOOMED in another process, let it commit some progress, kill -9 it."""
-    doomed = Script(tmp_path, "doomed", DOOMED).start(store_path, tmp_path)
+    doomed = Script(tmp_path, "doomed", DOOMED).start(db_url, tmp_path)
     try:
         run = store.run(doomed.wait_for_file(tmp_path / "run_id"))
         wait_until(lambda: store.bounds(run.id)[1] >= 40, 30, "40 events")
@@ -253,10 +253,12 @@ def assert_lost(run, before):
     return events
 
 
-def test_killed_executor_is_detected_when_the_store_is_opened(store, store_path, tmp_path):
-    run, before = start_and_kill(store, store_path, tmp_path)
+def test_killed_executor_is_detected_when_the_store_is_opened(store, db_url, tmp_path):
+    run, before = start_and_kill(store, db_url, tmp_path)
     t0 = time.monotonic()
-    reopened = engine.open_store(str(store_path), busy_timeout_s=30.0)  # a new store object
+    # a new store object (different options make a different one)
+    other = {"busy_timeout_s": 30.0} if db_url.startswith("sqlite") else {"pool_size": 2}
+    reopened = engine.open_store(db_url, **other)
     try:
         assert reopened is not store
         wait_until(lambda: reopened.reap() is not None and reopened.run(run.id).state == "failed",
@@ -273,8 +275,8 @@ def test_killed_executor_is_detected_when_the_store_is_opened(store, store_path,
         reopened.close()
 
 
-def test_command_to_a_killed_executor_is_refused_and_marks_the_run(store, store_path, tmp_path):
-    run, before = start_and_kill(store, store_path, tmp_path)
+def test_command_to_a_killed_executor_is_refused_and_marks_the_run(store, db_url, tmp_path):
+    run, before = start_and_kill(store, db_url, tmp_path)
     assert run.state == "executing"  # nothing has noticed yet
     with pytest.raises(ExecutorLost) as info:
         run.pause()
@@ -315,8 +317,8 @@ print(json.dumps({"runs": [r.id for r in runs], "states": [r.wait(120).value for
 N_PROGRESS = 1000
 
 
-def test_concurrent_runs_in_threads_and_processes_share_one_file(store, store_path, tmp_path):
-    procs = [Script(tmp_path, f"chatty_{p}", CHATTY).start(store_path, tmp_path, f"p{p}", 2, N_PROGRESS)
+def test_concurrent_runs_in_threads_and_processes_share_one_file(store, db_url, tmp_path):
+    procs = [Script(tmp_path, f"chatty_{p}", CHATTY).start(db_url, tmp_path, f"p{p}", 2, N_PROGRESS)
              for p in range(2)]
     try:
         for p, proc in enumerate(procs):
@@ -393,8 +395,8 @@ print(json.dumps({"unfinished": run.id, "failed": failed.id}))
 """  # ... and the interpreter exits with `slow` still running
 
 
-def test_a_process_exiting_marks_its_unfinished_runs_lost(store, store_path, tmp_path):
-    out = json.loads(run_script(tmp_path, "exiting", EXITING, store_path))
+def test_a_process_exiting_marks_its_unfinished_runs_lost(store, db_url, tmp_path):
+    out = json.loads(run_script(tmp_path, "exiting", EXITING, db_url))
     unfinished, failed = store.run(out["unfinished"]), store.run(out["failed"])
     # Recorded by the exiting process itself: no reaping needed.
     assert unfinished.state == "failed"
@@ -430,9 +432,9 @@ print(json.dumps({"run": run.id}))
 """  # the script ends; the step would loop for ever
 
 
-def test_a_script_ending_mid_step_exits_and_records_the_loss(store, store_path, tmp_path):
+def test_a_script_ending_mid_step_exits_and_records_the_loss(store, db_url, tmp_path):
     """The step is released at its checkpoint: the process does not hang at exit."""
-    out = json.loads(run_script(tmp_path, "at_checkpoint", EXITING_AT_CHECKPOINT, store_path,
+    out = json.loads(run_script(tmp_path, "at_checkpoint", EXITING_AT_CHECKPOINT, db_url,
                                 timeout=20))
     run = store.run(out["run"])
     assert run.state == "failed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import engine
 from engine import Workflow
 from engine_support import shutdown_executors
+from support import sqlite_only
 
 
 def test_events_beyond_the_limit_are_trimmed_but_the_snapshot_is_complete(tmp_path):
@@ -50,6 +51,7 @@ def test_events_beyond_the_limit_are_trimmed_but_the_snapshot_is_complete(tmp_pa
         store.close()
 
 
+@sqlite_only
 def test_the_tailers_poll_reads_only_new_rows(store):
     """The hub asks for changes every few ms: it must not scan the whole log."""
     plan = store._conn().execute(

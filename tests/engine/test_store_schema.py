@@ -49,3 +49,114 @@ def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path):
         open_store(str(path))
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert tables == {"meta", "sqlite_autoindex_meta_1"}
+
+
+# -- both stores ----------------------------------------------------------------------------------
+
+def raw(db_url: str, *statements: str) -> list[tuple]:
+    """Run SQL on the database behind ``db_url`` with its own driver; rows of the last."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url[len("sqlite://"):])
+        try:
+            rows = [conn.execute(s).fetchall() for s in statements][-1]
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        out = []
+        for s in statements:
+            cur = conn.execute(s)
+            out = cur.fetchall() if cur.description else []
+        return out
+
+
+def backend(db_url: str):
+    import engine.store.postgres as pg
+    import engine.store.sqlite as lite
+
+    return lite if db_url.startswith("sqlite") else pg
+
+
+def stored_version(db_url: str) -> int:
+    return int(raw(db_url, "SELECT value FROM meta WHERE key='schema_version'")[0][0])
+
+
+def columns(db_url: str, table: str) -> set[str]:
+    if db_url.startswith("sqlite"):
+        return {r[1] for r in raw(db_url, f"PRAGMA table_info({table})")}
+    return {r[0] for r in raw(db_url, "SELECT column_name FROM information_schema.columns"
+                                      f" WHERE table_name='{table}'")}
+
+
+def test_newer_store_is_refused_untouched_on_both_stores(db_url):
+    future = backend(db_url).SCHEMA_VERSION + 1
+    raw(db_url, "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"INSERT INTO meta VALUES('schema_version', '{future}')")
+    with pytest.raises(StoreError, match=f"schema {future}.*upgrade cmbagent-jupyter"):
+        open_store(db_url)
+    assert stored_version(db_url) == future
+    assert columns(db_url, "runs") == set()  # nothing was created
+
+
+def test_a_failing_upgrade_changes_nothing_and_a_good_one_keeps_the_runs(db_url, monkeypatch):
+    import engine.store
+
+    mod = backend(db_url)
+    store = open_store(db_url)
+    wf = Workflow("before the upgrade")
+
+    @wf.step()
+    def only():
+        return 41
+
+    run = wf.run(store=store, timeout=30)
+    events = run.events().dicts()
+    engine.store.close_store(db_url)
+    current = mod.SCHEMA_VERSION
+
+    # A migration whose second statement fails: the first must not stay applied.
+    monkeypatch.setattr(mod, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(mod.MIGRATIONS, current, ["ALTER TABLE runs ADD COLUMN note TEXT",
+                                                  "ALTER TABLE no_such_table ADD COLUMN x TEXT"])
+    with pytest.raises(StoreError, match="cannot open store"):
+        open_store(db_url)
+    assert stored_version(db_url) == current
+    assert "note" not in columns(db_url, "runs")
+
+    # The same upgrade done right: applied once, and what the store held is intact.
+    monkeypatch.setitem(mod.MIGRATIONS, current, ["ALTER TABLE runs ADD COLUMN note TEXT"])
+    upgraded = open_store(db_url)
+    assert stored_version(db_url) == current + 1
+    assert "note" in columns(db_url, "runs")
+    assert upgraded.run(run.id).events().dicts() == events
+    assert upgraded.run(run.id).state == "completed"
+
+
+def test_an_upgrade_path_that_does_not_exist_is_refused_with_what_to_do(db_url, monkeypatch):
+    import engine.store
+
+    mod = backend(db_url)
+    open_store(db_url)
+    engine.store.close_store(db_url)
+    monkeypatch.setattr(mod, "SCHEMA_VERSION", mod.SCHEMA_VERSION + 1)
+    monkeypatch.delitem(mod.MIGRATIONS, mod.SCHEMA_VERSION - 1, raising=False)
+    with pytest.raises(StoreError, match="cannot upgrade .*start a new store"):
+        open_store(db_url)
+    assert stored_version(db_url) == mod.SCHEMA_VERSION - 1
+
+
+def test_processes_opening_a_new_store_at_once_create_it_once(db_url, tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, engine; s = engine.open_store(sys.argv[1]); "
+              "print(len(s.runs()))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, db_url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["0"] * 4
+    assert stored_version(db_url) == backend(db_url).SCHEMA_VERSION

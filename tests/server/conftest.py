@@ -22,6 +22,8 @@ from server_support import FrameValidator, shutdown_executors
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "cmbagent_app(**traits): extra CmbAgentApp config for this test's server")
+    config.addinivalue_line(
+        "markers", "identity_provider(cls): the ServerApp.identity_provider_class of this test's server")
     config.addinivalue_line("markers", "extension_list: uses the `extension list` subprocess")
 
 
@@ -64,11 +66,6 @@ def extension_list_output(request) -> str:
 
 
 @pytest.fixture
-def db_url(tmp_path):
-    return "sqlite:///" + str(tmp_path / "runs.sqlite").lstrip("/")
-
-
-@pytest.fixture
 def store(db_url):
     s = engine.open_store(db_url)
     yield s
@@ -81,10 +78,11 @@ def jp_server_config(db_url, request):
     marker = request.node.get_closest_marker("cmbagent_app")
     if marker is not None:
         traits.update(marker.kwargs)
-    return {
-        "ServerApp": {"jpserver_extensions": {"cmbagent_jupyter": True}},
-        "CmbAgentApp": traits,
-    }
+    server = {"jpserver_extensions": {"cmbagent_jupyter": True}}
+    marker = request.node.get_closest_marker("identity_provider")
+    if marker is not None:
+        server["identity_provider_class"] = marker.args[0]
+    return {"ServerApp": server, "CmbAgentApp": traits}
 
 
 class FrameSchemaError(AssertionError):

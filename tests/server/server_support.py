@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from jsonschema import Draft202012Validator, validators
 
 from engine import Workflow
 from engine.executor import close_executors
-from support import finished_run  # noqa: F401  (re-exported)
+from support import finished_run, raw_rows  # noqa: F401  (finished_run re-exported)
 
 #: Events the tests open at teardown, so no step thread outlives its test.
 RELEASES: list[threading.Event] = []
@@ -38,7 +37,7 @@ def node_status(store, run_id: str, node_id: str) -> str:
     return next(n["status"] for n in store.snapshot(run_id)["nodes"] if n["id"] == node_id)
 
 
-def gated_run(store, progress: int = 20, name: str = "gated"):
+def gated_run(store, progress: int = 20, name: str = "gated", owner: Optional[str] = None):
     """A run whose first step, once started, waits for ``gate`` and then reports progress.
 
     The caller waits (``await wait_for(...)``) for the step's start to be committed."""
@@ -58,10 +57,10 @@ def gated_run(store, progress: int = 20, name: str = "gated"):
     def b(a):
         return a + 1
 
-    return wf.start(store=store), gate
+    return wf.start(store=store, owner=owner), gate
 
 
-def steerable_run(store, name: str = "steerable"):
+def steerable_run(store, name: str = "steerable", owner: Optional[str] = None):
     """A run whose step sits at checkpoints (so it can be paused, resumed, cancelled) until
     ``release`` is set."""
     release = threading.Event()
@@ -75,7 +74,7 @@ def steerable_run(store, name: str = "steerable"):
             time.sleep(0.002)
         return 1
 
-    return wf.start(store=store), release
+    return wf.start(store=store, owner=owner), release
 
 
 def cancelled_run(store):
@@ -91,15 +90,11 @@ def cancelled_run(store):
 
 def store_contents(store) -> dict:
     """Everything the store holds that a client could change: table sizes, the log,
-    the commands and every run's snapshot."""
-    c = sqlite3.connect(store.path)
-    try:
-        counts = {t: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                  for t in ("runs", "nodes", "edges", "events", "commands", "approvals")}
-        log = c.execute("SELECT run_id, seq, id FROM events ORDER BY gid").fetchall()
-        commands = c.execute("SELECT command_id, status FROM commands ORDER BY n").fetchall()
-    finally:
-        c.close()
+    the commands and every run's snapshot (read with the backend's own driver)."""
+    counts = {t: raw_rows(store, f"SELECT COUNT(*) FROM {t}")[0][0]
+              for t in ("runs", "nodes", "edges", "events", "commands", "approvals")}
+    log = raw_rows(store, "SELECT run_id, seq, id FROM events ORDER BY run_id, seq")
+    commands = raw_rows(store, "SELECT command_id, status FROM commands ORDER BY n")
     return {"counts": counts, "log": log, "commands": commands, "runs": store.runs(),
             "snapshots": {r["id"]: store.snapshot(r["id"]) for r in store.runs()}}
 

@@ -1,4 +1,4 @@
-"""Fixtures for the sans-I/O Session tests: a fresh SQLite store per test, no server."""
+"""Fixtures for the sans-I/O Session tests: a fresh store per test (SQLite and PostgreSQL), no server."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from session_support import GATES, shutdown_executors
 
 
 @pytest.fixture
-def store_path(tmp_path):
-    return tmp_path / "runs.sqlite"
-
-
-@pytest.fixture
-def store(store_path):
-    s = engine.open_store(str(store_path))
+def store(db_url):
+    s = engine.open_store(db_url)
     yield s
     for gate in GATES:
         gate.set()

@@ -32,6 +32,7 @@ from cmbagent_jupyter.protocol import validate_server_frame
 from cmbagent_jupyter.session import RowCache, Session
 from engine.store.sqlite import SQLiteStore
 from session_support import Client, append_events, copy_db, finished_run
+from support import sqlite_only
 
 UNKNOWN = "no-such-run"
 MALFORMED = ["abc", -1, 1.5, True, [1], {"a": 1}, "7"]
@@ -268,6 +269,7 @@ def make_machine(template: str, work: Path, run_ids: list[str], seen: collection
     return SessionMachine
 
 
+@sqlite_only  # copies the SQLite file for each example
 def test_any_interleaving_gives_gapless_duplicate_free_streams(tmp_path, store, monkeypatch):
     runs = [finished_run(store, name=f"model-{i}", progress=p).id for i, p in enumerate((3, 20, 60))]
     seen: collections.Counter = collections.Counter()

@@ -127,10 +127,10 @@ def test_cursor_at_last_gets_an_empty_events_frame(store):
     assert event_seqs(client.feed_all(frames(s))) == [last + 1, last + 2]
 
 
-def test_trimmed_cursor_gets_reset_then_snapshot(store, store_path):
+def test_trimmed_cursor_gets_reset_then_snapshot(store, db_url):
     run = finished_run(store, progress=30)
     last = last_seq(store, run.id)
-    trimmer = engine.open_store(str(store_path), max_events_per_run=10)
+    trimmer = engine.open_store(db_url, max_events_per_run=10)
     assert trimmer is not store
     assert trimmer.trim() > 0
     first, _ = store.bounds(run.id)
@@ -151,7 +151,7 @@ def test_trimmed_cursor_gets_reset_then_snapshot(store, store_path):
     assert event_seqs(client.feed_all(frames(s))) == list(range(first, last + 1))
 
 
-def test_trimmed_under_a_live_subscription(store, store_path):
+def test_trimmed_under_a_live_subscription(store, db_url):
     """Events trimmed between the notify and the read: reset, never a gap."""
     run = finished_run(store)
     s, client = new_session(store), Client()
@@ -161,7 +161,7 @@ def test_trimmed_under_a_live_subscription(store, store_path):
     client.feed_all(frames(s))
     new_last = append_events(store, run.id, 40)
     s.notify(run.id, new_last)
-    engine.open_store(str(store_path), max_events_per_run=5).trim()
+    engine.open_store(db_url, max_events_per_run=5).trim()
     s.pump()
     out = client.feed_all(frames(s))
     assert types(out) == ["reset", "snapshot"]

@@ -1,0 +1,601 @@
+"""PostgreSQL store: the scale-out backend (psycopg 3 with a psycopg-pool pool).
+
+Any number of processes — kernels running executors, Jupyter server replicas — share
+one database. What keeps the log exact with concurrent writers:
+
+- **Gap-free seq, assigned in the transaction.** A write transaction locks the run's
+  row (``SELECT ... FOR UPDATE``) and its events must continue ``runs.last_seq``
+  exactly; the row's ``last_seq`` moves in the same transaction. A rolled-back
+  transaction leaves ``last_seq`` where it was, so no seq is ever skipped (no
+  PostgreSQL sequence is involved). The run's lease holder is its only regular
+  writer; anyone else (recording a lost executor) goes through the same row lock.
+- **A commit clock for tailers.** Every transaction that appends events bumps a
+  one-row counter as its last statement and stamps the runs it touched with it
+  (``runs.changed``). The row lock on the counter orders those commits, so "runs
+  with ``changed`` > my cursor" never misses a commit that lands after the cursor
+  was read (a BIGSERIAL would: ids are handed out before commit, in another order).
+- **LISTEN/NOTIFY only wakes.** Commits send ``NOTIFY cmbagent_events, <run>``
+  and commands ``NOTIFY cmbagent_commands, <run>``; hubs and executors sleep until
+  woken. The log stays the truth: a lost notification (the listening connection
+  dropped) is followed by a wake-up of everyone on reconnect, and the hubs'
+  periodic re-check bounds the delay; nothing is read from the notification itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable, Optional
+
+import orjson
+
+from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
+from ..events import now_iso
+from ..snapshot import RunView
+from ..states import SETTLED_WORKFLOW_STATES
+from .base import (
+    LEASE_TTL_S,
+    Commit,
+    Lease,
+    Store,
+    check_command,
+    command_refusal,
+    executor_lost,
+    lease_is_dead,
+    lost_message,
+    lost_run_events,
+    new_command_id,
+    ordered_edges,
+    plan_schema,
+    record,
+    unstorable_command,
+)
+
+try:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+except ImportError:  # pragma: no cover - depends on the installation
+    psycopg = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+#: Statements that bring a store from version N to N + 1. They run in the same
+#: transaction as the version bump (PostgreSQL DDL is transactional): a store is
+#: never half-migrated.
+MIGRATIONS: dict[int, list[str]] = {}
+
+EVENTS_CHANNEL = "cmbagent_events"
+COMMANDS_CHANNEL = "cmbagent_commands"
+
+#: Any fixed number: the advisory lock that serializes schema creation and upgrades.
+_SCHEMA_LOCK = 0x636D6261  # "cmba"
+
+_SCHEMA = """
+CREATE TABLE clock(id INTEGER PRIMARY KEY CHECK (id = 1), n BIGINT NOT NULL);
+INSERT INTO clock VALUES (1, 0);
+CREATE TABLE runs(
+    n BIGSERIAL UNIQUE,
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_seq BIGINT NOT NULL,
+    first_seq BIGINT NOT NULL DEFAULT 1,
+    changed BIGINT NOT NULL DEFAULT 0,
+    lease_owner TEXT, lease_host TEXT, lease_pid INTEGER, lease_expires DOUBLE PRECISION,
+    doc TEXT NOT NULL);
+CREATE INDEX runs_changed ON runs(changed);
+CREATE INDEX runs_created ON runs(created_at);
+CREATE TABLE nodes(
+    run_id TEXT NOT NULL, id TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY(run_id, id));
+CREATE TABLE edges(
+    run_id TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+    PRIMARY KEY(run_id, source, target));
+CREATE TABLE events(
+    run_id TEXT NOT NULL, seq BIGINT NOT NULL, id TEXT NOT NULL,
+    type TEXT NOT NULL, ts TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY(run_id, seq));
+CREATE TABLE commands(
+    n BIGSERIAL PRIMARY KEY,
+    command_id TEXT NOT NULL UNIQUE, run_id TEXT NOT NULL, action TEXT NOT NULL,
+    node_id TEXT, payload TEXT, ack TEXT NOT NULL,
+    status TEXT NOT NULL, error TEXT, code TEXT, state TEXT,
+    created_at TEXT NOT NULL, applied_at TEXT);
+CREATE INDEX commands_pending ON commands(run_id, status);
+CREATE TABLE approvals(
+    approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
+    requested_at TEXT NOT NULL, answered_at TEXT)
+"""
+
+_LEASE_COLS = "lease_owner, lease_host, lease_pid, lease_expires"
+
+
+class PostgresStore(Store):
+    """A store in one PostgreSQL database, shared by any number of processes and hosts."""
+
+    pushes_changes = True
+
+    def __init__(self, conninfo: str, *, max_events_per_run: Optional[int] = None,
+                 max_event_age_s: Optional[float] = None, pool_size: int = 8,
+                 connect_timeout_s: float = 10.0):
+        super().__init__()
+        if psycopg is None:
+            raise StoreError("a postgresql:// store needs psycopg 3 and psycopg-pool: "
+                             "pip install 'cmbagent-jupyter[postgres]'")
+        if max_events_per_run is not None and max_events_per_run < 1:
+            raise StoreError("max_events_per_run must be >= 1")
+        self.url = _redact(conninfo)  # shown in logs and messages: never the password
+        self.max_events_per_run = max_events_per_run
+        self.max_event_age_s = max_event_age_s
+        self._last_trim = 0.0
+        self._conninfo = conninfo
+        self._connect_timeout = connect_timeout_s
+        try:
+            # Fail fast, with the server's own message, when the database is unreachable.
+            psycopg.connect(conninfo, connect_timeout=max(1, int(connect_timeout_s))).close()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to {_redact(conninfo)}: {exc}".strip()) from exc
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=max(1, pool_size),
+                                    kwargs={"autocommit": True}, open=True,
+                                    timeout=connect_timeout_s, name="cmbagent-store")
+        self._listener: Optional[_Listener] = None
+        self._listener_lock = threading.Lock()
+        self._init_schema()
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.url}>"
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        """Create a new store, upgrade an older one in place, or refuse a newer one.
+
+        One transaction, under an advisory lock (two processes opening a new store at
+        once create it once): it commits all of it or nothing.
+        """
+        try:
+            with self._pool.connection() as c, c.transaction():
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                c.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                statements = plan_schema(int(row[0]) if row else None, SCHEMA_VERSION, MIGRATIONS,
+                                         _SCHEMA, f"the store {self.url}")
+                for statement in statements:
+                    c.execute(statement)
+                c.execute("INSERT INTO meta VALUES('schema_version', %s)"
+                          " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(SCHEMA_VERSION),))
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        super().close()
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.stop()
+                self._listener = None
+        self._pool.close()
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str, Optional[str]], None]) -> Callable[[], None]:
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = _Listener(self._conninfo)
+                self._listener.start()
+            listener = self._listener
+        return listener.add(callback)
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+        run = view.run
+        with self._pool.connection() as c, c.transaction():
+            c.execute(
+                "INSERT INTO runs(id, created_at, owner, state, last_seq, lease_owner, lease_host,"
+                " lease_pid, lease_expires, doc) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
+                 lease.host, lease.pid, time.time() + LEASE_TTL_S, _json(run)))
+            self._write_nodes(c, run["id"], view.nodes.values())
+            self._write_edges(c, run["id"], view.edges)
+            self._write_events(c, run["id"], [first_event])
+            self._tick(c, [run["id"]])
+
+    def run_doc(self, run_id: str) -> dict:
+        _storable(run_id)
+        with self._pool.connection() as c:
+            row = c.execute("SELECT doc FROM runs WHERE id=%s", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        return orjson.loads(row[0])
+
+    def load_view(self, run_id: str) -> RunView:
+        with self._pool.connection() as c, c.transaction():
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            return self._view(c, run_id)
+
+    def _view(self, c, run_id: str, lock: bool = False) -> RunView:
+        _storable(run_id)
+        row = c.execute("SELECT doc, last_seq FROM runs WHERE id=%s" + (" FOR UPDATE" if lock else ""),
+                        (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        nodes = {}
+        for (doc,) in c.execute("SELECT doc FROM nodes WHERE run_id=%s", (run_id,)):
+            n = orjson.loads(doc)
+            nodes[n["id"]] = n
+        edges = c.execute("SELECT source, target FROM edges WHERE run_id=%s", (run_id,)).fetchall()
+        return RunView(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
+
+    def runs(self) -> list[dict]:
+        with self._pool.connection() as c:
+            rows = c.execute("SELECT doc FROM runs ORDER BY created_at DESC, n DESC").fetchall()
+        return [orjson.loads(r[0]) for r in rows]
+
+    # -- the log ------------------------------------------------------------------------------
+
+    def event_rows(self, run_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[tuple]:
+        sql = "SELECT seq, id, type, ts, data FROM events WHERE run_id=%s AND seq>%s ORDER BY seq"
+        if "\x00" in run_id:
+            return []
+        with self._pool.connection() as c:
+            if limit is not None:
+                return c.execute(sql + " LIMIT %s", (run_id, after_seq, int(limit))).fetchall()
+            return c.execute(sql, (run_id, after_seq)).fetchall()
+
+    def bounds(self, run_id: str) -> tuple[int, int]:
+        _storable(run_id)
+        with self._pool.connection() as c:
+            row = c.execute("SELECT first_seq, last_seq FROM runs WHERE id=%s", (run_id,)).fetchone()
+        if row is None:
+            raise UnknownRun(run_id)
+        return row[0], row[1]
+
+    def change_cursor(self) -> int:
+        with self._pool.connection() as c:
+            return c.execute("SELECT n FROM clock").fetchone()[0]
+
+    def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
+        with self._pool.connection() as c:
+            rows = c.execute("SELECT id, last_seq, changed FROM runs WHERE changed > %s",
+                             (cursor,)).fetchall()
+        if not rows:
+            return cursor, {}
+        return max(r[2] for r in rows), {r[0]: r[1] for r in rows}
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
+        try:
+            with self._pool.connection() as c, c.transaction():
+                failures = []
+                # Row locks in one global order (run id): two writers never deadlock.
+                heads = {}
+                for run_id in sorted({cm.run_id for cm in commits}):
+                    heads[run_id] = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=%s"
+                                              " FOR UPDATE", (run_id,)).fetchone()
+                for cm in commits:
+                    row = heads[cm.run_id]
+                    if row is None:
+                        failures.append((cm, UnknownRun(cm.run_id)))
+                    elif cm.lease_owner is not None and row[1] != cm.lease_owner:
+                        failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
+                    elif cm.events:
+                        if cm.events[0]["seq"] != row[0] + 1:
+                            failures.append((cm, LeaseLost(
+                                f"run {cm.run_id}: log is at seq {row[0]}, commit starts at "
+                                f"{cm.events[0]['seq']}")))
+                        else:
+                            heads[cm.run_id] = (cm.events[-1]["seq"], row[1])
+                if failures:
+                    raise _Refused(failures)
+                for cm in commits:
+                    self._apply(c, cm)
+                self._tick(c, sorted({cm.run_id for cm in commits if cm.events}))
+        except _Refused as refused:  # rolled back: the batch wrote nothing
+            return refused.failures
+        self._maybe_trim(commits)
+        return []
+
+    def _tick(self, c, run_ids: list[str]) -> None:
+        """Stamp ``run_ids`` with the next commit-clock value and wake the tailers.
+
+        The last statements of a transaction: the clock row stays locked (and other
+        writers wait for it) only from here to the commit.
+        """
+        if not run_ids:
+            return
+        n = c.execute("UPDATE clock SET n = n + 1 RETURNING n").fetchone()[0]
+        c.execute("UPDATE runs SET changed=%s WHERE id = ANY(%s)", (n, run_ids))
+        for run_id in run_ids:
+            c.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
+
+    def _apply(self, c, cm: Commit) -> None:
+        if cm.events:
+            self._write_events(c, cm.run_id, cm.events)
+        if cm.nodes:
+            self._write_nodes(c, cm.run_id, cm.nodes.values())
+        if cm.run_doc is not None or cm.events or cm.release_lease:
+            sets, args = [], []
+            if cm.run_doc is not None:
+                sets += ["doc=%s", "state=%s"]
+                args += [_json(cm.run_doc), cm.run_doc["state"]]
+            if cm.events:
+                sets.append("last_seq=%s")
+                args.append(cm.events[-1]["seq"])
+            if cm.release_lease:
+                sets.append("lease_owner=NULL, lease_host=NULL, lease_pid=NULL, lease_expires=NULL")
+            c.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=%s", (*args, cm.run_id))
+        if cm.commands:
+            ts = now_iso()
+            with c.cursor() as cur:
+                cur.executemany(
+                    "UPDATE commands SET status=%s, error=%s, code=%s, state=%s, applied_at=%s"
+                    " WHERE command_id=%s",
+                    [(st, err, code, state, ts, cid) for cid, st, err, code, state in cm.commands])
+
+    def _write_events(self, c, run_id: str, events: list[dict]) -> None:
+        with c.cursor() as cur:
+            with cur.copy("COPY events(run_id, seq, id, type, ts, data) FROM STDIN") as copy:
+                for e in events:
+                    copy.write_row((run_id, e["seq"], e["id"], e["event_type"], e["timestamp"],
+                                    orjson.dumps(e["data"]).decode()))
+            for e in events:  # the tables that mirror facts recorded by events
+                t, d = e["event_type"], e["data"]
+                if t == "dag_updated":
+                    self._write_edges(c, run_id, d["added_edges"])
+                elif t == "approval_requested":
+                    cur.execute("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
+                                " requested_at) VALUES(%s,%s,%s,%s, 'pending', %s)",
+                                (d["approval_id"], run_id, d["node_id"], d["prompt"], e["timestamp"]))
+                elif t == "approval_received":
+                    cur.execute("UPDATE approvals SET status=%s, comment=%s, answered_at=%s"
+                                " WHERE approval_id=%s",
+                                ("approved" if d["approved"] else "rejected", d.get("comment"),
+                                 e["timestamp"], d["approval_id"]))
+
+    @staticmethod
+    def _write_nodes(c, run_id: str, nodes: Iterable[dict]) -> None:
+        rows = [(run_id, n["id"], n["status"], _json(n)) for n in nodes]
+        if rows:
+            with c.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO nodes(run_id, id, status, doc) VALUES(%s,%s,%s,%s)"
+                    " ON CONFLICT (run_id, id) DO UPDATE SET status=EXCLUDED.status, doc=EXCLUDED.doc",
+                    rows)
+
+    @staticmethod
+    def _write_edges(c, run_id: str, edges: Iterable[dict]) -> None:
+        rows = [(run_id, e["source"], e["target"]) for e in edges]
+        if rows:
+            with c.cursor() as cur:
+                cur.executemany("INSERT INTO edges(run_id, source, target) VALUES(%s,%s,%s)"
+                                " ON CONFLICT DO NOTHING", rows)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def _maybe_trim(self, commits: list[Commit]) -> None:
+        if not (self.max_events_per_run or self.max_event_age_s):
+            return
+        settled = any(cm.run_doc is not None and cm.run_doc["state"] in SETTLED_WORKFLOW_STATES
+                      for cm in commits)
+        if settled or time.time() - self._last_trim > 1.0:
+            self._last_trim = time.time()
+            self.trim()
+
+    def trim(self) -> int:
+        """Delete events beyond the retention limits; return how many. Snapshots are unaffected."""
+        deleted = 0
+        with self._pool.connection() as c, c.transaction():
+            cuts: dict[str, int] = {}
+            if self.max_events_per_run:
+                cap = self.max_events_per_run
+                for run_id, last in c.execute(
+                        "SELECT id, last_seq FROM runs WHERE last_seq - first_seq + 1 > %s",
+                        (cap,)).fetchall():
+                    cuts[run_id] = last - cap + 1
+            if self.max_event_age_s:
+                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.max_event_age_s)
+                          ).isoformat(timespec="microseconds")
+                for run_id, seq in c.execute(
+                        "SELECT run_id, MAX(seq) FROM events WHERE ts < %s GROUP BY run_id",
+                        (cutoff,)).fetchall():
+                    cuts[run_id] = max(cuts.get(run_id, 0), seq + 1)
+            for run_id, new_first in cuts.items():
+                cur = c.execute("DELETE FROM events WHERE run_id=%s AND seq<%s", (run_id, new_first))
+                deleted += cur.rowcount
+                c.execute("UPDATE runs SET first_seq=GREATEST(first_seq, %s) WHERE id=%s",
+                          (new_first, run_id))
+        return deleted
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
+                       payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
+        command_id = command_id or new_command_id()
+        refused = unstorable_command(command_id, run_id, node_id)
+        if refused:
+            return refused
+        with self._pool.connection() as c, c.transaction():
+            # The run's row lock orders this command against the executor's commits
+            # (and against a concurrent submit of the same command_id, below).
+            try:
+                view = self._view(c, run_id, lock=True)
+            except UnknownRun as exc:
+                return command_refusal(command_id, exc.code, str(exc))
+            row = c.execute("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=%s",
+                            (command_id,)).fetchone()
+            if row is not None:
+                if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
+                    return command_refusal(command_id, "command_id_reused",
+                                           f"command_id {command_id!r} was already used for another command")
+                return orjson.loads(row[3])
+            try:
+                if node_id is not None and node_id not in view.nodes:
+                    raise UnknownNode(run_id, node_id)
+                status = view.nodes[node_id]["status"] if node_id is not None else None
+                node_id = check_command(view.run, status, action, node_id)
+            except (UnknownNode, CommandRejected) as exc:
+                return command_refusal(command_id, exc.code, str(exc))
+            lease = c.execute(f"SELECT {_LEASE_COLS} FROM runs WHERE id=%s", (run_id,)).fetchone()
+            if lease_is_dead(*lease, time.time()):
+                return command_refusal(command_id, "executor_lost", self._mark_lost(c, view))
+            ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
+            c.execute(
+                "INSERT INTO commands(command_id, run_id, action, node_id, payload, ack, status,"
+                " created_at) VALUES(%s,%s,%s,%s,%s,%s, 'pending', %s)",
+                (command_id, run_id, action, node_id, orjson.dumps(payload or {}).decode(),
+                 orjson.dumps(ack).decode(), now_iso()))
+            c.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, run_id))
+        return ack
+
+    def pending_commands(self, run_id: str) -> list[dict]:
+        with self._pool.connection() as c:
+            rows = c.execute(
+                "SELECT command_id, action, node_id, payload FROM commands"
+                " WHERE run_id=%s AND status='pending' ORDER BY n", (run_id,)).fetchall()
+        return [{"command_id": r[0], "action": r[1], "node_id": r[2], "payload": orjson.loads(r[3])}
+                for r in rows]
+
+    def command_status(self, command_id: str) -> Optional[dict]:
+        with self._pool.connection() as c:
+            row = c.execute("SELECT status, error, code, state FROM commands WHERE command_id=%s",
+                            (command_id,)).fetchone()
+        return None if row is None else {"status": row[0], "error": row[1], "code": row[2],
+                                         "state": row[3]}
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def renew_lease(self, run_id: str, lease: Lease) -> bool:
+        with self._pool.connection() as c:
+            cur = c.execute("UPDATE runs SET lease_expires=%s WHERE id=%s AND lease_owner=%s",
+                            (time.time() + LEASE_TTL_S, run_id, lease.owner))
+            return cur.rowcount == 1
+
+    def reap(self) -> list[str]:
+        now = time.time()
+        with self._pool.connection() as c:
+            candidates = [r[0] for r in c.execute(
+                f"SELECT id, {_LEASE_COLS} FROM runs WHERE lease_owner IS NOT NULL").fetchall()
+                if lease_is_dead(*r[1:], now)]
+        reaped = []
+        for run_id in candidates:
+            with self._pool.connection() as c, c.transaction():
+                lease = c.execute(f"SELECT {_LEASE_COLS} FROM runs WHERE id=%s FOR UPDATE",
+                                  (run_id,)).fetchone()
+                if lease and lease[0] is not None and lease_is_dead(*lease, time.time()):
+                    self._mark_lost(c, self._view(c, run_id))
+                    reaped.append(run_id)
+        return reaped
+
+    def _mark_lost(self, c, view: RunView) -> str:
+        """Record, inside the caller's transaction (which holds the run's row), that its executor is gone."""
+        message = lost_message()
+        run_id = view.run["id"]
+        if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
+            c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
+                      " lease_expires=NULL WHERE id=%s", (run_id,))
+            return message
+        events, touched = record(view, lost_run_events(view, "executor_lost", message))
+        self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
+                              release_lease=True))
+        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=%s"
+                  " WHERE run_id=%s AND status='pending'", (message, run_id))
+        self._tick(c, [run_id])
+        return message
+
+
+class _Refused(Exception):
+    """Rolls back a commit batch that must write nothing; carries who was refused."""
+
+    def __init__(self, failures):
+        super().__init__("commit refused")
+        self.failures = failures
+
+
+class _Listener(threading.Thread):
+    """One LISTEN connection per store object; calls back on every notification.
+
+    ``callback(channel, run_id)``; ``(None, None)`` after (re)connecting, when
+    notifications may have been missed: listeners re-check what they follow.
+    """
+
+    def __init__(self, conninfo: str):
+        super().__init__(name="cmbagent-pg-listen", daemon=True)
+        self._conninfo = conninfo
+        self._callbacks: list[Callable[[Optional[str], Optional[str]], None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+
+    def add(self, callback) -> Callable[[], None]:
+        with self._lock:
+            self._callbacks = [*self._callbacks, callback]
+
+        def remove() -> None:
+            with self._lock:
+                self._callbacks = [cb for cb in self._callbacks if cb is not callback]
+
+        return remove
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _dispatch(self, channel: Optional[str], run_id: Optional[str]) -> None:
+        for cb in self._callbacks:
+            try:
+                cb(channel, run_id)
+            except Exception:  # one subscriber's failure must not silence the others
+                log.exception("cmbagent store: a change subscriber failed")
+
+    def run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    conn.execute(f"LISTEN {COMMANDS_CHANNEL}")
+                    self.connected.set()
+                    delay = 0.05
+                    self._dispatch(None, None)
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=0.5):
+                            self._dispatch(n.channel, n.payload)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                if not self._stop.is_set():
+                    log.warning("cmbagent store: lost the LISTEN connection (%s); reconnecting", exc)
+            self._stop.wait(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _storable(run_id: str) -> None:
+    """PostgreSQL text cannot hold NUL: no stored run has such an id."""
+    if "\x00" in run_id:
+        raise UnknownRun(run_id)
+
+
+def _json(doc: dict) -> str:
+    return orjson.dumps(doc).decode()
+
+
+def _redact(conninfo: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    if "@" in conninfo and "://" in conninfo:
+        scheme, rest = conninfo.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return conninfo
+
+
+__all__ = ["PostgresStore", "SCHEMA_VERSION", "MIGRATIONS"]

@@ -629,6 +629,11 @@ def _abandon_all() -> None:
     checkpoint is then released with ``Cancelled`` instead of keeping the process alive.
     """
     for ex in list(_executors.values()):
+        if ex.settled.is_set() and not ex.stopped.is_set():
+            # Finished, but not done: its last read of commands (refusing those that came
+            # too late) and the lease's release are moments away. Let it end cleanly.
+            ex.wake()
+            ex._thread.join(2.0)
         with ex.cond:
             if not ex.stopped.is_set():
                 try:

@@ -499,9 +499,12 @@ class PostgresStore(Store):
         return reaped
 
     def _mark_lost(self, c, view: RunView) -> str:
-        """Record, inside the caller's transaction (which holds the run's row), that its executor is gone."""
+        """Record, inside the caller's transaction (which holds the run's row), that its
+        executor is gone; commands it never answered are refused, whatever the run's state."""
         message = lost_message()
         run_id = view.run["id"]
+        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=%s"
+                  " WHERE run_id=%s AND status='pending'", (message, run_id))
         if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
             c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
                       " lease_expires=NULL WHERE id=%s", (run_id,))
@@ -509,8 +512,6 @@ class PostgresStore(Store):
         events, touched = record(view, lost_run_events(view, "executor_lost", message))
         self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
                               release_lease=True))
-        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=%s"
-                  " WHERE run_id=%s AND status='pending'", (message, run_id))
         self._tick(c, [run_id])
         return message
 

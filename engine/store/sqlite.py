@@ -423,18 +423,21 @@ class SQLiteStore(Store):
         return reaped
 
     def _mark_lost(self, c: sqlite3.Connection, view: RunView) -> str:
-        """Record, inside the caller's transaction, that the run's executor is gone."""
+        """Record, inside the caller's transaction, that the run's executor is gone.
+
+        Commands it never answered are refused, whatever state the run ended in (a
+        process may exit between its run's final state and its last read of commands).
+        """
         message = lost_message()
+        run_id = view.run["id"]
+        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=?"
+                  " WHERE run_id=? AND status='pending'", (message, run_id))
         if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
             # Nothing (more) to record: the run is final, or its loss is already on record.
             c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
-                      " lease_expires=NULL WHERE id=?", (view.run["id"],))
+                      " lease_expires=NULL WHERE id=?", (run_id,))
             return message
         events, touched = record(view, lost_run_events(view, "executor_lost", message))
-        self._apply(c, Commit(view.run["id"], events, view.run,
-                              {n: view.nodes[n] for n in touched}, release_lease=True))
-        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=?"
-                  " WHERE run_id=? AND status='pending'",
-                  (message, view.run["id"]))
+        self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
+                              release_lease=True))
         return message
-

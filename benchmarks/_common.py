@@ -112,6 +112,36 @@ def raw_connection(path: str) -> sqlite3.Connection:
     return conn
 
 
+def postgres_server():
+    """A PostgreSQL server to benchmark on (tests/pg_cluster.py's ``PgServer``):
+    ``$CMBAGENT_TEST_PG_URL``'s, else a throwaway local cluster with durable settings
+    (fsync, synchronous_commit and full_page_writes on; the tests' own clusters turn them
+    off). ``create_database()`` gives a fresh database's URL. Raises ``RuntimeError``
+    saying how to get one when there is none."""
+    sys.path.append(os.path.join(REPO, "tests"))
+    import pg_cluster
+
+    try:
+        return pg_cluster.PgServer.get(fsync=True)
+    except pg_cluster.Unavailable as exc:
+        raise RuntimeError(f"{exc}. {pg_cluster.HOW_TO_ENABLE}") from exc
+
+
+def postgres_settings(url: str) -> str:
+    """What PostgreSQL figures were taken with, for their labels: version, host and the
+    durability settings (``PostgreSQL 15.x on 127.0.0.1, fsync=on, synchronous_commit=on, ...``)."""
+    import psycopg
+    from urllib.parse import urlsplit
+
+    with psycopg.connect(url) as conn:
+        show = {k: conn.execute(f"SHOW {k}").fetchone()[0]
+                for k in ("server_version", "fsync", "synchronous_commit", "full_page_writes",
+                          "wal_sync_method")}
+    version = show.pop("server_version").split()[0]
+    return (f"PostgreSQL {version} on {urlsplit(url).hostname}, "
+            + ", ".join(f"{k}={v}" for k, v in show.items()))
+
+
 # -- timing --------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """What the server benchmarks (server_*.py) share, on top of ``_common``.
 
 - ``JupyterServer``: a real ``jupyter server`` subprocess with the cmbagent_jupyter
-  extension, a token, and ``CMBAGENT_DB_URL`` pointing at the benchmark's SQLite file.
+  extension, a token, and ``CMBAGENT_DB_URL`` pointing at the benchmark's SQLite file
+  (or PostgreSQL database).
 - ``BaselineServer``: ``_baseline_ws.py`` (a plain Tornado server, one frame per event)
   as a subprocess.
 - ``Writer``: a process running the engine: one workflow whose step waits for a gate,
@@ -65,8 +66,14 @@ def sqlite_url(path: str) -> str:
     return "sqlite:///" + os.path.abspath(path).lstrip("/")
 
 
+def is_postgres(db: str) -> bool:
+    """Whether a benchmark's ``db`` is a PostgreSQL URL (else it is a SQLite file's path)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 class JupyterServer:
-    """``python -m jupyter_server`` with the extension, on 127.0.0.1, token auth."""
+    """``python -m jupyter_server`` with the extension, on 127.0.0.1, token auth; ``db_path``
+    a SQLite file or a PostgreSQL URL."""
 
     def __init__(self, db_path: str, workdir: str, extra_args: tuple = ()):
         self.port = free_port()
@@ -77,7 +84,7 @@ class JupyterServer:
         env.update(JUPYTER_CONFIG_DIR=os.path.join(workdir, "jupyter-config"),
                    JUPYTER_DATA_DIR=os.path.join(workdir, "jupyter-data"),
                    JUPYTER_RUNTIME_DIR=os.path.join(workdir, "jupyter-runtime"),
-                   CMBAGENT_DB_URL=sqlite_url(db_path))
+                   CMBAGENT_DB_URL=db_path if is_postgres(db_path) else sqlite_url(db_path))
         cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
                f"--port={self.port}", "--ServerApp.port_retries=0", "--ip=127.0.0.1",
                f"--IdentityProvider.token={self.token}",
@@ -358,9 +365,16 @@ def commit_times(commits: list[tuple[int, int, float]], size: int) -> np.ndarray
 
 def event_table(db_path: str, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(record_ts, types)`` indexed by seq: each event's timestamp (epoch s) and type."""
-    conn = sqlite3.connect(db_path)
-    rows = conn.execute("SELECT seq, ts, type FROM events WHERE run_id=? ORDER BY seq", (run_id,)).fetchall()
-    conn.close()
+    if is_postgres(db_path):
+        import psycopg
+
+        with psycopg.connect(db_path) as conn:
+            rows = conn.execute("SELECT seq, ts, type FROM events WHERE run_id=%s ORDER BY seq",
+                                (run_id,)).fetchall()
+    else:
+        conn = sqlite3.connect(db_path)
+        rows = conn.execute("SELECT seq, ts, type FROM events WHERE run_id=? ORDER BY seq", (run_id,)).fetchall()
+        conn.close()
     size = rows[-1][0] + 1
     ts = np.full(size, np.nan)
     types = np.empty(size, dtype=object)
@@ -579,18 +593,22 @@ class Fleet:
 
     ``after_seq`` None: subscribe from a snapshot; else replay after it. ``expect``: the
     last seq to wait for (``wait_done``), if known up front (else ``expect()`` later).
+    ``url`` and ``headers`` may be lists (several servers): process i connects to the
+    i-th modulo their length.
     """
 
     def __init__(self, url: str, headers: Optional[dict], run_id: str, total: int, procs: int = 1, *,
                  after_seq: Optional[int] = None, parse: bool = False, keep: bool = False,
                  capture_ts: bool = False, expect: Optional[int] = None, defer_subscribe: bool = False):
         procs = max(1, min(procs, total))
+        urls = url if isinstance(url, list) else [url]
+        headers = headers if isinstance(headers, list) else [headers]
         self.conns, self.procs = [], []
         for p in range(procs):
             n = total // procs + (1 if p < total % procs else 0)
-            conf = {"url": url, "headers": headers or {}, "run_id": run_id, "n": n, "after_seq": after_seq,
-                    "parse": parse, "keep": keep, "capture_ts": capture_ts, "expect": expect,
-                    "defer_subscribe": defer_subscribe}
+            conf = {"url": urls[p % len(urls)], "headers": headers[p % len(headers)] or {}, "run_id": run_id,
+                    "n": n, "after_seq": after_seq, "parse": parse, "keep": keep, "capture_ts": capture_ts,
+                    "expect": expect, "defer_subscribe": defer_subscribe}
             parent, child = MP.Pipe()
             proc = MP.Process(target=_client_main, args=(conf, child), daemon=True)
             proc.start()
@@ -781,7 +799,7 @@ def _latency_stats(recv: np.ndarray, origin: np.ndarray, seqs: np.ndarray) -> di
     got = ~np.isnan(sub)
     lat = (sub - origin[seqs])[got] * 1000.0
     return {"expected": sub.size, "delivered": int(got.sum()),
-            "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99), "max": float(lat.max()) if lat.size else float("nan")}
+            "p50": pct(lat, 50), "p90": pct(lat, 90), "p95": pct(lat, 95), "p99": pct(lat, 99), "max": float(lat.max()) if lat.size else float("nan")}
 
 
 def paced_engine(server: JupyterServer, db: str, clients: int, procs: int, rate: float, seconds: float,
@@ -832,7 +850,8 @@ def paced_engine(server: JupyterServer, db: str, clients: int, procs: int, rate:
 
 
 #: What ``paced_baseline`` returns when the baseline is skipped (``--no-baseline``).
-NO_BASELINE = {"due": {"expected": 1, "delivered": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}}
+NO_BASELINE = {"due": {"expected": 1, "delivered": 0, "p50": 0.0, "p90": 0.0, "p95": 0.0, "p99": 0.0,
+                        "max": 0.0}}
 
 
 def paced_baseline(clients: int, procs: int, rate: float, seconds: float, grace: float, name: str) -> dict:

@@ -39,7 +39,13 @@ CREATE UNIQUE INDEX events_run_seq ON events(run_id, seq);
 
 
 def engine_rate(directory: str, tag: str, events: int) -> float:
-    store = open_store(os.path.join(directory, f"engine-{tag}.sqlite"))
+    return append_rate(os.path.join(directory, f"engine-{tag}.sqlite"), events)
+
+
+def append_rate(url: str, events: int) -> float:
+    """events/s of ``events`` ctx.progress calls from one step on the store at ``url``
+    (a SQLite file here; pg_append.py also passes PostgreSQL URLs)."""
+    store = open_store(url)
     try:
         started: list[float] = []
         run = run_to_completion(progress_workflow(events, started=started), store)

@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$here/../.venv/bin/python}"
 [ -x "$py" ] || py=python3
-for bench in executor_overhead event_append readback memory; do
+for bench in executor_overhead event_append readback memory dask_overhead pg_append; do
     start=$(date +%s)
     "$py" "$here/$bench.py" "$@"
     echo "[$bench] $(( $(date +%s) - start )) s" >&2

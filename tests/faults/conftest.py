@@ -1,5 +1,6 @@
 """Fixtures for the fault tests: real `jupyter server` and writer subprocesses on a real
-SQLite file, all stopped at teardown (by their own handles), and a printed random seed."""
+store (a SQLite file; a test module may override ``store_url``, e.g. with ``pg_url``), all
+stopped at teardown (by their own handles), and a printed random seed."""
 
 from __future__ import annotations
 
@@ -27,12 +28,18 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
+def store_url(db_path):
+    """The store every process of the test opens: by default the SQLite file ``db_path``."""
+    return "sqlite:///" + str(db_path).lstrip("/")
+
+
+@pytest.fixture
 def token():
     return secrets.token_hex(16)
 
 
 @pytest.fixture
-def spawn(tmp_path, db_path, token):
+def spawn(tmp_path, store_url, token):
     """``spawn.server(name, port=None)`` and ``spawn.writer(*args)``: started subprocesses."""
     servers: list[ServerProc] = []
     writers: list[WriterProc] = []
@@ -40,7 +47,7 @@ def spawn(tmp_path, db_path, token):
     class Spawn:
         @staticmethod
         def server(name: str = "server", port=None) -> ServerProc:
-            s = ServerProc(tmp_path, db_path, token, name, port).start()
+            s = ServerProc(tmp_path, store_url, token, name, port).start()
             servers.append(s)
             return s
 
@@ -51,7 +58,7 @@ def spawn(tmp_path, db_path, token):
 
         @staticmethod
         def writer(*args: str) -> WriterProc:
-            w = WriterProc(tmp_path, db_path, *args)
+            w = WriterProc(tmp_path, store_url, *args)
             writers.append(w)
             return w
 
@@ -65,13 +72,13 @@ def spawn(tmp_path, db_path, token):
 
 
 @pytest.fixture
-def open_db(db_path):
+def open_db(store_url):
     """``open_db()``: the store, opened in this process once the writer created it."""
     opened = []
 
     def _open():
         if not opened:
-            opened.append(engine.open_store(str(db_path)))
+            opened.append(engine.open_store(store_url))
         return opened[0]
 
     yield _open

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -47,11 +48,12 @@ async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 class ServerProc:
-    """A real ``jupyter server`` subprocess with the extension, on a fixed port and store."""
+    """A real ``jupyter server`` subprocess with the extension, on a fixed port and store
+    (``store_url``: ``sqlite:///...`` or ``postgresql://...``, its ``CmbAgentApp.db_url``)."""
 
-    def __init__(self, workdir: Path, db_path: Path, token: str, name: str = "server",
+    def __init__(self, workdir: Path, store_url: str, token: str, name: str = "server",
                  port: Optional[int] = None):
-        self.workdir, self.db_path, self.token, self.name = workdir, db_path, token, name
+        self.workdir, self.store_url, self.token, self.name = workdir, store_url, token, name
         self.port = port or free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
@@ -72,7 +74,7 @@ class ServerProc:
     def start(self) -> "ServerProc":
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        db_url = "sqlite:///" + str(self.db_path).lstrip("/")
+        db_url = self.store_url
         env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN")}
         env.update(CMBAGENT_DB_URL=db_url,
                    JUPYTER_CONFIG_DIR=str(self.jupyter_dir / "config"),
@@ -108,6 +110,20 @@ class ServerProc:
             if time.monotonic() - t0 > timeout:
                 raise AssertionError(f"{self.name} not ready after {timeout} s:\n{tail(self.log_path)}")
             await asyncio.sleep(0.05)
+
+    async def command(self, run_id: str, action: str, node_id: Optional[str] = None,
+                      command_id: Optional[str] = None, timeout: float = 30.0) -> dict:
+        """``POST cmbagent/api/runs/{run_id}/commands`` to this server; its ack (any status)."""
+        body: dict = {"action": action, "command_id": command_id or uuid.uuid4().hex}
+        if node_id is not None:
+            body["node_id"] = node_id
+        req = HTTPRequest(f"{self.url}cmbagent/api/runs/{run_id}/commands", method="POST",
+                          body=json.dumps(body), connect_timeout=5, request_timeout=timeout,
+                          headers={"Authorization": f"token {self.token}",
+                                   "Content-Type": "application/json"})
+        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        assert resp.code in (200, 404, 409), f"{self.name}: POST {action} -> {resp.code}: {resp.body[:500]!r}"
+        return json.loads(resp.body)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no close frames; the kernel resets its sockets."""
@@ -151,13 +167,13 @@ class ServerProc:
 
 
 class WriterProc:
-    """``writer.py`` in its own process: a run streaming into the store."""
+    """``writer.py`` in its own process: a run streaming into the store (a path or a URL)."""
 
-    def __init__(self, workdir: Path, db_path: Path, *args: str):
+    def __init__(self, workdir: Path, store_url: str, *args: str):
         self.workdir = workdir
         self.out = workdir / "writer.out"
         with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", str(WRITER), str(db_path),
+            self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", str(WRITER), str(store_url),
                                           str(workdir), *args],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -217,17 +233,27 @@ def cut(client, rst: bool = False) -> bool:
 
 class App:
     """The client application of a fault test: follows one run and keeps every item the
-    client hands it (``client.events(run_id, markers=True)``), as an application would."""
+    client hands it (``client.events(run_id, markers=True)``), as an application would.
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    ``after_seq``: follow from that cursor (``subscribe(run_id, after_seq)``: exactly the
+    events after it, no snapshot) instead of from a snapshot.
+    """
+
+    def __init__(self, client, run_id: str, after_seq: Optional[int] = None):
+        self.client, self.run_id, self.after_seq = client, run_id, after_seq
         self.items: list = []
         self._consumer: Optional[asyncio.Future] = None
 
     async def start(self, timeout: float = 30.0) -> int:
-        """Subscribe, wait for the first snapshot; return its seq (the base)."""
+        """Subscribe, wait for the first snapshot (with ``after_seq``: for the connection);
+        return the base: the snapshot's seq, or ``after_seq``."""
+        if self.after_seq is not None:
+            self.client.subscribe(self.run_id, self.after_seq)
         stream = self.client.events(self.run_id, markers=True)
         self._consumer = asyncio.ensure_future(self._collect(stream))
+        if self.after_seq is not None:
+            await self.client.wait_live(timeout)
+            return self.after_seq
         await self.client.wait_synced(self.run_id, timeout)
         return self.client.last_seq(self.run_id)
 
@@ -235,10 +261,20 @@ class App:
         async for item in stream:
             self.items.append(item)
 
-    async def catch_up(self, timeout: float = 60.0) -> dict:
-        """Wait until the client has every event of the log; its state's snapshot."""
+    async def catch_up(self, timeout: float = 60.0) -> Optional[dict]:
+        """Wait until the client has every event of the log; its state's snapshot (None
+        with ``after_seq``: such a follower has only the events, no state)."""
+        if self.after_seq is not None:
+            target = await self.client.server_last_seq(self.run_id)
+            await self.client.wait_for(lambda: (self.client.last_seq(self.run_id) or 0) >= target,
+                                       timeout)
+            return None
         view = await self.client.wait_caught_up(self.run_id, timeout)
         return view.snapshot()
+
+    def events(self) -> list[dict]:
+        """The event envelopes received so far (markers left out)."""
+        return [item for item in self.items if isinstance(item, dict)]
 
     async def close(self) -> None:
         await self.client.close()

@@ -1,13 +1,17 @@
-"""A run that streams events from its own process into a SQLite store (the fault tests' writer).
+"""A run that streams events from its own process into a store (the fault tests' writer).
 
-    python writer.py STORE_PATH WORKDIR --events N --rate R      # exactly N events in the log
-    python writer.py STORE_PATH WORKDIR --until-stop --rate R     # until WORKDIR/stop exists
+    python writer.py STORE WORKDIR --events N --rate R      # exactly N events in the log
+    python writer.py STORE WORKDIR --until-stop --rate R     # until WORKDIR/stop exists
+
+STORE: a SQLite file's path or a store URL (``sqlite:///...``, ``postgresql://...``).
 
 Two parallel steps (``alpha``, ``beta``) wait for WORKDIR/go, then emit step_progress,
 agent_message and cost_update events at about R events/s together; ``summary``
-depends on both. The run id is published in WORKDIR/run_id as soon as the run exists;
-at the end one JSON line ``{"run_id", "state", "events"}`` is printed. Every wait has a
-deadline, so a forgotten writer ends by itself.
+depends on both. The steps pass a ``ctx.checkpoint()`` every few events, so the run
+can be paused and resumed (from any process, through the store). The run id is
+published in WORKDIR/run_id as soon as the run exists; at the end one JSON line
+``{"run_id", "state", "events"}`` is printed. Every wait has a deadline, so a forgotten
+writer ends by itself.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ def build(counts: dict, pacer: Pacer, gate: bool) -> Workflow:
             if n is None and pacer.stopped():
                 break
             todo = CHUNK if n is None else min(CHUNK, n - i)
+            ctx.checkpoint()  # waits here while the run is paused
             if not pacer.wait_turn(todo):
                 break
             for _ in range(todo):

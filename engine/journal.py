@@ -8,8 +8,10 @@ event or an event without its state, and many events share one fsync.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Optional
 
@@ -19,6 +21,11 @@ from .store.base import Commit
 QUEUE_LIMIT = 2_000
 #: Items merged into one transaction at most.
 BATCH_LIMIT = 2_000
+#: How long a commit is retried through a store outage (a transient error) before
+#: its runs are given up.
+OUTAGE_RETRY_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -89,10 +96,22 @@ class Journal:
                                           list(c.commands), c.lease_owner, c.release_lease)
         refused: dict[str, Exception] = {}
         pending = list(merged.values())
+        outage_until: Optional[float] = None
+        delay = 0.05
         while pending:
             try:
                 failures = self._store.apply_commits(pending)
-            except Exception as exc:  # the disk or database failed: tell every waiter
+            except Exception as exc:
+                # A dropped connection or a restarting database server: try again for a
+                # while (the store recognizes a batch it already committed). Anything
+                # else, or an outage that lasts, fails every waiter.
+                if self._store.transient(exc):
+                    outage_until = outage_until or time.monotonic() + OUTAGE_RETRY_S
+                    if time.monotonic() < outage_until:
+                        log.warning("cmbagent journal: the store failed (%s); retrying", exc)
+                        time.sleep(delay)
+                        delay = min(1.0, delay * 2)
+                        continue
                 for c in pending:
                     refused[c.run_id] = exc
                 break

@@ -363,6 +363,10 @@ class Store(ABC):
     def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
         """Write commits in one transaction; return those refused (lease lost, seq clash)."""
 
+    def transient(self, exc: Exception) -> bool:
+        """Is ``exc`` an outage worth retrying a write through (a lost connection)?"""
+        return False
+
     @property
     def journal(self):
         """This process's group committer for the store."""

@@ -142,8 +142,11 @@ class PostgresStore(Store):
             psycopg.connect(conninfo, connect_timeout=max(1, int(connect_timeout_s))).close()
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to {_redact(conninfo)}: {exc}".strip()) from exc
+        # check: a pooled connection is tested before use (an empty query), so one that
+        # died with a database restart or a killed backend is replaced, not handed out.
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=max(1, pool_size),
                                     kwargs={"autocommit": True}, open=True,
+                                    check=ConnectionPool.check_connection,
                                     timeout=connect_timeout_s, name="cmbagent-store")
         self._listener: Optional[_Listener] = None
         self._listener_lock = threading.Lock()
@@ -275,6 +278,10 @@ class PostgresStore(Store):
 
     # -- writing --------------------------------------------------------------------------------
 
+    def transient(self, exc: Exception) -> bool:
+        return (not self.closed and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+                and not isinstance(exc, psycopg.errors.QueryCanceled))
+
     def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
         try:
             with self._pool.connection() as c, c.transaction():
@@ -284,6 +291,9 @@ class PostgresStore(Store):
                 for run_id in sorted({cm.run_id for cm in commits}):
                     heads[run_id] = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=%s"
                                               " FOR UPDATE", (run_id,)).fetchone()
+                # A retry after the connection dropped during COMMIT: the batch may have
+                # been committed after all. Its events are then in the log, ids and all.
+                commits = [cm for cm in commits if not self._committed(c, cm, heads[cm.run_id])]
                 for cm in commits:
                     row = heads[cm.run_id]
                     if row is None:
@@ -306,6 +316,14 @@ class PostgresStore(Store):
             return refused.failures
         self._maybe_trim(commits)
         return []
+
+    @staticmethod
+    def _committed(c, cm: Commit, head: Optional[tuple]) -> bool:
+        if head is None or not cm.events or cm.events[0]["seq"] > head[0]:
+            return False
+        row = c.execute("SELECT id FROM events WHERE run_id=%s AND seq=%s",
+                        (cm.run_id, cm.events[-1]["seq"])).fetchone()
+        return row is not None and row[0] == cm.events[-1]["id"]
 
     def _tick(self, c, run_ids: list[str]) -> None:
         """Stamp ``run_ids`` with the next commit-clock value and wake the tailers.

@@ -175,3 +175,36 @@ def test_a_refused_commit_leaves_no_gap(store):
     assert store.apply_commits([Commit(run.id, events=[ok])]) == []
     assert [e.seq for e in store.events(run.id)][-2:] == [last, last + 1]
 
+
+
+def test_a_run_rides_out_dropped_database_connections(store, pg_url):
+    """Every connection the store holds is killed, twice, while a step writes: the
+    journal retries, nothing is lost or written twice."""
+    go = threading.Event()
+    wf = Workflow("outage")
+
+    @wf.step()
+    def talk(ctx):
+        i = 0
+        while i < 2000 or not go.is_set():
+            ctx.progress(message=str(i))
+            i += 1
+            if i % 20 == 0:
+                time.sleep(0.001)
+        return i
+
+    run = wf.start(store)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            for _ in range(2):
+                seen = store.bounds(run.id)[1]
+                wait_until(lambda: store.bounds(run.id)[1] > seen + 200, 20, "more events")
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+                assert killed
+    finally:
+        go.set()
+    assert run.wait(30) == "completed"
+    events = check_log(run)  # gap-free, each event once, replay == snapshot
+    assert len(of_type(events, "step_progress")) == run.result("talk")

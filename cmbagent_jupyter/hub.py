@@ -60,6 +60,7 @@ class EventHub:
         self._tasks: list[asyncio.Task] = []
         self._woken: Optional[asyncio.Event] = None
         self._unsubscribe = None
+        self._stopping = False
 
     def watcher(self, conn: Connection) -> _ConnWatcher:
         return _ConnWatcher(self, conn)
@@ -68,6 +69,7 @@ class EventHub:
         """Start tailing (idempotent); needs a running event loop."""
         if self._tasks:
             return
+        self._stopping = False
         self.cursor = self.store.change_cursor()
         if self.store.pushes_changes:
             loop = asyncio.get_running_loop()
@@ -82,6 +84,7 @@ class EventHub:
         self._tasks = [asyncio.ensure_future(self._tail()), asyncio.ensure_future(self._reap())]
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -91,7 +94,9 @@ class EventHub:
         self._tasks = []
 
     async def _tail(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: on Python < 3.12
+        # asyncio.wait_for can swallow a cancellation that races its inner wait's end.
+        while not self._stopping:
             try:
                 self.poll()
             except Exception:  # a failed read must not stop the hub; retry next tick

@@ -102,6 +102,7 @@ class Session:
         self.in_flight = 0  # bytes handed to the socket, not yet written out
         self.overflowed = False
         self._runs_stale = False  # the run list changed while overflowed
+        self._runs_sent: dict[str, bytes] = {}  # the last version of each run the client has
         self._out: deque[tuple[bytes, bool]] = deque()  # (frame, is_events)
         self._queued = 0
 
@@ -186,6 +187,7 @@ class Session:
 
     def _send_runs(self) -> None:
         runs = [r for r in self.store.runs() if self._visible(r)]
+        self._runs_sent = {r["id"]: orjson.dumps(r) for r in runs}
         self._send(b'{"type":"runs","runs":' + orjson.dumps(runs) + b"}")
 
     def _on_unsubscribe_runs(self, msg) -> None:
@@ -237,7 +239,13 @@ class Session:
             return
         for doc in docs:
             if self._visible(doc):
-                self._send(b'{"type":"run_changed","run":' + orjson.dumps(doc) + b"}", events=True)
+                # Two wake-ups may read the same document (it is read after the change
+                # that announced it): the client hears of each version once.
+                encoded = orjson.dumps(doc)
+                if self._runs_sent.get(doc["id"]) == encoded:
+                    continue
+                self._runs_sent[doc["id"]] = encoded
+                self._send(b'{"type":"run_changed","run":' + encoded + b"}", events=True)
 
     def behind(self) -> bool:
         """True while some subscription has events (or a reset) still to send."""

@@ -441,9 +441,13 @@ def test_run_list_subscription(store):
     send(s, {"type": "subscribe_runs"})
     (runs,) = frames(s)
     assert runs["type"] == "runs" and [r["id"] for r in runs["runs"]] == [r2.id, r1.id]
+    # a version the client already has is not sent again; a new one is, once
     s.notify_runs([store.run_doc(r1.id)])
+    assert frames(s) == []
+    newer = dict(store.run_doc(r1.id), updated_at="2099-01-01T00:00:00.000000+00:00")
+    s.notify_runs([newer, newer])
     (changed,) = frames(s)
-    assert changed == {"type": "run_changed", "run": store.run_doc(r1.id)}
+    assert changed == {"type": "run_changed", "run": newer}
     send(s, {"type": "unsubscribe_runs"})
     assert frames(s) == [{"type": "unsubscribed"}]
     s.notify_runs([store.run_doc(r1.id)])

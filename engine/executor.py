@@ -628,19 +628,24 @@ def _abandon_all() -> None:
     their workers (and in reverse order of registration): a step waiting at a
     checkpoint is then released with ``Cancelled`` instead of keeping the process alive.
     """
+    ending = []
     for ex in list(_executors.values()):
-        if ex.settled.is_set() and not ex.stopped.is_set():
-            # Finished, but not done: its last read of commands (refusing those that came
-            # too late) and the lease's release are moments away. Let it end cleanly.
-            ex.wake()
-            ex._thread.join(2.0)
         with ex.cond:
+            if not ex.stopped.is_set() and ex.view.run["state"] in ("completed", "cancelled"):
+                # Finished, but not done: its last read of commands (refusing those that
+                # came too late) and the lease's release are moments away.
+                ending.append(ex)
+                continue
             if not ex.stopped.is_set():
                 try:
                     ex._abandon("executor_lost", "the process that ran this workflow exited")
                 except EngineError:
                     pass
             ex._lost = True  # whatever the workers do from now on is not recorded
+    for ex in ending:  # let them end cleanly (what they do not finish, the reaper will)
+        ex.wake()
+        ex._thread.join(2.0)
+        ex._lost = True
 
 
 if hasattr(threading, "_register_atexit"):

@@ -44,6 +44,10 @@ class CmbAgentApp(ExtensionApp):
                                   "True when the users of a shared store should see each other's "
                                   "runs (e.g. a team's PostgreSQL store).").tag(config=True)
 
+    freeze_gc = Bool(True, help="When the first socket opens, exclude the objects the server holds "
+                                "by then from Python's garbage collector (gc.freeze()): full "
+                                "collections of them would pause every socket at once.").tag(config=True)
+
     @default("db_url")
     def _default_db_url(self) -> str:
         return default_url()
@@ -64,7 +68,7 @@ class CmbAgentApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.server_id = uuid.uuid4().hex
         self.store = engine.open_store(self.db_url)
-        self.hub = EventHub(self.store, self.tail_interval, self.reap_interval)
+        self.hub = EventHub(self.store, self.tail_interval, self.reap_interval, self.freeze_gc)
         self.log.info("cmbagent_jupyter: serving runs from %s", self.store.url)
 
     def initialize_handlers(self) -> None:

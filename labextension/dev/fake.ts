@@ -97,7 +97,8 @@ export class FakeExecutor {
   private answers = new Map<string, { approved: boolean; comment: string | null } | null>();
   private readonly ready: string[] = [];
 
-  constructor(readonly server: FakeServer, readonly width = 8, readonly speed = 1) {}
+  /** `speed` divides every sleep and retry delay; the harness's `?rate=` pacer steers it. */
+  constructor(readonly server: FakeServer, readonly width = 8, public speed = 1) {}
 
   private get st(): RunState {
     return this.server.st;

@@ -8,9 +8,14 @@
 //   &kind=comm       pretend to be the kernel-comm fallback
 //   &speed=2         play faster
 //   &executor_lost=1 the executor dies after a few seconds
+//   &rate=200        steer the executor's speed so that ~200 events/s are emitted
+//   &view=list       benchmarks/widget_render.py's baseline: a plain list, not the run view
 import { FakeExecutor, FakeServer, FakeTransport } from './fake';
 import { bigSteps, cmbSteps } from './scenarios';
 import { RunView } from '../src/runview';
+import type { Update } from '../src/follower';
+import type { NodeInfo } from '../src/protocol';
+import type { RunState } from '../src/state';
 
 const params = new URLSearchParams(location.search);
 const big = Number(params.get('nodes') || 0);
@@ -18,6 +23,8 @@ const speed = Number(params.get('speed') || 1);
 // light | dark (JupyterLab's variables) | none (no --jp-* variables: VS Code, Colab)
 const theme = ['dark', 'none'].includes(params.get('theme') ?? '') ? params.get('theme')! : 'light';
 const panel = params.get('layout') === 'panel';
+const rate = Number(params.get('rate') || 0);
+const listView = params.get('view') === 'list';
 
 document.documentElement.dataset.theme = theme;
 if (theme !== 'none') document.body.dataset.jpThemeLight = String(theme === 'light');
@@ -83,7 +90,94 @@ function fileUrl(path: string): string | null {
   return blobs.get(path)!;
 }
 
-function start(): { view: RunView; transport: FakeTransport; executor: FakeExecutor; server: FakeServer } {
+/**
+ * The baseline of benchmarks/widget_render.py (`?view=list`): the same server, executor,
+ * transport and RunFollower as the run view, drawn as one plain <div> per node (in a
+ * scrolling box) whose textContent is set, at once, on every update that touches the node.
+ * No SVG, no layout, no per-frame batching. `timings` has the run view's shape.
+ */
+class ListView {
+  readonly timings = { build: 0, builds: 0, patch: 0, patched: 0, patches: 0, patchTotal: 0, patchMax: 0 };
+  state: RunState | null = null;
+  readonly element = document.createElement('div');
+  private readonly rows = new Map<string, HTMLDivElement>();
+
+  constructor(host: HTMLElement, runId: string, transport: FakeTransport) {
+    this.element.className = 'harness-list';
+    this.element.style.cssText = 'max-height: 640px; overflow: auto; font: 12px monospace;';
+    host.append(this.element);
+    transport.follow(runId, u => this.onUpdate(u));
+  }
+
+  stats(): ListView['timings'] {
+    return { ...this.timings };
+  }
+
+  private text(n: NodeInfo): string {
+    return `${n.label} (${n.id}): ${n.status} ${Math.round((n.progress ?? 0) * 100)}%`;
+  }
+
+  private onUpdate(u: Update): void {
+    if (!u.state) return;
+    this.state = u.state;
+    const t0 = performance.now();
+    const t = this.timings;
+    if (u.snapshot || this.rows.size !== u.state.nodes.size) {
+      this.rows.clear();
+      const rows: HTMLDivElement[] = [];
+      for (const n of u.state.nodes.values()) {
+        const row = document.createElement('div');
+        row.textContent = this.text(n);
+        this.rows.set(n.id, row);
+        rows.push(row);
+      }
+      this.element.replaceChildren(...rows);
+      t.build = performance.now() - t0;
+      t.builds++;
+      return;
+    }
+    let n = 0;
+    for (const id of u.nodes) {
+      const node = u.state.nodes.get(id);
+      const row = this.rows.get(id);
+      if (node && row) {
+        row.textContent = this.text(node);
+        n++;
+      }
+    }
+    const ms = performance.now() - t0;
+    t.patch = ms;
+    t.patched = n;
+    t.patches++;
+    t.patchTotal += ms;
+    t.patchMax = Math.max(t.patchMax, ms);
+  }
+}
+
+/**
+ * `?rate=R`: every 500 ms, scale the executor's speed (all its sleeps) towards R events/s
+ * emitted, measured over the last 2 s. The events and their order stay the fake
+ * executor's; only its clock runs faster or slower.
+ */
+function pace(server: FakeServer, executor: FakeExecutor, target: number): void {
+  const seen: Array<[number, number]> = [];
+  const timer = setInterval(() => {
+    const state = server.st.run.state;
+    if (['completed', 'failed', 'cancelled'].includes(state)) {
+      clearInterval(timer);
+      return;
+    }
+    const now = performance.now();
+    seen.push([now, server.emitted]);
+    while (now - seen[0][0] > 2000) seen.shift();
+    if (state !== 'executing' || now - seen[0][0] < 1000) return;
+    const observed = (server.emitted - seen[0][1]) / ((now - seen[0][0]) / 1000);
+    const factor = Math.min(1.2, Math.max(0.85, (target / Math.max(1, observed)) ** 0.3));
+    executor.speed = Math.min(50, Math.max(0.05, executor.speed * factor));
+  }, 500);
+}
+
+function start(): { view: RunView | ListView; transport: FakeTransport; executor: FakeExecutor; server: FakeServer } {
   const runId = big ? 'b16e5d2a-2000-4c1f-9e0d-7a1f3c9b2d41' : '5f3c9a1e-8b2d-4e6f-a7c1-0d9e8b7a6c5f';
   const name = big ? `Tile reduction (${big} steps)` : 'CMB power spectrum: ΛCDM and extensions';
   const description = big ? 'A large random layered DAG streaming status events' : 'TT spectra for four cosmologies, a joint fit, a figure and a report';
@@ -93,7 +187,8 @@ function start(): { view: RunView; transport: FakeTransport; executor: FakeExecu
   transport.executor = executor;
   const host = document.getElementById('host')!;
   if (panel) host.classList.add('cmbagent-run-panel');
-  const view = new RunView(host, { runId, transport, fileUrl });
+  const view = listView ? new ListView(host, runId, transport) : new RunView(host, { runId, transport, fileUrl });
+  if (rate > 0) pace(server, executor, rate);
   setTimeout(() => {
     const steps = big ? bigSteps(big) : cmbSteps({ hardFailure: params.get('fail') === '1',
                                                    autoApprove: params.get('autoapprove') === '1' });
@@ -142,7 +237,7 @@ function frameStats() {
   const loop = (t: number) => {
     frames.push(t - last);
     last = t;
-    if (frames.length > 5000) frames.shift();
+    if (frames.length > 50000) frames.shift(); // ~14 min at 60 fps
     requestAnimationFrame(loop);
   };
   requestAnimationFrame(loop);

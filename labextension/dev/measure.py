@@ -1,14 +1,43 @@
-"""The 2,000-node figures in Chromium: python dev/measure.py [nodes] [seconds]. Prints one JSON line."""
+"""The 2,000-node figures in Chromium: python dev/measure.py [nodes] [seconds] [css]. Prints one JSON line.
+
+Importable (benchmarks/widget_render.py uses it): ``ensure_built()``, ``harness_url()``,
+``launch()``, ``open_harness()``, ``cpu_metrics()`` and ``measure()``.
+"""
 import json
+import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 from playwright.sync_api import sync_playwright
 
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-nodes = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8
-url = (Path(__file__).resolve().parent / "harness.html").as_uri() + f"?nodes={nodes}"
+VIEWPORT = {"width": 1100, "height": 1000}
+
+
+def ensure_built(force: bool = False) -> bool:
+    """Bundle dev/harness.js (node dev/build.mjs) when it is missing or older than a source
+    it bundles (dev/*.ts, src/*.ts, build.mjs). Returns True if it (re)built."""
+    out = HERE / "harness.js"
+    sources = [*HERE.glob("*.ts"), *(HERE.parent / "src").glob("*.ts"), HERE / "build.mjs"]
+    if not force and out.exists() and out.stat().st_mtime >= max(s.stat().st_mtime for s in sources):
+        return False
+    subprocess.run(["node", str(HERE / "build.mjs")], cwd=HERE.parent, check=True,
+                   stdout=sys.stderr, stderr=sys.stderr)
+    return True
+
+
+def harness_url(nodes: int, **params) -> str:
+    """dev/harness.html with ``?nodes=N`` and any other URL parameters (see harness.ts)."""
+    return (HERE / "harness.html").as_uri() + "?" + urlencode({"nodes": nodes, **params})
+
+
+def launch(p):
+    """Headless Chromium (the system's), as every dev script runs it."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+
 
 OBSERVE = """
 window.__loaf = [];
@@ -18,15 +47,38 @@ new PerformanceObserver(l => { for (const e of l.getEntries()) window.__loaf.pus
   .observe({type: 'long-animation-frame', buffered: true});
 """
 
-with sync_playwright() as p:
-    b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-    page = b.new_page(viewport={"width": 1100, "height": 1000})
-    page.add_init_script(OBSERVE)
+
+def open_harness(browser, url: str, init_scripts=(OBSERVE,), css=None):
+    """A new page at ``url`` with ``init_scripts`` run before the harness, and a CDP
+    session with Performance metrics enabled: ``(page, cdp)``."""
+    page = browser.new_page(viewport=VIEWPORT)
+    for script in init_scripts:
+        page.add_init_script(script)
     cdp = page.context.new_cdp_session(page)
     cdp.send("Performance.enable")
     page.goto(url)
-    if len(sys.argv) > 3:  # extra CSS, for experiments
-        page.add_style_tag(content=sys.argv[3])
+    if css:  # extra CSS, for experiments
+        page.add_style_tag(content=css)
+    return page, cdp
+
+
+def cpu_metrics(cdp) -> dict:
+    """Chromium's cumulative Performance metrics (ScriptDuration, LayoutDuration, ... in s)."""
+    return {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+
+
+def measure(nodes: int = 2000, seconds: float = 8, css=None) -> dict:
+    """The dev figures (first render, then ``seconds`` of streaming after a 2 s warm-up)."""
+    with sync_playwright() as p:
+        b = launch(p)
+        try:
+            page, cdp = open_harness(b, harness_url(nodes), css=css)
+            return _measure(page, cdp, nodes, seconds)
+        finally:
+            b.close()
+
+
+def _measure(page, cdp, nodes, seconds):
     page.wait_for_function("document.querySelectorAll('.cr-item').length > 100", timeout=30000)
     page.wait_for_timeout(300)
     first = page.evaluate("""() => {
@@ -39,9 +91,9 @@ with sync_playwright() as p:
     page.wait_for_timeout(2000)  # let the stream reach its pace
     before = page.evaluate("""() => { const h = window.__harness; h.frames.reset(); window.__loaf = [];
       return { emitted: h.server.emitted, t: performance.now(), s: h.view.stats() }; }""")
-    m0 = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    m0 = cpu_metrics(cdp)
     page.wait_for_timeout(seconds * 1000)
-    m1 = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    m1 = cpu_metrics(cdp)
     after = page.evaluate("""() => { const h = window.__harness;
       return { emitted: h.server.emitted, t: performance.now(), s: h.view.stats(), frames: h.frames.summary(),
                loaf: window.__loaf.length, loafMax: Math.max(0, ...window.__loaf.map(f => f.duration)),
@@ -66,5 +118,11 @@ with sync_playwright() as p:
         },
         "progress": f'{after["done"]}/{after["total"]}',
     }
-    print(json.dumps(out))
-    b.close()
+    return out
+
+
+if __name__ == "__main__":
+    ensure_built()
+    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2000,
+                             float(sys.argv[2]) if len(sys.argv) > 2 else 8,
+                             sys.argv[3] if len(sys.argv) > 3 else None)))

@@ -1,0 +1,221 @@
+"""Widget render: the run view's DAG with 2,000 nodes streaming status events in Chromium.
+
+Issue 4's target: the DAG view stays usable for thousands of nodes. A 2,000-node layered
+DAG (labextension/dev's harness: the product's real ``RunView``/``DagView``, ``RunFollower``
+and reducer, fed by the harness's fake server and executor, no Jupyter) streams status
+events at ``--rate`` events/s (mean; the harness's ``?rate=`` pacer steers the fake
+executor's clock) for ``--seconds`` after a warm-up, in headless Chromium (Playwright).
+Four figures:
+
+- first render: JS time of the DAG view's build of the 2,000-node graph (``view.stats().build``:
+  layout, markup, DOM; style/layout/paint afterwards not included). Reported, no target.
+- long tasks: ``PerformanceObserver`` ``longtask`` entries (main-thread tasks > 50 ms)
+  starting in the streaming window. Target 0.
+- frame p95: ``requestAnimationFrame`` intervals in the streaming window (ms).
+- applied: events the view's follower applied / events the server sent, counted from the
+  snapshot to the end of the window (then the server is frozen and the last batch drained);
+  also every node drawn in the DOM must show the server's status.
+
+Baseline, the same run, same browser, same parameters: the same harness page with
+``?view=list``: the same fake server, executor, pacer, transport and ``RunFollower``, but
+drawn as one plain ``<div>`` per node (in a scrolling box) whose ``textContent`` is set at
+once on every update that touches the node. So ratios compare the run view with the
+cheapest honest DOM rendering of the same stream.
+
+The harness is bundled first if ``dev/harness.js`` is missing or stale (``node
+dev/build.mjs``, via labextension/dev/measure.py, whose helpers this script imports).
+
+    python benchmarks/widget_render.py [--nodes 2000] [--seconds 30] [--rate 200] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+from _common import emit, note, note_load
+
+DEV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "labextension", "dev")
+sys.path.insert(0, DEV)
+import measure  # noqa: E402  (labextension/dev/measure.py)
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+LONGTASKS = """
+window.__longtasks = [];
+new PerformanceObserver(l => { for (const e of l.getEntries())
+  window.__longtasks.push({start: e.startTime, duration: e.duration}); })
+  .observe({type: 'longtask', buffered: true});
+"""
+
+# What the page's follower and renderer did (the follower lives in the fake transport).
+PROBE = """() => { const h = window.__harness, sub = [...h.transport.subs.values()][0];
+  const f = sub ? sub.f : null;
+  return { t: performance.now(), emitted: h.server.emitted, serverSeq: h.server.st.seq,
+           seq: f && f.state ? f.state.seq : 0, stats: f ? {...f.stats} : null,
+           state: h.server.st.run.state, done: h.server.st.run.done, total: h.server.st.run.total,
+           speed: h.executor.speed, view: h.view.stats() }; }"""
+
+# Nodes drawn in the DOM whose status differs from the server's (run view: data-status of
+# every drawn node; list: each row's text), and how many were checked.
+DRAWN = """(list) => { const st = window.__harness.server.st; let checked = 0, wrong = 0;
+  if (list) {
+    for (const row of document.querySelectorAll('.harness-list > div')) {
+      const m = /^.* \\(([^)]+)\\): (\\S+) /.exec(row.textContent); checked++;
+      if (!m || !st.nodes.get(m[1]) || st.nodes.get(m[1]).status !== m[2]) wrong++;
+    }
+  } else {
+    for (const g of document.querySelectorAll('.cr-node[data-node-id]')) {
+      const n = st.nodes.get(g.dataset.nodeId); checked++;
+      if (!n || n.status !== g.dataset.status) wrong++;
+    }
+  }
+  return { checked, wrong }; }"""
+
+NEXT_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+
+
+def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmup: float,
+             **params) -> dict:
+    """One page: first render, ``warmup`` s, then ``seconds`` of streaming measured."""
+    list_view = params.get("view") == "list"
+    url = measure.harness_url(nodes, rate=rate, **params)
+    page, cdp = measure.open_harness(browser, url, init_scripts=(measure.OBSERVE, LONGTASKS))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        # First render: the build that drew the N-node graph (the snapshot before the plan
+        # arrives has no nodes and draws nothing).
+        drawn = (f"document.querySelectorAll('.harness-list > div').length === {nodes}" if list_view
+                 else "document.querySelectorAll('.cr-item').length > 0")
+        page.wait_for_function(
+            f"() => {{ const h = window.__harness; return h && h.view.state && "
+            f"h.view.state.nodes.size === {nodes} && {drawn}; }}", timeout=60000, polling="raf")
+        page.evaluate(NEXT_FRAMES)
+        first = page.evaluate("""() => { const h = window.__harness, s = h.view.stats();
+          const lt = window.__longtasks, lf = window.__loaf;
+          return { build: s.build, builds: s.builds, t: performance.now(),
+                   longest_task: Math.max(0, ...lt.map(e => e.duration)),
+                   longest_frame: Math.max(0, ...lf.map(e => e.duration)),
+                   items: document.querySelectorAll('.cr-item, .harness-list > div').length }; }""")
+        page.wait_for_timeout(warmup * 1000)
+        before = page.evaluate("() => { window.__harness.frames.reset(); return (" + PROBE + ")(); }")
+        m0 = measure.cpu_metrics(cdp)
+        per_second, ended_early = [], False
+        end = time.monotonic() + seconds
+        last = before
+        while time.monotonic() < end - 1e-3:
+            page.wait_for_timeout(min(1.0, end - time.monotonic()) * 1000)
+            now = page.evaluate(PROBE)
+            per_second.append((now["emitted"] - last["emitted"]) / max(1e-3, (now["t"] - last["t"]) / 1000))
+            last = now
+            if now["state"] in ("completed", "failed", "cancelled"):
+                ended_early = True
+                break
+        # End of the window: stop recording (nothing more is sent), then let the last batch
+        # through the transport (the fake server batches for 50 ms) and into the DOM.
+        after = page.evaluate("""() => { const h = window.__harness; h.server.frozen = true;
+          const t = performance.now();
+          return { t, frames: h.frames.summary(),
+                   longtasks: window.__longtasks.filter(e => e.start >= %f && e.start < t),
+                   loaf: window.__loaf.filter(e => e.start >= %f && e.start < t) }; }"""
+                              % (before["t"], before["t"]))
+        m1 = measure.cpu_metrics(cdp)
+        page.wait_for_function("""() => { const h = window.__harness, f = [...h.transport.subs.values()][0].f;
+          return f.state && f.state.seq >= h.server.st.seq; }""", timeout=10000, polling=50)
+        page.evaluate(NEXT_FRAMES)
+        final = page.evaluate(PROBE)
+        check = page.evaluate(DRAWN, list_view)
+    finally:
+        page.close()
+
+    dt = (after["t"] - before["t"]) / 1000
+    st = final["stats"]
+    snapshot_seq = final["seq"] - st["applied"]  # the follower applies every event after its snapshot
+    sent = final["serverSeq"] - snapshot_seq
+    per_s = lambda k: (m1.get(k, 0) - m0.get(k, 0)) / dt * 1000  # CPU ms per second
+    frames = after["frames"]
+    out = {
+        "label": label, "first_ms": first["build"], "seconds": dt, "ended_early": ended_early,
+        "events": last["emitted"] - before["emitted"],
+        "long_tasks": after["longtasks"], "loaf": after["loaf"], "frames": frames,
+        "applied": st["applied"], "sent": sent, "stats": st, "drawn": check, "errors": errors,
+        "rebuilds": final["view"]["builds"] - first["builds"],
+    }
+    rates = sorted(per_second) or [0.0]
+    note(f"[{label}] first render: build {first['build']:.1f} ms JS, {first['items']} items drawn; "
+         f"longest task by then {first['longest_task']:.0f} ms, longest animation frame "
+         f"{first['longest_frame']:.0f} ms")
+    note(f"[{label}] streamed {dt:.1f} s{' (the run ended: window cut short)' if ended_early else ''}: "
+         f"{out['events']} events, {out['events'] / dt:.0f}/s (per second: min {rates[0]:.0f}, "
+         f"median {rates[len(rates) // 2]:.0f}, max {rates[-1]:.0f}); executor speed "
+         f"{before['speed']:.2f} -> {last['speed']:.2f}; progress {final['done']}/{final['total']}")
+    lt = [e["duration"] for e in after["longtasks"]]
+    lf = [e["duration"] for e in after["loaf"] if e["duration"] > 50]
+    note(f"[{label}] long tasks: {len(lt)} (longest {max(lt, default=0):.0f} ms); long animation "
+         f"frames > 50 ms: {len(lf)} (longest {max(lf, default=0):.0f} ms); rAF frames "
+         f"{frames['frames']}: mean {frames['mean']:.1f}, p50 {frames['p50']:.1f}, p95 "
+         f"{frames['p95']:.1f}, max {frames['max']:.1f} ms")
+    v = final["view"]
+    patches = v["patches"] - before["view"]["patches"]
+    note(f"[{label}] updates: {patches} ({patches / dt:.0f}/s), JS mean "
+         f"{(v['patchTotal'] - before['view']['patchTotal']) / max(1, patches):.2f} ms, max "
+         f"{v['patchMax']:.1f} ms; rebuilds after the first render: {out['rebuilds']}; CPU ms/s: "
+         f"script {per_s('ScriptDuration'):.0f}, style {per_s('RecalcStyleDuration'):.0f}, "
+         f"layout {per_s('LayoutDuration'):.0f}, task {per_s('TaskDuration'):.0f}")
+    note(f"[{label}] applied {st['applied']} of {sent} sent (snapshots {st['snapshots']}, gaps "
+         f"{st['gaps']}, duplicates {st['duplicates']}); drawn statuses checked {check['checked']}, "
+         f"wrong {check['wrong']}" + (f"; page errors: {errors}" if errors else ""))
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=2000)
+    p.add_argument("--seconds", type=float, default=30.0, help="streaming window, after the warm-up")
+    p.add_argument("--rate", type=float, default=200.0, help="mean events/s the fake executor is paced to")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds between first render and the window")
+    args = p.parse_args()
+    n, secs, rate = args.nodes, args.seconds, args.rate
+
+    note_load("start")
+    if measure.ensure_built():
+        note("[widget_render] bundled labextension/dev/harness.js")
+    # The harness's big DAG makes ~4 events per node (started, progress, cost, completed;
+    # a few retries), so its run lasts ~4 n / rate seconds.
+    if 4.0 * n / rate < 2 + args.warmup + secs:
+        note(f"[widget_render] {n} nodes at {rate:g} events/s make a ~{4.0 * n / rate:.0f} s run: "
+             f"the window ends when the run does (raise --nodes or lower --rate for {secs:g} s)")
+    with sync_playwright() as pw:
+        browser = measure.launch(pw)
+        try:
+            note(f"[widget_render] Chromium {browser.version}, headless, viewport "
+                 f"{measure.VIEWPORT['width']}x{measure.VIEWPORT['height']}")
+            dag = run_page(browser, "run view", n, secs, rate, args.warmup)
+            base = run_page(browser, "plain list", n, secs, rate, args.warmup, view="list")
+        finally:
+            browser.close()
+
+    cond = f"{n} nodes, ~{rate:g} events/s for {secs:g} s"
+    baseline = (f"the same harness page with ?view=list: same fake server, executor, pacing, "
+                f"transport and RunFollower, drawn as {n} plain <div> rows updated by textContent")
+    emit(f"widget_render.first_render_ms_{n}", dag["first_ms"], "ms (JS, build of the graph)",
+         baseline + " (JS building the rows)", base["first_ms"], "none: reported (issue 4)", True)
+    full = not dag["ended_early"] and dag["seconds"] >= 0.95 * secs
+    emit(f"widget_render.long_tasks_{n}", len(dag["long_tasks"]), "long tasks > 50 ms while streaming",
+         baseline, len(base["long_tasks"]), f"0 ({cond})", not dag["long_tasks"] and full)
+    p95 = dag["frames"]["p95"]
+    emit(f"widget_render.frame_p95_ms_{n}", p95, "ms (rAF interval p95 while streaming)",
+         baseline, base["frames"]["p95"], f"<= 50 ms ({cond})", p95 <= 50 and full)
+    frac = lambda r: r["applied"] / r["sent"] if r["sent"] else math.nan
+    emit(f"widget_render.applied_{n}", frac(dag), "fraction of sent events applied",
+         baseline, frac(base), "1 (applied == sent; drawn statuses match the server's)",
+         dag["applied"] == dag["sent"] and dag["drawn"]["wrong"] == 0 and not dag["errors"])
+    note_load("end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

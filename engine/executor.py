@@ -11,6 +11,7 @@ started here obeys a pause sent from a browser, and vice versa.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -35,9 +36,13 @@ from .workflow import Step, Workflow
 #: store that does not push notifications (SQLite). With one that does (PostgreSQL)
 #: it sleeps until notified, or until its lease is due for renewal.
 COMMAND_POLL_S = 0.02
+#: How long the executor waits before reading the store again after a transient failure.
+OUTAGE_PAUSE_S = 0.1
 #: Recorded events waiting for the journal before step code has to wait (bounds memory).
 OUTBOX_LIMIT = 2_000
 PREVIEW_CHARS = 200
+
+log = logging.getLogger(__name__)
 
 _executors: dict[str, "Executor"] = {}
 _executors_lock = threading.Lock()
@@ -137,6 +142,18 @@ class Executor:
         if run_id == self.run_id or kind is None:  # a command for this run, or maybe missed ones
             self.wake()
 
+    def _outage_safe(self, read, *args):
+        """``read(*args)``, or None while the store is briefly unreachable (a transient
+        error: a dropped connection, a restarting server). Other errors propagate. A
+        lease that lapses meanwhile is noticed at the next commit (refused: LeaseLost)."""
+        try:
+            return read(*args)
+        except Exception as exc:
+            if not self.store.transient(exc):
+                raise
+            log.warning("cmbagent executor %s: the store failed (%s); retrying", self.run_id[:8], exc)
+            return None
+
     def _idle_wait(self, last_renew: float) -> float:
         """How long the main loop may sleep when nothing wakes it."""
         wait = COMMAND_POLL_S if not self.store.pushes_changes else max(
@@ -155,7 +172,11 @@ class Executor:
             while not self.stopped.is_set():
                 with self.cond:  # read under the lock: a final state here is already durable
                     finished = self.view.run["state"] in ("completed", "cancelled")
-                for cmd in self.store.pending_commands(self.run_id):
+                commands = self._outage_safe(self.store.pending_commands, self.run_id)
+                if commands is None:  # the store is briefly unreachable: try again soon
+                    self.stopped.wait(OUTAGE_PAUSE_S)
+                    continue
+                for cmd in commands:
                     with self.cond:
                         self._apply_command(cmd)
                 if finished:
@@ -170,9 +191,13 @@ class Executor:
                 if self.run_id in self.store.journal.refused:
                     raise self.store.journal.refused[self.run_id]
                 if time.monotonic() - last_renew > LEASE_RENEW_S:
-                    last_renew = time.monotonic()
-                    if not self.store.renew_lease(self.run_id, self.lease):
+                    renewed = self._outage_safe(self.store.renew_lease, self.run_id, self.lease)
+                    if renewed is False:
                         raise LeaseLost(f"run {self.run_id} is no longer held by this process")
+                    if renewed is None:
+                        self.stopped.wait(OUTAGE_PAUSE_S)  # retried on the next turn
+                    else:
+                        last_renew = time.monotonic()
             self.store.journal.flush()
         except LeaseLost:
             self._lost = True  # another process recorded that this run was lost: write nothing more

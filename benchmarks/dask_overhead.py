@@ -21,32 +21,23 @@ from __future__ import annotations
 import os
 
 import _common
+import executor_overhead
 from _common import bench_dir, emit, maybe_profile, median_time, open_store, timed
 
 import distributed
 
 from engine import Workflow
 from engine.executor import local_executor
-from engine.workflow import make_step
 
 TARGET_RATIO = 2.0
 
 
-def noop(*args):
+def noop(*args):  # defined here, in __main__: Dask ships it to the workers by value
     return None
 
 
 def engine_workflow(shape: str, n: int) -> Workflow:
-    wf = Workflow(f"dask-overhead-{shape}-{n}")
-    if shape == "chain":
-        wf.add(make_step(noop, name="n0"))
-        for i in range(1, n):
-            wf.add(make_step(noop, name=f"n{i}", deps=[f"n{i - 1}"]))
-    else:
-        wf.add(make_step(noop, name="root"))
-        for i in range(1, n):
-            wf.add(make_step(noop, name=f"n{i}", deps=["root"]))
-    return wf
+    return executor_overhead.engine_workflow(shape, n, fn=noop, name="dask-overhead")
 
 
 def submit_all(client: distributed.Client, shape: str, n: int) -> None:

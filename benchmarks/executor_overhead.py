@@ -37,16 +37,17 @@ def noop(*args):
     return None
 
 
-def engine_workflow(shape: str, n: int) -> Workflow:
-    wf = Workflow(f"overhead-{shape}-{n}")
+def engine_workflow(shape: str, n: int, fn=noop, name: str = "overhead") -> Workflow:
+    """n nodes running ``fn``: a chain, or a fan-out (one root -> n-1 leaves)."""
+    wf = Workflow(f"{name}-{shape}-{n}")
     if shape == "chain":
-        wf.add(make_step(noop, name="n0"))
+        wf.add(make_step(fn, name="n0"))
         for i in range(1, n):
-            wf.add(make_step(noop, name=f"n{i}", deps=[f"n{i - 1}"]))
+            wf.add(make_step(fn, name=f"n{i}", deps=[f"n{i - 1}"]))
     else:
-        wf.add(make_step(noop, name="root"))
+        wf.add(make_step(fn, name="root"))
         for i in range(1, n):
-            wf.add(make_step(noop, name=f"n{i}", deps=["root"]))
+            wf.add(make_step(fn, name=f"n{i}", deps=["root"]))
     return wf
 
 

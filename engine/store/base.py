@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
 
 import orjson
@@ -24,6 +25,7 @@ from .. import states
 from ..errors import CommandRejected, StoreError, UnknownNode, UnknownRun
 from ..events import TYPED_ENVELOPES, new_event
 from ..snapshot import RunView
+from ..states import SETTLED_WORKFLOW_STATES
 
 #: An executor renews its leases this often, and they last this long.
 LEASE_RENEW_S = 2.0
@@ -225,6 +227,35 @@ def command_refusal(command_id: str, code: str, message: str) -> dict:
     return {"command_id": command_id, "ok": False, "error": message, "code": code}
 
 
+def mirrored_facts(run_id: str, events: list[dict]) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """What ``events`` add to the tables that mirror facts of the log, as rows:
+    edges ``(run_id, source, target)``, approvals requested ``(approval_id, run_id,
+    node_id, prompt, requested_at)`` and answered ``(status, comment, answered_at,
+    approval_id)``. Answers may be written after requests: one never precedes its own."""
+    edges, requested, answered = [], [], []
+    for e in events:
+        t, d = e["event_type"], e["data"]
+        if t == "dag_created" or t == "dag_updated":
+            added = d["edges"] if t == "dag_created" else d["added_edges"]
+            edges += [(run_id, x["source"], x["target"]) for x in added]
+        elif t == "approval_requested":
+            requested.append((d["approval_id"], run_id, d["node_id"], d["prompt"], e["timestamp"]))
+        elif t == "approval_received":
+            answered.append(("approved" if d["approved"] else "rejected", d.get("comment"),
+                             e["timestamp"], d["approval_id"]))
+    return edges, requested, answered
+
+
+def pending_command(row: tuple) -> dict:
+    """A stored ``(command_id, action, node_id, payload)`` row, as the executor reads it."""
+    return {"command_id": row[0], "action": row[1], "node_id": row[2], "payload": orjson.loads(row[3])}
+
+
+def command_state(row: Optional[tuple]) -> Optional[dict]:
+    """A stored ``(status, error, code, state)`` row, as ``command_status`` returns it."""
+    return None if row is None else {"status": row[0], "error": row[1], "code": row[2], "state": row[3]}
+
+
 def unstorable_command(command_id: str, run_id: str, node_id: Optional[str]) -> Optional[dict]:
     """The refusal of a command naming ids no store can hold (NUL characters), if it does.
 
@@ -302,7 +333,13 @@ class Store(ABC):
     #: tailers and executors then sleep until woken instead of polling.
     pushes_changes: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, max_events_per_run: Optional[int] = None,
+                 max_event_age_s: Optional[float] = None) -> None:
+        if max_events_per_run is not None and max_events_per_run < 1:
+            raise StoreError("max_events_per_run must be >= 1")
+        self.max_events_per_run = max_events_per_run
+        self.max_event_age_s = max_event_age_s
+        self._last_trim = 0.0
         self._journal = None
         self._journal_lock = threading.Lock()
         self.closed = False
@@ -362,6 +399,28 @@ class Store(ABC):
     @abstractmethod
     def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
         """Write commits in one transaction; return those refused (lease lost, seq clash)."""
+
+    # -- retention ------------------------------------------------------------------------
+
+    @abstractmethod
+    def trim(self) -> int:
+        """Delete events beyond the retention limits; return how many. Snapshots are unaffected."""
+
+    def _maybe_trim(self, commits: list[Commit]) -> None:
+        # At most once a second, and whenever a run settles: a run that finished within
+        # the second would otherwise keep its excess events until the next write.
+        if not (self.max_events_per_run or self.max_event_age_s):
+            return
+        settled = any(cm.run_doc is not None and cm.run_doc["state"] in SETTLED_WORKFLOW_STATES
+                      for cm in commits)
+        if settled or time.time() - self._last_trim > 1.0:
+            self._last_trim = time.time()
+            self.trim()
+
+    def _age_cutoff(self) -> str:
+        """The timestamp before which events are older than ``max_event_age_s``."""
+        return (datetime.now(timezone.utc) - timedelta(seconds=self.max_event_age_s)
+                ).isoformat(timespec="microseconds")
 
     def transient(self, exc: Exception) -> bool:
         """Is ``exc`` an outage worth retrying a write through (a lost connection)?"""
@@ -437,5 +496,6 @@ def now() -> float:
 __all__ = [
     "Store", "Commit", "Lease", "EventList", "LEASE_RENEW_S", "LEASE_TTL_S",
     "lease_is_dead", "lost_run_events", "record", "check_command", "envelope_dict",
-    "envelope_json", "plan_schema", "ordered_edges", "unstorable_command", "command_refusal", "lost_message",
+    "envelope_json", "plan_schema", "ordered_edges", "unstorable_command", "mirrored_facts", "pending_command",
+    "command_state", "command_refusal", "lost_message",
 ]

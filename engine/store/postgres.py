@@ -24,10 +24,8 @@ one database. What keeps the log exact with concurrent writers:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, Optional
 
 import orjson
@@ -35,7 +33,6 @@ import orjson
 from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
 from ..events import now_iso
 from ..snapshot import RunView
-from ..states import SETTLED_WORKFLOW_STATES
 from .base import (
     LEASE_TTL_S,
     Commit,
@@ -47,8 +44,11 @@ from .base import (
     lease_is_dead,
     lost_message,
     lost_run_events,
+    mirrored_facts,
     new_command_id,
     ordered_edges,
+    pending_command,
+    command_state,
     plan_schema,
     record,
     unstorable_command,
@@ -125,16 +125,11 @@ class PostgresStore(Store):
     def __init__(self, conninfo: str, *, max_events_per_run: Optional[int] = None,
                  max_event_age_s: Optional[float] = None, pool_size: int = 8,
                  connect_timeout_s: float = 10.0):
-        super().__init__()
+        super().__init__(max_events_per_run, max_event_age_s)
         if psycopg is None:
             raise StoreError("a postgresql:// store needs psycopg 3 and psycopg-pool: "
                              "pip install 'cmbagent-jupyter[postgres]'")
-        if max_events_per_run is not None and max_events_per_run < 1:
-            raise StoreError("max_events_per_run must be >= 1")
         self.url = _redact(conninfo)  # shown in logs and messages: never the password
-        self.max_events_per_run = max_events_per_run
-        self.max_event_age_s = max_event_age_s
-        self._last_trim = 0.0
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout_s
         try:
@@ -210,7 +205,6 @@ class PostgresStore(Store):
                 (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
                  lease.host, lease.pid, time.time() + LEASE_TTL_S, _json(run)))
             self._write_nodes(c, run["id"], view.nodes.values())
-            self._write_edges(c, run["id"], view.edges)
             self._write_events(c, run["id"], [first_event])
             self._tick(c, [run["id"]])
 
@@ -368,19 +362,16 @@ class PostgresStore(Store):
                 for e in events:
                     copy.write_row((run_id, e["seq"], e["id"], e["event_type"], e["timestamp"],
                                     orjson.dumps(e["data"]).decode()))
-            for e in events:  # the tables that mirror facts recorded by events
-                t, d = e["event_type"], e["data"]
-                if t == "dag_updated":
-                    self._write_edges(c, run_id, d["added_edges"])
-                elif t == "approval_requested":
-                    cur.execute("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
-                                " requested_at) VALUES(%s,%s,%s,%s, 'pending', %s)",
-                                (d["approval_id"], run_id, d["node_id"], d["prompt"], e["timestamp"]))
-                elif t == "approval_received":
-                    cur.execute("UPDATE approvals SET status=%s, comment=%s, answered_at=%s"
-                                " WHERE approval_id=%s",
-                                ("approved" if d["approved"] else "rejected", d.get("comment"),
-                                 e["timestamp"], d["approval_id"]))
+            edges, requested, answered = mirrored_facts(run_id, events)
+            if edges:
+                cur.executemany("INSERT INTO edges(run_id, source, target) VALUES(%s,%s,%s)"
+                                " ON CONFLICT DO NOTHING", edges)
+            if requested:
+                cur.executemany("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
+                                " requested_at) VALUES(%s,%s,%s,%s, 'pending', %s)", requested)
+            if answered:
+                cur.executemany("UPDATE approvals SET status=%s, comment=%s, answered_at=%s"
+                                " WHERE approval_id=%s", answered)
 
     @staticmethod
     def _write_nodes(c, run_id: str, nodes: Iterable[dict]) -> None:
@@ -392,24 +383,7 @@ class PostgresStore(Store):
                     " ON CONFLICT (run_id, id) DO UPDATE SET status=EXCLUDED.status, doc=EXCLUDED.doc",
                     rows)
 
-    @staticmethod
-    def _write_edges(c, run_id: str, edges: Iterable[dict]) -> None:
-        rows = [(run_id, e["source"], e["target"]) for e in edges]
-        if rows:
-            with c.cursor() as cur:
-                cur.executemany("INSERT INTO edges(run_id, source, target) VALUES(%s,%s,%s)"
-                                " ON CONFLICT DO NOTHING", rows)
-
     # -- retention ------------------------------------------------------------------------------
-
-    def _maybe_trim(self, commits: list[Commit]) -> None:
-        if not (self.max_events_per_run or self.max_event_age_s):
-            return
-        settled = any(cm.run_doc is not None and cm.run_doc["state"] in SETTLED_WORKFLOW_STATES
-                      for cm in commits)
-        if settled or time.time() - self._last_trim > 1.0:
-            self._last_trim = time.time()
-            self.trim()
 
     def trim(self) -> int:
         """Delete events beyond the retention limits; return how many. Snapshots are unaffected."""
@@ -423,11 +397,9 @@ class PostgresStore(Store):
                         (cap,)).fetchall():
                     cuts[run_id] = last - cap + 1
             if self.max_event_age_s:
-                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.max_event_age_s)
-                          ).isoformat(timespec="microseconds")
                 for run_id, seq in c.execute(
                         "SELECT run_id, MAX(seq) FROM events WHERE ts < %s GROUP BY run_id",
-                        (cutoff,)).fetchall():
+                        (self._age_cutoff(),)).fetchall():
                     cuts[run_id] = max(cuts.get(run_id, 0), seq + 1)
             for run_id, new_first in cuts.items():
                 cur = c.execute("DELETE FROM events WHERE run_id=%s AND seq<%s", (run_id, new_first))
@@ -482,15 +454,13 @@ class PostgresStore(Store):
             rows = c.execute(
                 "SELECT command_id, action, node_id, payload FROM commands"
                 " WHERE run_id=%s AND status='pending' ORDER BY n", (run_id,)).fetchall()
-        return [{"command_id": r[0], "action": r[1], "node_id": r[2], "payload": orjson.loads(r[3])}
-                for r in rows]
+        return [pending_command(r) for r in rows]
 
     def command_status(self, command_id: str) -> Optional[dict]:
         with self._pool.connection() as c:
             row = c.execute("SELECT status, error, code, state FROM commands WHERE command_id=%s",
                             (command_id,)).fetchone()
-        return None if row is None else {"status": row[0], "error": row[1], "code": row[2],
-                                         "state": row[3]}
+        return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
 

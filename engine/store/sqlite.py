@@ -11,7 +11,6 @@ import os
 import sqlite3
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
 import orjson
@@ -19,7 +18,6 @@ import orjson
 from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
 from ..events import now_iso
 from ..snapshot import RunView
-from ..states import SETTLED_WORKFLOW_STATES
 from .base import (
     LEASE_TTL_S,
     Commit,
@@ -31,8 +29,11 @@ from .base import (
     lease_is_dead,
     lost_message,
     lost_run_events,
+    mirrored_facts,
     new_command_id,
     ordered_edges,
+    pending_command,
+    command_state,
     plan_schema,
     record,
     unstorable_command,
@@ -88,18 +89,13 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str, *, max_events_per_run: Optional[int] = None,
                  max_event_age_s: Optional[float] = None, busy_timeout_s: float = 60.0):
-        super().__init__()
+        super().__init__(max_events_per_run, max_event_age_s)
         self.path = os.path.abspath(os.path.expanduser(path))
         self.url = "sqlite:///" + self.path.lstrip("/")
-        if max_events_per_run is not None and max_events_per_run < 1:
-            raise StoreError("max_events_per_run must be >= 1")
-        self.max_events_per_run = max_events_per_run
-        self.max_event_age_s = max_event_age_s
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._last_trim = 0.0
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._init_schema()
 
@@ -178,7 +174,6 @@ class SQLiteStore(Store):
                 (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
                  lease.host, lease.pid, time.time() + LEASE_TTL_S, orjson.dumps(run)))
             self._write_nodes(c, run["id"], view.nodes.values())
-            self._write_edges(c, run["id"], view.edges)
             self._write_events(c, run["id"], [first_event])
 
     def run_doc(self, run_id: str) -> dict:
@@ -284,41 +279,22 @@ class SQLiteStore(Store):
             "INSERT INTO events(run_id, seq, id, type, ts, data) VALUES(?,?,?,?,?,?)",
             [(run_id, e["seq"], e["id"], e["event_type"], e["timestamp"], orjson.dumps(e["data"]).decode())
              for e in events])
-        for e in events:  # the tables that mirror facts recorded by events
-            t, d = e["event_type"], e["data"]
-            if t == "dag_updated":
-                self._write_edges(c, run_id, d["added_edges"])
-            elif t == "approval_requested":
-                c.execute("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
-                          " requested_at) VALUES(?,?,?,?, 'pending', ?)",
-                          (d["approval_id"], run_id, d["node_id"], d["prompt"], e["timestamp"]))
-            elif t == "approval_received":
-                c.execute("UPDATE approvals SET status=?, comment=?, answered_at=? WHERE approval_id=?",
-                          ("approved" if d["approved"] else "rejected", d.get("comment"),
-                           e["timestamp"], d["approval_id"]))
+        edges, requested, answered = mirrored_facts(run_id, events)
+        if edges:
+            c.executemany("INSERT OR IGNORE INTO edges(run_id, source, target) VALUES(?,?,?)", edges)
+        if requested:
+            c.executemany("INSERT INTO approvals(approval_id, run_id, node_id, prompt, status,"
+                          " requested_at) VALUES(?,?,?,?, 'pending', ?)", requested)
+        if answered:
+            c.executemany("UPDATE approvals SET status=?, comment=?, answered_at=? WHERE approval_id=?",
+                          answered)
 
     @staticmethod
     def _write_nodes(c: sqlite3.Connection, run_id: str, nodes: Iterable[dict]) -> None:
         c.executemany("INSERT OR REPLACE INTO nodes(run_id, id, status, doc) VALUES(?,?,?,?)",
                       [(run_id, n["id"], n["status"], orjson.dumps(n)) for n in nodes])
 
-    @staticmethod
-    def _write_edges(c: sqlite3.Connection, run_id: str, edges: Iterable[dict]) -> None:
-        c.executemany("INSERT OR IGNORE INTO edges(run_id, source, target) VALUES(?,?,?)",
-                      [(run_id, e["source"], e["target"]) for e in edges])
-
     # -- retention ------------------------------------------------------------------------------
-
-    def _maybe_trim(self, commits: list[Commit]) -> None:
-        # At most once a second, and whenever a run settles: a run that finished within
-        # the second would otherwise keep its excess events until the next write.
-        if not (self.max_events_per_run or self.max_event_age_s):
-            return
-        settled = any(cm.run_doc is not None and cm.run_doc["state"] in SETTLED_WORKFLOW_STATES
-                      for cm in commits)
-        if settled or time.time() - self._last_trim > 1.0:
-            self._last_trim = time.time()
-            self.trim()
 
     def trim(self) -> int:
         """Delete events beyond the retention limits; return how many. Snapshots are unaffected."""
@@ -331,11 +307,9 @@ class SQLiteStore(Store):
                         (cap,)).fetchall():
                     deleted += self._trim_run(c, run_id, last - cap + 1)
             if self.max_event_age_s:
-                cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self.max_event_age_s)
-                          ).isoformat(timespec="microseconds")
                 for run_id, seq in c.execute(
                         "SELECT run_id, MAX(seq) FROM events WHERE ts < ? GROUP BY run_id",
-                        (cutoff,)).fetchall():
+                        (self._age_cutoff(),)).fetchall():
                     deleted += self._trim_run(c, run_id, seq + 1)
         return deleted
 
@@ -390,14 +364,12 @@ class SQLiteStore(Store):
         rows = self._conn().execute(
             "SELECT command_id, action, node_id, payload FROM commands"
             " WHERE run_id=? AND status='pending' ORDER BY n", (run_id,)).fetchall()
-        return [{"command_id": r[0], "action": r[1], "node_id": r[2], "payload": orjson.loads(r[3])}
-                for r in rows]
+        return [pending_command(r) for r in rows]
 
     def command_status(self, command_id: str) -> Optional[dict]:
         row = self._conn().execute("SELECT status, error, code, state FROM commands WHERE command_id=?",
                                    (command_id,)).fetchone()
-        return None if row is None else {"status": row[0], "error": row[1], "code": row[2],
-                                         "state": row[3]}
+        return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
 

@@ -96,7 +96,7 @@ class Run:
                 still = state.value if state is not None else "unknown (the store is unreachable)"
                 raise TimeoutError(f"run {self.id} is still {still} after {timeout} s")
             ex = local_executor(self.id)
-            if ex is not None:
+            if ex is not None and not ex.stopped.is_set():  # a stopped one has nothing to say
                 ex.settled.wait(0.5 if left is None else min(left, 0.5))
             else:
                 time.sleep(0.02 if left is None else max(0.0, min(left, 0.02)))

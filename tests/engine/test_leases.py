@@ -234,3 +234,25 @@ def test_a_gone_process_of_this_host_and_namespace_is_dead_at_once():
     judge = LeaseJudge()
     assert judge.judge([row(host=me.host, pid=pid, ns=me.ns, expires=1e12)], db_now=0.0,
                        round_trip=60.0) == [("r", "o", 1e12)]
+
+
+def test_a_host_whose_clock_is_ahead_reaps_no_live_run(pg_url, tmp_path, monkeypatch):
+    """PostgreSQL serves several hosts: lease times are the database's, so a host whose
+    clock runs a minute ahead does not take live runs for expired ones."""
+    store = engine.open_store(pg_url)
+    remote = Script(tmp_path, "remote", REMOTE_RUN).start(pg_url, tmp_path)
+    try:
+        run = store.run(remote.wait_for_file(tmp_path / "run_id"))
+        wait_node(run, "long", "running")
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 60.0)
+        for _ in range(2 + int(CONFIRM_S)):  # enough passes to confirm a lease really expired
+            assert store.reap() == []
+            time.sleep(1.0)
+        assert engine.open_store(pg_url, pool_size=2).reap() == []
+        monkeypatch.undo()
+        (tmp_path / "go").touch()
+        assert remote.check().split("\n")[0] == "completed"
+    finally:
+        remote.stop()
+    check_log(run)

@@ -184,6 +184,7 @@ def test_a_live_run_in_another_pid_namespace_is_not_reaped(store, db_url, tmp_pa
     remote = Script(tmp_path, "in_namespace", REMOTE_RUN).start(db_url, tmp_path, launcher=launcher)
     try:
         run = store.run(remote.wait_for_file(tmp_path / "run_id"))
+        wait_node(run, "long", "running")
         [(lease_pid, lease_ns)] = raw(db_url, f"SELECT lease_pid, lease_ns FROM runs WHERE id = '{run.id}'")
         assert (lease_pid, lease_ns != Lease.mine().ns) == (pid, True)
         assert store.reap() == [] and engine.open_store(db_url).reap() == []

@@ -5,12 +5,12 @@ One executor per run, in the process that started it (the step code lives there)
 All state changes happen under one lock, in this order: check the transition table,
 apply the event to the in-memory view (the reducer), hand the event and the new state
 to the journal (group commit). Control commands are read from the store, so a run
-started here obeys a pause sent from a browser, and vice versa.
+started here obeys a pause sent from a browser, and vice versa: this process's
+watcher (engine.runtime) wakes the executor when one arrives, and renews its lease.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -23,19 +23,16 @@ from typing import Any, Optional
 
 import networkx as nx
 
-from . import states
+from . import runtime, states
 from .context import StepContext
 from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
 from .events import new_event, now_iso, validate_data
 from .owners import default_owner
 from .snapshot import RunView, new_run_doc
+from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
 from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
 from .workflow import Step, Workflow
 
-#: How often an idle executor looks for commands written by other processes, on a
-#: store that does not push notifications (SQLite). With one that does (PostgreSQL)
-#: it sleeps until notified, or until its lease is due for renewal.
-COMMAND_POLL_S = 0.02
 #: How long the executor waits before reading the store again after a transient failure.
 OUTAGE_PAUSE_S = 0.1
 #: Recorded events waiting for the journal before step code has to wait (bounds memory).
@@ -43,14 +40,6 @@ OUTBOX_LIMIT = 2_000
 PREVIEW_CHARS = 200
 
 log = logging.getLogger(__name__)
-
-_executors: dict[str, "Executor"] = {}
-_executors_lock = threading.Lock()
-
-
-def local_executor(run_id: str) -> Optional["Executor"]:
-    """The executor of ``run_id`` if it ran (or runs) in this process."""
-    return _executors.get(run_id)
 
 
 def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
@@ -118,29 +107,60 @@ class Executor:
         self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
         self.stopped = threading.Event()  # the executor is gone for good
         self._lost = False
+        #: The lease is this process's until the executor lets it go (the watcher renews it).
+        self.holds_lease = True
+        self._lease_gone = False  # the watcher found it taken: stop, writing nothing more
+        # The main loop's thread, when it has one (see "lifecycle"); all under self.cond.
+        self._thread: Optional[threading.Thread] = None
+        self._looping = True  # until start(): nobody else may start the first loop
+        self._woken = False  # a wake-up came after the main loop last read the commands
+        self._finished = False
         # Recorded events not yet handed to the journal (see _record / drain).
         self._outbox = threading.Condition(threading.Lock())
         self._out_events: list[dict] = []
         self._out_nodes: set[str] = set()
         self._out_commands: list[tuple] = []
         self._pull_queued = False
-        self._thread = threading.Thread(target=self._main, name=f"cmbagent-run-{self.run_id[:8]}",
-                                        daemon=True)
 
     # -- lifecycle ----------------------------------------------------------------------
+    #
+    # The main loop (a thread) reads commands and moves the run forward. When the run has
+    # failed it waits for nothing but a command (a retry), so the thread ends: the
+    # watcher (engine.runtime) keeps the lease and calls ``wake`` when a command comes,
+    # which starts a new one. A completed or cancelled run lets its lease go and stops.
 
     def start(self) -> None:
-        with _executors_lock:
-            _executors[self.run_id] = self
-        self._thread.start()
+        runtime.register(self)
+        with self.cond:
+            self._spawn(first=True)
+
+    def _spawn(self, first: bool = False) -> None:
+        """Start a main-loop thread (under self.cond, when none runs)."""
+        self._looping = True
+        self._thread = threading.Thread(target=self._main, args=(first,), daemon=True,
+                                        name=f"cmbagent-run-{self.run_id[:8]}")
+        try:
+            self._thread.start()
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            self._looping = False
 
     def wake(self) -> None:
+        """Have the executor read its commands now (starting its thread if it has none)."""
         with self.cond:
+            self._woken = True
+            if not self._looping and not self.stopped.is_set():
+                self._spawn()
             self.cond.notify_all()
 
-    def _on_store_change(self, kind: Optional[str], run_id: Optional[str]) -> None:
-        if run_id == self.run_id or kind is None:  # a command for this run, or maybe missed ones
-            self.wake()
+    @property
+    def idle(self) -> bool:
+        """True while the run waits for nothing but a command (its executor has no thread)."""
+        return not self._looping
+
+    def lease_lost(self) -> None:
+        """Another process took the run's lease (the watcher could not renew it)."""
+        self._lease_gone = True
+        self.wake()
 
     def _outage_safe(self, read, *args):
         """``read(*args)``, or None while the store is briefly unreachable (a transient
@@ -151,67 +171,122 @@ class Executor:
         except Exception as exc:
             if not self.store.transient(exc):
                 raise
-            log.warning("cmbagent executor %s: the store failed (%s); retrying", self.run_id[:8], exc)
+            log.warning("cmbagent executor %s: the store failed (%s); retrying", self.run_id[:8],
+                        self.store.redact(exc))
             return None
 
-    def _idle_wait(self, last_renew: float) -> float:
-        """How long the main loop may sleep when nothing wakes it."""
-        wait = COMMAND_POLL_S if not self.store.pushes_changes else max(
-            0.0, last_renew + LEASE_RENEW_S - time.monotonic())
+    def _idle_wait(self) -> float:
+        """How long the main loop may sleep when nothing wakes it: commands and step
+        transitions do; the timeout only bounds how late a refused commit is noticed."""
+        wait = LEASE_RENEW_S
         if self.retry_at:
             wait = min(wait, max(0.0, min(self.retry_at.values()) - time.monotonic()))
         return wait
 
-    def _main(self) -> None:
-        unsubscribe = self.store.subscribe(self._on_store_change)
+    def _main(self, first: bool) -> None:
+        idle = False
         try:
-            with self.cond:
-                self._set_run("planning", reason="preparing the DAG")
-                self._set_run("executing")
-            last_renew = time.monotonic()
-            while not self.stopped.is_set():
-                with self.cond:  # read under the lock: a final state here is already durable
-                    finished = self.view.run["state"] in ("completed", "cancelled")
-                commands = self._outage_safe(self.store.pending_commands, self.run_id)
-                if commands is None:  # the store is briefly unreachable: try again soon
-                    self.stopped.wait(OUTAGE_PAUSE_S)
-                    continue
-                for cmd in commands:
-                    with self.cond:
-                        self._apply_command(cmd)
-                if finished:
-                    # Every command the store accepted came before the final state, so the
-                    # read above saw it (and refused it): none is left waiting. Only now
-                    # may the lease go, or those refusals would not be written.
-                    self.store.journal.submit(self._release(), wait=True)
-                    break
+            if first:
                 with self.cond:
-                    self._settle()
-                    self.cond.wait(self._idle_wait(last_renew))
-                if self.run_id in self.store.journal.refused:
-                    raise self.store.journal.refused[self.run_id]
-                if time.monotonic() - last_renew > LEASE_RENEW_S:
-                    renewed = self._outage_safe(self.store.renew_lease, self.run_id, self.lease)
-                    if renewed is False:
-                        raise LeaseLost(f"run {self.run_id} is no longer held by this process")
-                    if renewed is None:
-                        self.stopped.wait(OUTAGE_PAUSE_S)  # retried on the next turn
-                    else:
-                        last_renew = time.monotonic()
-            self.store.journal.flush()
+                    self._set_run("planning", reason="preparing the DAG")
+                    self._set_run("executing")
+            idle = self._loop()
         except LeaseLost:
             self._lost = True  # another process recorded that this run was lost: write nothing more
         except BaseException:
             with self.cond:
                 self._abandon("executor_error", "the executor failed:\n" + traceback.format_exc())
         finally:
-            unsubscribe()
+            if not idle:
+                self._finish()
+
+    def _loop(self) -> bool:
+        """Apply commands and move the run on until the executor stops (False) or the
+        run waits for nothing but a command (True: the thread may end)."""
+        while not self.stopped.is_set():
+            if self._lease_gone:
+                raise LeaseLost(f"run {self.run_id} is no longer held by this process")
+            if self.run_id in self.store.journal.refused:
+                raise self.store.journal.refused[self.run_id]
+            with self.cond:  # read under the lock: a final state here is already durable
+                finished = self.view.run["state"] in ("completed", "cancelled")
+                self._woken = False
+            commands = self._outage_safe(self.store.pending_commands, self.run_id)
+            if commands is None:  # the store is briefly unreachable: try again soon
+                self.stopped.wait(OUTAGE_PAUSE_S)
+                continue
+            for cmd in commands:
+                with self.cond:
+                    self._apply_command(cmd)
+            if finished:
+                # Every command the store accepted came before the final state, so the
+                # read above saw it (and refused it): none is left waiting. Only now
+                # may the lease go, or those refusals would not be written.
+                self.store.journal.submit(self._release(), wait=True)
+                break
+            with self.cond:
+                self._settle()
+                if not self._woken:
+                    if self.view.run["state"] == "failed" and self.run_id not in self.store.journal.refused:
+                        # A wake() from now on starts a new thread: no command is missed.
+                        self._looping = False
+                        return True
+                    self.cond.wait(self._idle_wait())
+        self.store.journal.flush()
+        return False
+
+    def _finish(self) -> None:
+        """The executor is gone for good: release whoever waits, the runner and the lease's watcher."""
+        with self.cond:
+            if self._finished:
+                return
+            self._finished = True
+            self._looping = False
             self.stopped.set()
             self.settled.set()
-            with self.cond:
-                self.cond.notify_all()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            # The executor stays registered: its results stay readable in this process.
+            self.cond.notify_all()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        runtime.forget(self)
+        # The executor stays registered: its results stay readable in this process.
+
+    def abandon(self, message: str) -> None:
+        """Stop for good (the store closes); a run not finished is recorded as lost."""
+        with self.cond:
+            if not self.stopped.is_set():
+                try:
+                    self._abandon("executor_lost", message)
+                except EngineError:
+                    pass
+                self.stopped.set()
+            self.cond.notify_all()
+            thread = self._thread if self._looping else None
+        if thread is not None:
+            thread.join(10)
+        else:
+            self._finish()
+
+    def at_exit(self) -> bool:
+        """At interpreter exit: record at once that an unfinished run is lost, and record
+        nothing more. True when the run has finished but its executor has a last step to
+        take (refusing late commands, letting the lease go): see ``end_at_exit``."""
+        with self.cond:
+            if not self.stopped.is_set() and self.view.run["state"] in ("completed", "cancelled"):
+                return True
+            if not self.stopped.is_set():
+                try:
+                    self._abandon("executor_lost", "the process that ran this workflow exited")
+                except EngineError:
+                    pass
+            self._lost = True  # whatever the workers do from now on is not recorded
+            return False
+
+    def end_at_exit(self, timeout: float) -> None:
+        """Give a finished run's executor ``timeout`` seconds for its last step."""
+        self.wake()
+        thread = self._thread
+        if thread is not None and thread.ident is not None:
+            thread.join(timeout)
+        self._lost = True
 
     def _abandon(self, reason: str, message: str) -> None:
         """Record that this executor stops without finishing (process exit, internal error)."""
@@ -227,6 +302,8 @@ class Executor:
         self.cond.notify_all()
 
     def _release(self) -> Commit:
+        """The commit that lets the lease go (from now on the watcher no longer renews it)."""
+        self.holds_lease = False
         return Commit(self.run_id, lease_owner=self.lease.owner, release_lease=True)
 
     # -- recording ------------------------------------------------------------------------
@@ -585,18 +662,26 @@ class ThreadRunner:
     """
 
     def __init__(self, ex: "Executor"):
-        self._pool = ThreadPoolExecutor(ex.width,
-                                        thread_name_prefix=f"cmbagent-step-{ex.run_id[:8]}")
+        self._width = ex.width
+        self._name = f"cmbagent-step-{ex.run_id[:8]}"
+        self._pool: Optional[ThreadPoolExecutor] = None  # made when a step is first submitted
         self._execute = ex._execute
 
     def submit(self, node_id: str) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._width, thread_name_prefix=self._name)
         self._pool.submit(self._execute, node_id)
 
     def state_changed(self, state: str) -> None:
-        pass  # local steps read the run's state under the executor's lock
+        # Local steps read the run's state under the executor's lock. A failed run runs
+        # nothing until a retry, which may never come: its idle workers end now.
+        if state == "failed" and self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def error_info(exc: BaseException) -> dict:
@@ -627,53 +712,3 @@ def _preview(result: Any) -> Optional[str]:
     except Exception:  # a broken __repr__ must not fail the step
         text = f"<{type(result).__name__}>"
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-
-
-def close_executors(store: Store) -> None:
-    """Stop this process's executors on ``store`` (before it closes its connections).
-
-    A run still active is recorded as lost: its steps cannot go on without the store.
-    """
-    for ex in [e for e in list(_executors.values()) if e.store is store]:
-        with ex.cond:
-            if not ex.stopped.is_set():
-                try:
-                    ex._abandon("executor_lost", "the store was closed while the run was active")
-                except EngineError:
-                    pass
-                ex.stopped.set()
-            ex.cond.notify_all()
-        ex._thread.join(10)
-
-
-def _abandon_all() -> None:
-    """At interpreter exit, record at once that this process's unfinished runs are lost.
-
-    Registered with threading's exit hooks, which run *before* the thread pools join
-    their workers (and in reverse order of registration): a step waiting at a
-    checkpoint is then released with ``Cancelled`` instead of keeping the process alive.
-    """
-    ending = []
-    for ex in list(_executors.values()):
-        with ex.cond:
-            if not ex.stopped.is_set() and ex.view.run["state"] in ("completed", "cancelled"):
-                # Finished, but not done: its last read of commands (refusing those that
-                # came too late) and the lease's release are moments away.
-                ending.append(ex)
-                continue
-            if not ex.stopped.is_set():
-                try:
-                    ex._abandon("executor_lost", "the process that ran this workflow exited")
-                except EngineError:
-                    pass
-            ex._lost = True  # whatever the workers do from now on is not recorded
-    for ex in ending:  # let them end cleanly (what they do not finish, the reaper will)
-        ex.wake()
-        ex._thread.join(2.0)
-        ex._lost = True
-
-
-if hasattr(threading, "_register_atexit"):
-    threading._register_atexit(_abandon_all)
-else:  # pragma: no cover - other Pythons
-    atexit.register(_abandon_all)

@@ -7,13 +7,16 @@ from typing import Any, Optional
 
 from . import states
 from .errors import CommandRejected, EngineError, ExecutorLost, UnknownNode, UnknownRun
-from .executor import local_executor
+from .runtime import local_executor
 from .states import WorkflowState
 from .store.base import EventList, Store, new_command_id
 
 #: How long a command call waits for the executor to act on it.
 COMMAND_TIMEOUT_S = 30.0
-
+#: A command not acted on this soon may have no executor left: from then on, reaping
+#: passes (this often) find out, and refuse it (executor_lost) if so.
+REAP_AFTER_S = 0.5
+REAP_EVERY_S = 1.0
 
 
 def _refusal(run_id: str, node_id: Optional[str], code: Optional[str], message: str) -> Exception:
@@ -77,15 +80,23 @@ class Run:
     def wait(self, timeout: Optional[float] = None) -> WorkflowState:
         """Block until the run is completed, failed or cancelled; return that state."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        state: Optional[WorkflowState] = None
         while True:
-            state = self.state
+            try:
+                state = self.state
+            except Exception as exc:
+                if not self.store.transient(exc):
+                    raise
+                # The store is briefly unreachable (an outage, a stalled database): the
+                # run goes on meanwhile, and so does the wait, up to its timeout.
             if state in states.SETTLED_WORKFLOW_STATES:
                 return state
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"run {self.id} is still {state.value} after {timeout} s")
+                still = state.value if state is not None else "unknown (the store is unreachable)"
+                raise TimeoutError(f"run {self.id} is still {still} after {timeout} s")
             ex = local_executor(self.id)
-            if ex is not None:
+            if ex is not None and not ex.stopped.is_set():  # a stopped one has nothing to say
                 ex.settled.wait(0.5 if left is None else min(left, 0.5))
             else:
                 time.sleep(0.02 if left is None else max(0.0, min(left, 0.02)))
@@ -124,16 +135,25 @@ class Run:
         ex = local_executor(self.id)
         if ex is not None:
             ex.wake()
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, reap_at = start + timeout, start + REAP_AFTER_S
         while True:
             status = self.store.command_status(command_id)
             if status and status["status"] == "applied":
                 return {**ack, "state": status["state"]}
             if status and status["status"] == "rejected":
                 raise _refusal(self.id, node_id, status["code"], status["error"] or "rejected")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"the executor of run {self.id} did not act on {action} "
                                    f"within {timeout} s")
+            if now >= reap_at and (ex is None or ex.stopped.is_set()):
+                # The store accepted the command, but the run's lease only looked expired:
+                # its executor may be stalled or gone. Reaping passes tell which (a few
+                # seconds for a lease that only looks expired); if gone, this command is
+                # refused (executor_lost) and the loop above reports it.
+                self.store.reap()
+                reap_at = now + REAP_EVERY_S
             time.sleep(0.005)
 
     def widget(self):

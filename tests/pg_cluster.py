@@ -12,6 +12,7 @@ refuses to run as root); it is stopped and deleted at exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -129,6 +130,40 @@ class PgServer:
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1].split("?", 1)[0]
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def pids(self) -> list[int]:
+        """The cluster's processes: the postmaster and its children (a throwaway cluster only)."""
+        if self._dir is None:
+            raise Unavailable("not a throwaway cluster: its processes are not ours to signal")
+        with open(os.path.join(self._dir, "data", "postmaster.pid")) as f:
+            postmaster = int(f.readline())
+        children = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        stat = f.read()
+                except OSError:  # gone meanwhile
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:  # field 4: the parent
+                    children.append(int(entry))
+        return [postmaster, *children]
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Stop every process of the cluster (SIGSTOP) for the ``with`` block: a database
+        that hangs, its connections open. They are continued (SIGCONT) whatever happens."""
+        pids = self.pids()
+        try:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            yield pids
+        finally:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
 
     def stop(self) -> None:
         if self._dir is None or not os.path.exists(self._dir):

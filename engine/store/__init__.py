@@ -17,10 +17,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from ..errors import StoreError
 from .base import Commit, EventList, Lease, Store
 from .postgres import PostgresStore
+from .redact import redact_url
 from .sqlite import SQLiteStore
 
 __all__ = ["open_store", "close_store", "default_url", "Store", "SQLiteStore", "PostgresStore", "Commit",
-           "EventList", "Lease"]
+           "EventList", "Lease", "redact_url"]
 
 #: Options any store takes, and those only one kind does (as URL query or keyword).
 _OPTIONS = {"max_events_per_run": int, "max_event_age_s": float}
@@ -101,7 +102,7 @@ def _resolve(url: str, options: dict):
             if postgres:  # libpq's own parameters (sslmode, application_name, ...)
                 passthrough.append((key, value))
                 continue
-            raise StoreError(f"unknown store option {key!r} in {url!r}; known: {', '.join(known)}")
+            raise StoreError(f"unknown store option {key!r} in {redact_url(url)!r}; known: {', '.join(known)}")
         try:
             options.setdefault(key, known[key](value))
         except ValueError:
@@ -121,10 +122,10 @@ def _sqlite_path(url: str, parts) -> str:
     elif parts.scheme == "sqlite":
         path = unquote(parts.path)
         if parts.netloc:
-            raise StoreError(f"sqlite URL {url!r} must look like sqlite:///absolute/path.sqlite")
+            raise StoreError(f"sqlite URL {redact_url(url)!r} must look like sqlite:///absolute/path.sqlite")
     else:
-        raise StoreError(f"unsupported store URL {url!r}: expected sqlite:///path or "
+        raise StoreError(f"unsupported store URL {redact_url(url)!r}: expected sqlite:///path or "
                          "postgresql://user@host/dbname")
     if not path:
-        raise StoreError(f"store URL {url!r} names no file")
+        raise StoreError(f"store URL {redact_url(url)!r} names no file")
     return os.path.abspath(path)

@@ -7,8 +7,6 @@ are legal, and what losing an executor means, is decided here once.
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import uuid
@@ -26,59 +24,12 @@ from ..errors import CommandRejected, StoreError, UnknownNode, UnknownRun
 from ..events import TYPED_ENVELOPES, new_event
 from ..snapshot import RunView
 from ..states import SETTLED_WORKFLOW_STATES
+from .leases import LEASE_RENEW_S, LEASE_TTL_S, Lease, LeaseJudge, LeaseRow, holder_gone
+from .redact import redact_url
 
-#: An executor renews its leases this often, and they last this long.
-LEASE_RENEW_S = 2.0
-LEASE_TTL_S = 10.0
-
-
-@dataclass
-class Lease:
-    owner: str
-    host: str
-    pid: int
-
-    @classmethod
-    def mine(cls) -> "Lease":
-        return _IDENTITY.lease()
-
-
-class _Identity:
-    """This process's executor identity; a new one after fork."""
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._lease: Optional[Lease] = None
-
-    def lease(self) -> Lease:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._lease = Lease(uuid.uuid4().hex, socket.gethostname(), self._pid)
-        assert self._lease is not None
-        return self._lease
-
-
-_IDENTITY = _Identity()
-
-
-def lease_is_dead(owner: Optional[str], host: Optional[str], pid: Optional[int],
-                  expires: Optional[float], now: float) -> bool:
-    """True when the process that holds a lease is gone (or the lease lapsed)."""
-    if owner is None:
-        return True
-    me = Lease.mine()
-    if owner == me.owner:
-        return False
-    if expires is None or expires < now:
-        return True
-    if host == me.host and pid:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+#: The columns of a run's lease, and the SET clause that lets it go.
+LEASE_COLUMNS = "lease_owner, lease_host, lease_pid, lease_ns, lease_expires"
+RELEASE_LEASE = "lease_owner=NULL, lease_host=NULL, lease_pid=NULL, lease_ns=NULL, lease_expires=NULL"
 
 
 @dataclass
@@ -342,6 +293,7 @@ class Store(ABC):
         self._last_trim = 0.0
         self._journal = None
         self._journal_lock = threading.Lock()
+        self._judge = LeaseJudge()
         self.closed = False
 
     # -- runs ---------------------------------------------------------------------------
@@ -426,6 +378,10 @@ class Store(ABC):
         """Is ``exc`` an outage worth retrying a write through (a lost connection)?"""
         return False
 
+    def redact(self, exc: BaseException) -> str:
+        """The text of an error from this store, fit for logs: no password in it."""
+        return redact_url(str(exc))
+
     @property
     def journal(self):
         """This process's group committer for the store."""
@@ -469,15 +425,39 @@ class Store(ABC):
     # -- leases --------------------------------------------------------------------------------
 
     @abstractmethod
-    def renew_lease(self, run_id: str, lease: Lease) -> bool:
-        """Extend this process's lease on a run; False if it no longer holds it."""
+    def renew_leases(self, owner: str, run_ids: list[str]) -> set[str]:
+        """Extend, in one statement, ``owner``'s leases on ``run_ids`` to LEASE_TTL_S past
+        the database's clock; return the runs renewed (the others are no longer held)."""
 
     @abstractmethod
+    def waiting_runs(self) -> set[str]:
+        """Runs with commands their executor has not answered yet (one indexed read)."""
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits (read on the calling
+        thread's own connection): what stores that do not push changes are watched by."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def _leases(self) -> tuple[list[LeaseRow], Optional[float]]:
+        """Every held lease, and the database's clock (epoch seconds) when it was read."""
+
+    @abstractmethod
+    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
+        """Mark the run lost, in one transaction, if its lease is still the one judged dead."""
+
     def reap(self) -> list[str]:
-        """Mark runs whose executor died as failed (executor_lost); return their ids."""
+        """One reaping pass: mark runs whose executor is gone as failed (executor_lost);
+        return their ids. A lease that only looks expired takes passes over a few
+        seconds to be confirmed dead (engine.store.leases), so call this periodically."""
+        t0 = time.monotonic()  # waiting for a stalled pass is part of the round trip
+        with self._judge.lock:  # passes one at a time: each judges against the last
+            rows, db_now = self._leases()
+            dead = self._judge.judge(rows, db_now, time.monotonic() - t0)
+        return [run_id for run_id, owner, expires in dead if self._reap_run(run_id, owner, expires)]
 
     def close(self) -> None:
-        from ..executor import close_executors
+        from ..runtime import close_executors
 
         self.closed = True
         close_executors(self)
@@ -485,17 +465,21 @@ class Store(ABC):
             self._journal.close()
 
 
+class Refused(Exception):
+    """Rolls back a commit batch that must write nothing; carries who was refused."""
+
+    def __init__(self, failures: list[tuple[Commit, Exception]]):
+        super().__init__("commit refused")
+        self.failures = failures
+
+
 def new_command_id() -> str:
     return uuid.uuid4().hex
 
 
-def now() -> float:
-    return time.time()
-
-
 __all__ = [
     "Store", "Commit", "Lease", "EventList", "LEASE_RENEW_S", "LEASE_TTL_S",
-    "lease_is_dead", "lost_run_events", "record", "check_command", "envelope_dict",
+    "holder_gone", "Refused", "LEASE_COLUMNS", "RELEASE_LEASE", "lost_run_events", "record", "check_command", "envelope_dict",
     "envelope_json", "plan_schema", "ordered_edges", "unstorable_command", "mirrored_facts", "pending_command",
     "command_state", "command_refusal", "lost_message",
 ]

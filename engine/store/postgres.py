@@ -19,13 +19,15 @@ one database. What keeps the log exact with concurrent writers:
   woken. The log stays the truth: a lost notification (the listening connection
   dropped) is followed by a wake-up of everyone on reconnect, and the hubs'
   periodic re-check bounds the delay; nothing is read from the notification itself.
+- **Lease times on the database's clock.** Leases are written as ``now()`` plus the
+  TTL and judged against ``now()``, so hosts whose clocks disagree never see each
+  other's live runs as expired (engine.store.leases).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable, Iterable, Optional
 
 import orjson
@@ -34,14 +36,18 @@ from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, Unknow
 from ..events import now_iso
 from ..snapshot import RunView
 from .base import (
+    LEASE_COLUMNS,
     LEASE_TTL_S,
+    RELEASE_LEASE,
     Commit,
     Lease,
+    LeaseRow,
+    Refused,
     Store,
     check_command,
     command_refusal,
     executor_lost,
-    lease_is_dead,
+    holder_gone,
     lost_message,
     lost_run_events,
     mirrored_facts,
@@ -53,6 +59,7 @@ from .base import (
     record,
     unstorable_command,
 )
+from .redact import redact_url
 
 try:
     import psycopg
@@ -62,12 +69,18 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Statements that bring a store from version N to N + 1. They run in the same
 #: transaction as the version bump (PostgreSQL DDL is transactional): a store is
 #: never half-migrated.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE runs ADD COLUMN lease_ns TEXT",
+        "CREATE INDEX runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL"],
+}
+
+#: The database's clock, in epoch seconds: what lease times are written and judged in.
+_DB_NOW = "extract(epoch from now())::float8"
 
 EVENTS_CHANNEL = "cmbagent_events"
 COMMANDS_CHANNEL = "cmbagent_commands"
@@ -88,8 +101,9 @@ CREATE TABLE runs(
     first_seq BIGINT NOT NULL DEFAULT 1,
     changed BIGINT NOT NULL DEFAULT 0,
     lease_owner TEXT, lease_host TEXT, lease_pid INTEGER, lease_expires DOUBLE PRECISION,
-    doc TEXT NOT NULL);
+    doc TEXT NOT NULL, lease_ns TEXT);
 CREATE INDEX runs_changed ON runs(changed);
+CREATE INDEX runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL;
 CREATE INDEX runs_created ON runs(created_at);
 CREATE TABLE nodes(
     run_id TEXT NOT NULL, id TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL,
@@ -114,8 +128,6 @@ CREATE TABLE approvals(
     requested_at TEXT NOT NULL, answered_at TEXT)
 """
 
-_LEASE_COLS = "lease_owner, lease_host, lease_pid, lease_expires"
-
 
 class PostgresStore(Store):
     """A store in one PostgreSQL database, shared by any number of processes and hosts."""
@@ -129,14 +141,15 @@ class PostgresStore(Store):
         if psycopg is None:
             raise StoreError("a postgresql:// store needs psycopg 3 and psycopg-pool: "
                              "pip install 'cmbagent-jupyter[postgres]'")
-        self.url = _redact(conninfo)  # shown in logs and messages: never the password
+        self.url = redact_url(conninfo)  # shown in logs and messages: never the password
         self._conninfo = conninfo
         self._connect_timeout = connect_timeout_s
         try:
             # Fail fast, with the server's own message, when the database is unreachable.
             psycopg.connect(conninfo, connect_timeout=max(1, int(connect_timeout_s))).close()
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to {_redact(conninfo)}: {exc}".strip()) from exc
+            # Not chained: the driver's own error may quote the conninfo, password and all.
+            raise StoreError(f"cannot connect to {self.url}: {self.redact(exc)}".strip()) from None
         # check: a pooled connection is tested before use (an empty query), so one that
         # died with a database restart or a killed backend is replaced, not handed out.
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=max(1, pool_size),
@@ -149,6 +162,10 @@ class PostgresStore(Store):
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url}>"
+
+    def redact(self, exc: BaseException) -> str:
+        # psycopg's errors may quote the conninfo they could not use, password and all.
+        return redact_url(str(exc), self._conninfo)
 
     # -- schema -------------------------------------------------------------------------
 
@@ -171,7 +188,7 @@ class PostgresStore(Store):
                           " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (str(SCHEMA_VERSION),))
         except psycopg.Error as exc:
             self._pool.close()
-            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+            raise StoreError(f"cannot open store {self.url}: {self.redact(exc)}") from None
         except BaseException:
             self._pool.close()
             raise
@@ -189,7 +206,7 @@ class PostgresStore(Store):
     def subscribe(self, callback: Callable[[str, Optional[str]], None]) -> Callable[[], None]:
         with self._listener_lock:
             if self._listener is None:
-                self._listener = _Listener(self._conninfo)
+                self._listener = _Listener(self._conninfo, self.redact)
                 self._listener.start()
             listener = self._listener
         return listener.add(callback)
@@ -200,10 +217,10 @@ class PostgresStore(Store):
         run = view.run
         with self._pool.connection() as c, c.transaction():
             c.execute(
-                "INSERT INTO runs(id, created_at, owner, state, last_seq, lease_owner, lease_host,"
-                " lease_pid, lease_expires, doc) VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                f"INSERT INTO runs(id, created_at, owner, state, last_seq, {LEASE_COLUMNS}, doc)"
+                f" VALUES(%s,%s,%s,%s,%s,%s,%s,%s,%s,{_DB_NOW} + %s,%s)",
                 (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
-                 lease.host, lease.pid, time.time() + LEASE_TTL_S, _json(run)))
+                 lease.host, lease.pid, lease.ns, LEASE_TTL_S, _json(run)))
             self._write_nodes(c, run["id"], view.nodes.values())
             self._write_events(c, run["id"], [first_event])
             self._tick(c, [run["id"]])
@@ -302,11 +319,11 @@ class PostgresStore(Store):
                         else:
                             heads[cm.run_id] = (cm.events[-1]["seq"], row[1])
                 if failures:
-                    raise _Refused(failures)
+                    raise Refused(failures)
                 for cm in commits:
                     self._apply(c, cm)
                 self._tick(c, sorted({cm.run_id for cm in commits if cm.events}))
-        except _Refused as refused:  # rolled back: the batch wrote nothing
+        except Refused as refused:  # rolled back: the batch wrote nothing
             return refused.failures
         self._maybe_trim(commits)
         return []
@@ -346,7 +363,7 @@ class PostgresStore(Store):
                 sets.append("last_seq=%s")
                 args.append(cm.events[-1]["seq"])
             if cm.release_lease:
-                sets.append("lease_owner=NULL, lease_host=NULL, lease_pid=NULL, lease_expires=NULL")
+                sets.append(RELEASE_LEASE)
             c.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=%s", (*args, cm.run_id))
         if cm.commands:
             ts = now_iso()
@@ -437,8 +454,9 @@ class PostgresStore(Store):
                 node_id = check_command(view.run, status, action, node_id)
             except (UnknownNode, CommandRejected) as exc:
                 return command_refusal(command_id, exc.code, str(exc))
-            lease = c.execute(f"SELECT {_LEASE_COLS} FROM runs WHERE id=%s", (run_id,)).fetchone()
-            if lease_is_dead(*lease, time.time()):
+            lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=%s",
+                              (run_id,)).fetchone()
+            if holder_gone(*lease):
                 return command_refusal(command_id, "executor_lost", self._mark_lost(c, view))
             ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
             c.execute(
@@ -464,27 +482,34 @@ class PostgresStore(Store):
 
     # -- leases -----------------------------------------------------------------------------------
 
-    def renew_lease(self, run_id: str, lease: Lease) -> bool:
+    def renew_leases(self, owner: str, run_ids: list[str]) -> set[str]:
         with self._pool.connection() as c:
-            cur = c.execute("UPDATE runs SET lease_expires=%s WHERE id=%s AND lease_owner=%s",
-                            (time.time() + LEASE_TTL_S, run_id, lease.owner))
-            return cur.rowcount == 1
+            rows = c.execute(f"UPDATE runs SET lease_expires = {_DB_NOW} + %s"
+                             " WHERE lease_owner=%s AND id = ANY(%s) RETURNING id",
+                             (LEASE_TTL_S, owner, run_ids)).fetchall()
+        return {r[0] for r in rows}
 
-    def reap(self) -> list[str]:
-        now = time.time()
+    def waiting_runs(self) -> set[str]:
         with self._pool.connection() as c:
-            candidates = [r[0] for r in c.execute(
-                f"SELECT id, {_LEASE_COLS} FROM runs WHERE lease_owner IS NOT NULL").fetchall()
-                if lease_is_dead(*r[1:], now)]
-        reaped = []
-        for run_id in candidates:
-            with self._pool.connection() as c, c.transaction():
-                lease = c.execute(f"SELECT {_LEASE_COLS} FROM runs WHERE id=%s FOR UPDATE",
-                                  (run_id,)).fetchone()
-                if lease and lease[0] is not None and lease_is_dead(*lease, time.time()):
-                    self._mark_lost(c, self._view(c, run_id))
-                    reaped.append(run_id)
-        return reaped
+            rows = c.execute("SELECT DISTINCT run_id FROM commands WHERE status='pending'").fetchall()
+        return {r[0] for r in rows}
+
+    def _leases(self) -> tuple[list[LeaseRow], Optional[float]]:
+        with self._pool.connection() as c:
+            rows = c.execute(f"SELECT id, {LEASE_COLUMNS}, {_DB_NOW} FROM runs"
+                             " WHERE lease_owner IS NOT NULL").fetchall()
+            if not rows:
+                return [], None
+        return [r[:-1] for r in rows], rows[0][-1]
+
+    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
+        with self._pool.connection() as c, c.transaction():
+            row = c.execute("SELECT lease_owner, lease_expires FROM runs WHERE id=%s FOR UPDATE",
+                            (run_id,)).fetchone()
+            if row is None or row[0] is None or (row[0], row[1]) != (owner, expires):
+                return False  # renewed, released or taken over since it was judged
+            self._mark_lost(c, self._view(c, run_id))
+            return True
 
     def _mark_lost(self, c, view: RunView) -> str:
         """Record, inside the caller's transaction (which holds the run's row), that its
@@ -494,22 +519,13 @@ class PostgresStore(Store):
         c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=%s"
                   " WHERE run_id=%s AND status='pending'", (message, run_id))
         if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
-            c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
-                      " lease_expires=NULL WHERE id=%s", (run_id,))
+            c.execute(f"UPDATE runs SET {RELEASE_LEASE} WHERE id=%s", (run_id,))
             return message
         events, touched = record(view, lost_run_events(view, "executor_lost", message))
         self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
                               release_lease=True))
         self._tick(c, [run_id])
         return message
-
-
-class _Refused(Exception):
-    """Rolls back a commit batch that must write nothing; carries who was refused."""
-
-    def __init__(self, failures):
-        super().__init__("commit refused")
-        self.failures = failures
 
 
 class _Listener(threading.Thread):
@@ -519,9 +535,10 @@ class _Listener(threading.Thread):
     notifications may have been missed: listeners re-check what they follow.
     """
 
-    def __init__(self, conninfo: str):
+    def __init__(self, conninfo: str, redact: Callable[[BaseException], str]):
         super().__init__(name="cmbagent-pg-listen", daemon=True)
         self._conninfo = conninfo
+        self._redact = redact
         self._callbacks: list[Callable[[Optional[str], Optional[str]], None]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -563,7 +580,8 @@ class _Listener(threading.Thread):
             except psycopg.Error as exc:
                 self.connected.clear()
                 if not self._stop.is_set():
-                    log.warning("cmbagent store: lost the LISTEN connection (%s); reconnecting", exc)
+                    log.warning("cmbagent store: lost the LISTEN connection (%s); reconnecting",
+                                self._redact(exc))
             self._stop.wait(delay)
             delay = min(2.0, delay * 2)
 
@@ -576,15 +594,6 @@ def _storable(run_id: str) -> None:
 
 def _json(doc: dict) -> str:
     return orjson.dumps(doc).decode()
-
-
-def _redact(conninfo: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    if "@" in conninfo and "://" in conninfo:
-        scheme, rest = conninfo.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return conninfo
 
 
 __all__ = ["PostgresStore", "SCHEMA_VERSION", "MIGRATIONS"]

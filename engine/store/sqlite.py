@@ -2,7 +2,9 @@
 
 Every write transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock up
 front, so two processes never deadlock upgrading a read lock: no "database is
-locked"), and waits up to ``busy_timeout`` for another writer to finish.
+locked"), and waits up to ``busy_timeout`` for another writer to finish. The one
+step SQLite does not wait for by itself, switching a new file to WAL, is retried
+until the same timeout, so processes that open a new store together all succeed.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, Unknow
 from ..events import now_iso
 from ..snapshot import RunView
 from .base import (
+    LEASE_COLUMNS,
     LEASE_TTL_S,
+    RELEASE_LEASE,
     Commit,
     Lease,
+    LeaseRow,
+    Refused,
     Store,
     check_command,
     command_refusal,
     executor_lost,
-    lease_is_dead,
+    holder_gone,
     lost_message,
     lost_run_events,
     mirrored_facts,
@@ -39,13 +45,24 @@ from .base import (
     unstorable_command,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements that bring a store from version N to N + 1, applied in one transaction
 #: with the version bump: a store is never half-migrated.
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE commands ADD COLUMN code TEXT"],
+    2: ["ALTER TABLE runs ADD COLUMN lease_ns TEXT",
+        "CREATE INDEX IF NOT EXISTS runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS commands_waiting ON commands(run_id) WHERE status='pending'"],
 }
+
+#: SQLite's "busy" result code: another connection holds the lock it needs.
+_SQLITE_BUSY = 5
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    return "locked" in str(exc) if code is None else code & 0xFF == _SQLITE_BUSY
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,8 +74,9 @@ CREATE TABLE IF NOT EXISTS runs(
     last_seq INTEGER NOT NULL,
     first_seq INTEGER NOT NULL DEFAULT 1,
     lease_owner TEXT, lease_host TEXT, lease_pid INTEGER, lease_expires REAL,
-    doc TEXT NOT NULL);
+    doc TEXT NOT NULL, lease_ns TEXT);
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+CREATE INDEX IF NOT EXISTS runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS nodes(
     run_id TEXT NOT NULL, id TEXT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY(run_id, id)) WITHOUT ROWID;
@@ -77,6 +95,7 @@ CREATE TABLE IF NOT EXISTS commands(
     status TEXT NOT NULL, error TEXT, code TEXT, state TEXT,
     created_at TEXT NOT NULL, applied_at TEXT);
 CREATE INDEX IF NOT EXISTS commands_pending ON commands(run_id, status);
+CREATE INDEX IF NOT EXISTS commands_waiting ON commands(run_id) WHERE status='pending';
 CREATE TABLE IF NOT EXISTS approvals(
     approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
     prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
@@ -107,12 +126,31 @@ class SQLiteStore(Store):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn, self._local.pid = conn, os.getpid()
             with self._conns_lock:
                 self._conns.append(conn)
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (once per file; later connections find it done).
+
+        The switch needs the file to itself, and SQLite answers "database is locked"
+        at once, without its busy timeout, when another connection is in the way (a
+        process opening the same new store): wait and try again, like a busy writer.
+        """
+        deadline = time.monotonic() + self._busy_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(0.05, delay * 2)
 
     def _init_schema(self) -> None:
         """Create a new store, upgrade an older one in place, or refuse a newer one."""
@@ -169,10 +207,10 @@ class SQLiteStore(Store):
         run = view.run
         with self._write() as c:
             c.execute(
-                "INSERT INTO runs(id, created_at, owner, state, last_seq, lease_owner, lease_host,"
-                " lease_pid, lease_expires, doc) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO runs(id, created_at, owner, state, last_seq, {LEASE_COLUMNS}, doc)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?)",
                 (run["id"], run["created_at"], run["owner"], run["state"], view.seq, lease.owner,
-                 lease.host, lease.pid, time.time() + LEASE_TTL_S, orjson.dumps(run)))
+                 lease.host, lease.pid, lease.ns, time.time() + LEASE_TTL_S, orjson.dumps(run)))
             self._write_nodes(c, run["id"], view.nodes.values())
             self._write_events(c, run["id"], [first_event])
 
@@ -232,23 +270,29 @@ class SQLiteStore(Store):
     # -- writing --------------------------------------------------------------------------------
 
     def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
-        with self._write() as c:
-            failures = []
-            for cm in commits:
-                row = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=?",
-                                (cm.run_id,)).fetchone()
-                if row is None:
-                    failures.append((cm, UnknownRun(cm.run_id)))
-                elif cm.lease_owner is not None and row[1] != cm.lease_owner:
-                    failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
-                elif cm.events and cm.events[0]["seq"] != row[0] + 1:
-                    failures.append((cm, LeaseLost(
-                        f"run {cm.run_id}: log is at seq {row[0]}, commit starts at {cm.events[0]['seq']}")))
-            if failures:
-                c.execute("SAVEPOINT nothing")  # the transaction commits nothing
-                return failures
-            for cm in commits:
-                self._apply(c, cm)
+        try:
+            with self._write() as c:
+                failures = []
+                heads: dict[str, int] = {}
+                for cm in commits:
+                    row = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=?",
+                                    (cm.run_id,)).fetchone()
+                    last = heads.get(cm.run_id, row[0] if row else 0)
+                    if row is None:
+                        failures.append((cm, UnknownRun(cm.run_id)))
+                    elif cm.lease_owner is not None and row[1] != cm.lease_owner:
+                        failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
+                    elif cm.events and cm.events[0]["seq"] != last + 1:
+                        failures.append((cm, LeaseLost(
+                            f"run {cm.run_id}: log is at seq {last}, commit starts at {cm.events[0]['seq']}")))
+                    elif cm.events:
+                        heads[cm.run_id] = cm.events[-1]["seq"]
+                if failures:
+                    raise Refused(failures)
+                for cm in commits:
+                    self._apply(c, cm)
+        except Refused as refused:  # rolled back: the batch wrote nothing
+            return refused.failures
         self._maybe_trim(commits)
         return []
 
@@ -266,7 +310,7 @@ class SQLiteStore(Store):
                 sets.append("last_seq=?")
                 args.append(cm.events[-1]["seq"])
             if cm.release_lease:
-                sets.append("lease_owner=NULL, lease_host=NULL, lease_pid=NULL, lease_expires=NULL")
+                sets.append(RELEASE_LEASE)
             c.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", (*args, cm.run_id))
         if cm.commands:
             ts = now_iso()
@@ -342,9 +386,9 @@ class SQLiteStore(Store):
                     raise UnknownNode(run_id, node_id)
                 status = view.nodes[node_id]["status"] if node_id is not None else None
                 node_id = check_command(view.run, status, action, node_id)
-                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_expires FROM runs"
+                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs"
                                   " WHERE id=?", (run_id,)).fetchone()
-                if lease_is_dead(*lease, time.time()):
+                if holder_gone(*lease):
                     lost = self._mark_lost(c, view)
                     raise CommandRejected(lost, "executor_lost")
             except (UnknownRun, UnknownNode, CommandRejected) as exc:
@@ -373,26 +417,35 @@ class SQLiteStore(Store):
 
     # -- leases -----------------------------------------------------------------------------------
 
-    def renew_lease(self, run_id: str, lease: Lease) -> bool:
+    def renew_leases(self, owner: str, run_ids: list[str]) -> set[str]:
+        renewed: set[str] = set()
         with self._write() as c:
-            cur = c.execute("UPDATE runs SET lease_expires=? WHERE id=? AND lease_owner=?",
-                            (time.time() + LEASE_TTL_S, run_id, lease.owner))
-            return cur.rowcount == 1
+            expires = time.time() + LEASE_TTL_S  # one host, one clock: the database's is this one
+            for i in range(0, len(run_ids), 500):  # below SQLite's limit on bound parameters
+                chunk = run_ids[i:i + 500]
+                renewed.update(r[0] for r in c.execute(
+                    f"UPDATE runs SET lease_expires=? WHERE lease_owner=? AND id IN ({','.join('?' * len(chunk))})"
+                    " RETURNING id", (expires, owner, *chunk)).fetchall())
+        return renewed
 
-    def reap(self) -> list[str]:
-        now = time.time()
-        candidates = [r[0] for r in self._conn().execute(
-            "SELECT id, lease_owner, lease_host, lease_pid, lease_expires FROM runs"
-            " WHERE lease_owner IS NOT NULL").fetchall() if lease_is_dead(*r[1:], now)]
-        reaped = []
-        for run_id in candidates:
-            with self._write() as c:
-                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_expires FROM runs"
-                                  " WHERE id=?", (run_id,)).fetchone()
-                if lease and lease[0] is not None and lease_is_dead(*lease, time.time()):
-                    self._mark_lost(c, self._view(c, run_id))
-                    reaped.append(run_id)
-        return reaped
+    def waiting_runs(self) -> set[str]:
+        rows = self._conn().execute("SELECT DISTINCT run_id FROM commands WHERE status='pending'")
+        return {r[0] for r in rows}
+
+    def data_version(self) -> int:
+        return self._conn().execute("PRAGMA data_version").fetchone()[0]
+
+    def _leases(self) -> tuple[list[LeaseRow], Optional[float]]:
+        rows = self._conn().execute(f"SELECT id, {LEASE_COLUMNS} FROM runs WHERE lease_owner IS NOT NULL")
+        return rows.fetchall(), time.time()
+
+    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
+        with self._write() as c:
+            row = c.execute("SELECT lease_owner, lease_expires FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None or row[0] is None or (row[0], row[1]) != (owner, expires):
+                return False  # renewed, released or taken over since it was judged
+            self._mark_lost(c, self._view(c, run_id))
+            return True
 
     def _mark_lost(self, c: sqlite3.Connection, view: RunView) -> str:
         """Record, inside the caller's transaction, that the run's executor is gone.
@@ -406,8 +459,7 @@ class SQLiteStore(Store):
                   " WHERE run_id=? AND status='pending'", (message, run_id))
         if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
             # Nothing (more) to record: the run is final, or its loss is already on record.
-            c.execute("UPDATE runs SET lease_owner=NULL, lease_host=NULL, lease_pid=NULL,"
-                      " lease_expires=NULL WHERE id=?", (run_id,))
+            c.execute(f"UPDATE runs SET {RELEASE_LEASE} WHERE id=?", (run_id,))
             return message
         events, touched = record(view, lost_run_events(view, "executor_lost", message))
         self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},

@@ -10,17 +10,18 @@ from engine import Workflow
 
 def shutdown_executors(store) -> None:
     """Stop this store's executors still alive in this process (failed runs wait for a retry)."""
-    from engine import executor as ex_mod
+    from engine import runtime
 
-    with ex_mod._executors_lock:
-        mine = {rid: ex for rid, ex in ex_mod._executors.items() if ex.store is store}
+    with runtime._lock:
+        mine = {rid: ex for rid, ex in runtime._executors.items() if ex.store is store}
         for rid in mine:
-            del ex_mod._executors[rid]
+            del runtime._executors[rid]
     for ex in mine.values():
         ex.stopped.set()
         ex.wake()
     for ex in mine.values():
-        ex._thread.join(10)
+        if ex._thread is not None:
+            ex._thread.join(10)
 
 
 def small_wf(name="client-small", fail=False):

@@ -121,7 +121,29 @@ def check_log(run) -> list[dict]:
     return events
 
 
-# -- executors of finished tests ------------------------------------------------------------------
+# -- the database itself ------------------------------------------------------------------------
+
+
+def raw(db_url: str, *statements: str) -> list[tuple]:
+    """Run SQL on the database behind ``db_url`` with its own driver; rows of the last."""
+    import sqlite3
+
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url[len("sqlite://"):])
+        try:
+            rows = [conn.execute(s).fetchall() for s in statements][-1]
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        out = []
+        for s in statements:
+            cur = conn.execute(s)
+            out = cur.fetchall() if cur.description else []
+        return out
 
 
 # -- other processes ------------------------------------------------------------------------------
@@ -143,6 +165,30 @@ def publish(path, text):
 """
 
 
+# A run executing in another process: `long` loops on ctx.checkpoint() until the
+# file `go` appears in the work directory; `after` depends on it.
+REMOTE_RUN = """
+workdir = Path(sys.argv[2])
+wf = Workflow("remote")
+
+@wf.step()
+def long(ctx):
+    while not (workdir / "go").exists():
+        ctx.checkpoint()
+        time.sleep(0.002)
+    return "long done"
+
+@wf.step(deps=["long"])
+def after(long):
+    return long + " + after"
+
+run = wf.start(store=store)
+publish(workdir / "run_id", run.id)
+print(run.wait(60).value)
+print(run.result("after"))
+"""
+
+
 class Script:
     """A Python script run by another interpreter, its output kept in files."""
 
@@ -152,10 +198,12 @@ class Script:
         self.out, self.err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, *args: str) -> "Script":
+    def start(self, *args: str, launcher: tuple[str, ...] = ()) -> "Script":
+        """Start the script with ``args``; ``launcher``: a command that runs the
+        interpreter (its command line is appended), e.g. one entering a namespace."""
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, str(self.path), *map(str, args)],
+            self.proc = subprocess.Popen([*launcher, sys.executable, str(self.path), *map(str, args)],
                                          stdout=out, stderr=err, cwd=REPO, env=env)
         return self
 
@@ -203,3 +251,19 @@ def run_script(tmp_path: Path, name: str, body: str, *args: str, timeout: float 
     """Run a script to completion; fail unless it exits 0; return its stdout."""
     return Script(tmp_path, name, body).start(*args).check(timeout)
 
+
+
+def open_at_barrier(paths: list[str], barrier, results) -> None:
+    """In a process of its own: open each new store in ``paths`` with the other processes
+    (all released by ``barrier``); put "ok" or the traceback in ``results`` for each."""
+    import traceback
+
+    import engine
+
+    for path in paths:
+        barrier.wait(60)
+        try:
+            engine.open_store("sqlite:///" + path.lstrip("/")).runs()
+            results.put("ok")
+        except Exception:
+            results.put(traceback.format_exc())

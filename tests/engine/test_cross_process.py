@@ -13,6 +13,7 @@ import pytest
 import engine
 from engine import ExecutorLost, Workflow
 from engine_support import (
+    REMOTE_RUN,
     Script,
     check_log,
     node_path,
@@ -24,29 +25,6 @@ from engine_support import (
     wait_until,
     workflow_path,
 )
-
-# A run executing in another process: `long` loops on ctx.checkpoint() until the
-# file `go` appears in the work directory; `after` depends on it.
-REMOTE_RUN = """
-workdir = Path(sys.argv[2])
-wf = Workflow("remote")
-
-@wf.step()
-def long(ctx):
-    while not (workdir / "go").exists():
-        ctx.checkpoint()
-        time.sleep(0.002)
-    return "long done"
-
-@wf.step(deps=["long"])
-def after(long):
-    return long + " + after"
-
-run = wf.start(store=store)
-publish(workdir / "run_id", run.id)
-print(run.wait(60).value)
-print(run.result("after"))
-"""
 
 # One control call on a run, from this other process: argv = store, run id, action,
 # then optional JSON keyword arguments. Prints the ack, or the error's class and code.

@@ -1,18 +1,26 @@
 """Schema versions: an older store is upgraded in place, a newer one is refused."""
 
 import sqlite3
+import threading
 
 import pytest
 
 from engine import StoreError, Workflow, open_store
 from engine.store.sqlite import SCHEMA_VERSION, _SCHEMA
+from engine_support import raw
 
 V1_COMMANDS = "status TEXT NOT NULL, error TEXT, state TEXT"
 
 
 def make_v1_store(path):
-    schema = _SCHEMA.replace("status TEXT NOT NULL, error TEXT, code TEXT, state TEXT", V1_COMMANDS)
-    assert schema != _SCHEMA
+    # The current schema without what versions 2 and 3 added.
+    schema = _SCHEMA
+    for added, before in [("status TEXT NOT NULL, error TEXT, code TEXT, state TEXT", V1_COMMANDS),
+                          ("doc TEXT NOT NULL, lease_ns TEXT)", "doc TEXT NOT NULL)")]:
+        assert added in schema
+        schema = schema.replace(added, before)
+    schema = "\n".join(line for line in schema.splitlines()
+                       if "runs_leased" not in line and "commands_waiting" not in line)
     conn = sqlite3.connect(path)
     conn.executescript(schema)
     conn.execute("INSERT INTO meta VALUES('schema_version', '1')")
@@ -52,26 +60,6 @@ def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path):
 
 
 # -- both stores ----------------------------------------------------------------------------------
-
-def raw(db_url: str, *statements: str) -> list[tuple]:
-    """Run SQL on the database behind ``db_url`` with its own driver; rows of the last."""
-    if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url[len("sqlite://"):])
-        try:
-            rows = [conn.execute(s).fetchall() for s in statements][-1]
-            conn.commit()
-            return rows
-        finally:
-            conn.close()
-    import psycopg
-
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        out = []
-        for s in statements:
-            cur = conn.execute(s)
-            out = cur.fetchall() if cur.description else []
-        return out
-
 
 def backend(db_url: str):
     import engine.store.postgres as pg
@@ -160,3 +148,90 @@ def test_processes_opening_a_new_store_at_once_create_it_once(db_url, tmp_path):
     assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["0"] * 4
     assert stored_version(db_url) == backend(db_url).SCHEMA_VERSION
+
+
+def indexes(db_url: str) -> set[str]:
+    if db_url.startswith("sqlite"):
+        return {r[0] for r in raw(db_url, "SELECT name FROM sqlite_master WHERE type='index' AND sql IS NOT NULL")}
+    return {r[0] for r in raw(db_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+
+
+#: What the latest migration added, taken away again: the store as the previous version left it.
+PREVIOUS_VERSION = {
+    "sqlite": (2, ["DROP INDEX runs_leased", "DROP INDEX commands_waiting",
+                   "ALTER TABLE runs DROP COLUMN lease_ns"]),
+    "postgresql": (1, ["DROP INDEX runs_leased", "ALTER TABLE runs DROP COLUMN lease_ns"]),
+}
+
+
+def test_the_previous_schema_is_upgraded_in_place_to_record_pid_namespaces(db_url):
+    """SQLite 2 -> 3, PostgreSQL 1 -> 2: leases record their holder's PID namespace, and
+    the watcher's reads get their indexes. The runs stay; the result is a new store's schema."""
+    import engine.store
+    from engine.store.leases import Lease
+
+    mod = backend(db_url)
+    store = open_store(db_url)
+    wf = Workflow("before the upgrade")
+    wf.step("only")(lambda: 41)
+    run = wf.run(store=store, timeout=30)
+    events = run.events().dicts()
+    engine.store.close_store(db_url)
+    new_runs, new_indexes = columns(db_url, "runs"), indexes(db_url)
+
+    version, undo = PREVIOUS_VERSION["sqlite" if db_url.startswith("sqlite") else "postgresql"]
+    assert version == mod.SCHEMA_VERSION - 1
+    raw(db_url, *undo, f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
+    assert "lease_ns" not in columns(db_url, "runs")
+
+    upgraded = open_store(db_url)
+    assert stored_version(db_url) == mod.SCHEMA_VERSION
+    assert (columns(db_url, "runs"), indexes(db_url)) == (new_runs, new_indexes)
+    assert upgraded.run(run.id).events().dicts() == events
+    go = threading.Event()
+    later = Workflow("after the upgrade")
+    later.step("waits")(lambda: go.wait(10))
+    run = later.start(upgraded)
+    try:
+        [(ns,)] = raw(db_url, f"SELECT lease_ns FROM runs WHERE id = '{run.id}'")
+        assert ns == Lease.mine().ns
+    finally:
+        go.set()
+    assert run.wait(10) == "completed"
+
+
+def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
+    """Eight processes, released at once by a barrier, open the same new file while
+    another connection is in the middle of writing to it (as one creating the schema
+    would be): schema creation and the switch to WAL wait their turn, and nobody gets
+    "database is locked"."""
+    import multiprocessing
+    import time
+
+    from engine_support import open_at_barrier
+
+    rounds, n = 10, 8
+    paths = [str(tmp_path / f"new-{i}.sqlite") for i in range(rounds)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=open_at_barrier, args=(paths, barrier, results)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        for path in paths:
+            first = sqlite3.connect(path, isolation_level=None)
+            first.execute("BEGIN IMMEDIATE")  # the first opener, still creating the file
+            barrier.wait(60)
+            time.sleep(0.2)
+            first.execute("ROLLBACK")
+            first.close()
+        outcomes = [results.get(timeout=120) for _ in range(rounds * n)]
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    failures = [o for o in outcomes if o != "ok"]
+    assert not failures, f"{len(failures)} of {rounds * n} opens failed; first:\n{failures[0]}"
+    for path in paths:
+        assert stored_version("sqlite://" + path) == SCHEMA_VERSION

@@ -106,7 +106,7 @@ from distributed.scheduler import KilledWorker
 from . import states
 from .context import StepContext
 from .errors import Cancelled, EngineError, WorkerLost
-from .events import validate_data
+from .events import loggable
 from .executor import error_info
 
 logger = logging.getLogger(__name__)
@@ -205,20 +205,26 @@ def _run_attempt(p: _Payload) -> Any:
         link.send("end", {"outcome": "cancelled"})
         return None
     except BaseException as exc:  # the step's own failure
-        link.send("end", {"outcome": "error", "error": error_info(exc)})
+        link.send("end", {"outcome": "error", "error": _step_error(exc)})
         return None
     try:
         blob = dask_pickle.dumps(value)
     except Exception as exc:
         err = TypeError(f"the result of step {p.node_id!r} cannot leave the Dask worker: it "
                         f"does not pickle ({type(exc).__name__}: {exc})")
-        link.send("end", {"outcome": "error", "error": error_info(err)})
+        link.send("end", {"outcome": "error", "error": _step_error(err)})
         return None
     if len(blob) <= INLINE_RESULT_BYTES:
         link.send("end", {"outcome": "ok", "result": blob})
         return None
     link.send("end", {"outcome": "ok"})  # the executor fetches the value from this task
     return value
+
+
+def _step_error(exc: BaseException) -> dict:
+    """``error_info(exc)`` as the worker's stream can carry it: one unencodable string in
+    a message would fail the worker's whole batch of messages (and its connection)."""
+    return loggable(error_info(exc), "the step's error")
 
 
 def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
@@ -256,10 +262,8 @@ class _WorkerLink:
 
     # the executor's calls, as StepContext makes them
 
-    def record(self, etype: str, data: dict, validate: bool = False) -> None:
-        if validate:
-            data = validate_data(etype, data)
-        self.send("event", [etype, data])
+    def record(self, etype: str, data: dict) -> None:
+        self.send("event", [etype, data])  # checked by the StepContext, on this worker
 
     def record_file(self, node_id: str, data: dict) -> None:
         self.send("file", data)  # created or updated: the executor knows the node's files

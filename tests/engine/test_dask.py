@@ -196,6 +196,25 @@ def test_a_failing_step_retries_per_its_retries(store, healthy):
     assert of_type(events, "workflow_failed")[0]["data"]["failed_nodes"] == ["hopeless"]
 
 
+def test_unencodable_text_from_a_worker_is_escaped_there(store, healthy):
+    wf = Workflow("dask bad strings")
+
+    @wf.step()
+    def talk(ctx):
+        ctx.message("lone \ud800", agent="a\udcff")
+        ctx.tool_call("ls", {"k\udce9": "v"}, result=["\udce9"])
+        raise ValueError("broke \udce9")
+
+    run = wf.run(store=store, dask=healthy, timeout=TIMEOUT)
+    assert run.state == "failed"
+    events = check_log(run)
+    said = of_type(events, "agent_message")[0]["data"]
+    assert (said["message"], said["agent"]) == ("lone \\ud800", "a\\udcff")
+    tool = of_type(events, "agent_tool_call")[0]["data"]
+    assert (tool["arguments"], tool["result"]) == ({"k\\udce9": "v"}, ["\\udce9"])
+    assert of_type(events, "step_failed")[0]["data"]["error"]["message"] == "broke \\udce9"
+
+
 def looping(tmp_path, name: str):
     """A step that marks that it started, loops on ctx.checkpoint() until ``go``, and
     marks that it finished."""

@@ -246,6 +246,12 @@ class Executor:
         """
         if self._lost:
             return
+        if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
+            # Before anyone can see the run settled (run.wait() returns, and the caller's
+            # `with Client(...)` block closes it), the runner lets go of the cluster.
+            release = getattr(self.pool, "release_cluster", None)
+            if release is not None:
+                release()
         with self._outbox:
             while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
                 self._outbox.wait()

@@ -22,6 +22,7 @@ from engine import EngineError, Workflow, WorkflowDefinitionError  # noqa: E402
 from engine.dask import INLINE_RESULT_BYTES  # noqa: E402
 from engine.executor import local_executor  # noqa: E402
 from engine_support import (  # noqa: E402
+    DASK_TIMEOUT,
     check_log,
     node_path,
     node_status,
@@ -36,24 +37,7 @@ from engine_support import (  # noqa: E402
 # The workers import nothing from the tests: functions defined here travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def dask_client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            client.wait_for_workers(2, timeout=TIMEOUT)
-            yield client
-
-
-@pytest.fixture
-def healthy(dask_client):
-    """The client, with both workers up before and after the test (a test may kill one)."""
-    dask_client.wait_for_workers(2, timeout=TIMEOUT)
-    yield dask_client
-    dask_client.wait_for_workers(2, timeout=TIMEOUT)
+TIMEOUT = DASK_TIMEOUT
 
 
 def node_events(events: list[dict], node_id: str) -> list[dict]:

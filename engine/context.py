@@ -79,10 +79,10 @@ class StepContext:
                   agent: str = "assistant") -> None:
         """An agent called a tool (``agent_tool_call``).
 
-        ``arguments`` (a dict with str keys) and ``result`` are recorded as JSON: what
-        JSON has no form for raises ``TypeError`` (a set, bytes, a non-str key, ...;
-        ``ValueError`` for an integer beyond 64 bits); NaN and infinities become null,
-        tuples lists, dates ISO strings.
+        ``arguments`` (a dict) and ``result`` are recorded as JSON, converted as
+        ``engine.events.as_json`` says (numpy arrays, sets, dates, paths... become JSON;
+        NaN and infinities null); a value with no JSON form raises ``TypeError``
+        (``ValueError`` for an integer beyond 64 bits) and records nothing.
         """
         if arguments is not None and not isinstance(arguments, dict):
             raise TypeError(f"ctx.tool_call: arguments must be a dict, not {type(arguments).__name__}")

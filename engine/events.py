@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import to_jsonable_python
 
 from .states import NodeState, WorkflowState
 
@@ -374,17 +375,22 @@ def loggable(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def as_json(value: Any, where: str) -> Any:
-    """``value`` exactly as the log will hold it: plain JSON values (tuples become lists,
-    dates ISO strings, NaN and infinities null), lone surrogates escaped; raises like
-    ``loggable`` for what JSON cannot hold."""
+    """``value`` exactly as the log will hold it: plain JSON values, converted the way
+    pydantic converts values to JSON (tuples and sets become lists, dates ISO strings,
+    paths and decimals strings...), numpy arrays and numbers too, NaN and infinities
+    null, non-str keys strings, lone surrogates escaped; raises like ``loggable`` for
+    what has no JSON form."""
     try:
-        return orjson.loads(orjson.dumps(value))
+        return orjson.loads(_dumps(value, where, lenient=True))
     except TypeError:
-        return orjson.loads(_dumps(_escaped(value, 0), where))
+        return orjson.loads(_dumps(_escaped(value, 0), where, lenient=True))
 
 
-def _dumps(value: Any, where: str) -> bytes:
+def _dumps(value: Any, where: str, lenient: bool = False) -> bytes:
     try:
+        if lenient:
+            return orjson.dumps(value, default=to_jsonable_python,
+                                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
         return orjson.dumps(value)
     except TypeError as exc:
         if "Integer exceeds" in str(exc):
@@ -401,7 +407,7 @@ def _escaped(value: Any, depth: int) -> Any:
     if isinstance(value, dict):
         return {escape_surrogates(k) if isinstance(k, str) else k: _escaped(v, depth + 1)
                 for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_escaped(v, depth + 1) for v in value]
     return value
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 
-import pytest
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -49,14 +49,15 @@ def test_non_finite_and_out_of_range_numbers_are_refused_in_the_step(store):
                      lambda: ctx.cost("m", output_tokens=10 ** 30),
                      lambda: ctx.progress(math.nan),
                      lambda: ctx.tool_call("t", {"n": 10 ** 30}),
-                     lambda: ctx.tool_call("t", result={1, 2})):
+                     lambda: ctx.tool_call("t", result=[object()])):
             try:
                 call()
             except (ValueError, TypeError) as exc:
                 refused.append(str(exc))
         ctx.metric("chi2", 1.5, step=3)
         ctx.cost("m", input_tokens=10, output_tokens=5, usd=0.25)
-        ctx.tool_call("t", {"x": math.nan}, result=(1, math.inf))  # JSON's null, a list
+        ctx.tool_call("t", {"x": math.nan, 2: {3}}, result=(1, math.inf))  # as JSON holds them
+        ctx.tool_call("fit", {"grid": np.arange(3)}, result=np.float64(0.5))
         return "reported"
 
     run = wf.run(store=store, timeout=30)
@@ -71,7 +72,9 @@ def test_non_finite_and_out_of_range_numbers_are_refused_in_the_step(store):
     assert [e["data"]["value"] for e in of_type(events, "metric_update")] == [1.5]
     assert [e["data"]["usd"] for e in of_type(events, "cost_update")] == [0.25]
     tool = of_type(events, "agent_tool_call")[0]["data"]
-    assert (tool["arguments"], tool["result"]) == ({"x": None}, [1, None])
+    assert (tool["arguments"], tool["result"]) == ({"x": None, "2": [3]}, [1, None])
+    tool = of_type(events, "agent_tool_call")[1]["data"]
+    assert (tool["arguments"], tool["result"]) == ({"grid": [0, 1, 2]}, 0.5)
     snap = assert_valid_snapshot(run)
     assert snap["nodes"][0]["metrics"] == {"chi2": 1.5}
     assert snap["run"]["cost_usd"] == 0.25
@@ -86,7 +89,8 @@ ints = st.one_of(st.integers(), st.integers(min_value=2 ** 53), st.integers(max_
                  st.just(10 ** 400))
 odd = st.one_of(st.none(), st.booleans(), st.binary(max_size=8), st.complex_numbers(),
                 st.frozensets(st.integers(), max_size=2), st.dates(), st.just(object()),
-                st.decimals(allow_nan=True))
+                st.decimals(allow_nan=True), st.builds(np.float64, st.floats()),
+                st.builds(np.array, st.lists(st.floats(), max_size=3)))
 anything = st.one_of(texts, floats, ints, odd)
 json_like = st.recursive(st.one_of(st.none(), st.booleans(), floats, ints, texts, odd),
                          lambda inner: st.one_of(st.lists(inner, max_size=3), st.tuples(inner),

@@ -349,6 +349,8 @@ def escape_surrogates(text: str) -> str:
     surrogate, and strings may carry them from elsewhere too; UTF-8 (the log, the wire)
     cannot. Everything else is left as it is.
     """
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -59,7 +59,7 @@ class StepContext:
         if fraction is not None:
             fraction = _number("ctx.progress", "fraction", fraction)
             if not 0.0 <= fraction <= 1.0:
-                raise ValueError(f"progress must be between 0 and 1, not {fraction}")
+                raise ValueError(f"ctx.progress: fraction must be between 0 and 1, not {fraction}")
             data["progress"] = fraction
         if message is not None:
             data["message"] = str(message)
@@ -95,7 +95,8 @@ class StepContext:
         """Tokens and money spent (``cost_update``); totals add up per node and per run.
 
         Tokens are whole numbers in [0, MAX_TOKENS], ``usd`` a finite number in
-        [0, MAX_USD]; anything else raises ``ValueError`` and records nothing.
+        [0, MAX_USD]; anything else raises ``ValueError`` (``TypeError`` for what is no
+        number) and records nothing.
         """
         data = {"node_id": self.node_id, "model": str(model),
                 "input_tokens": _integer("ctx.cost", "input_tokens", input_tokens, 0, MAX_TOKENS),

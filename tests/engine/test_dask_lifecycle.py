@@ -17,7 +17,14 @@ cloudpickle = pytest.importorskip("cloudpickle")
 
 from engine import Workflow  # noqa: E402
 from engine.executor import local_executor  # noqa: E402
-from engine_support import DASK_TIMEOUT, check_log, statuses, wait_state, wait_until  # noqa: E402
+from engine_support import (  # noqa: E402
+    DASK_TIMEOUT,
+    check_log,
+    shutdown_executors,
+    statuses,
+    wait_state,
+    wait_until,
+)
 from support import sqlite_only  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # steps travel by value
@@ -75,17 +82,26 @@ def test_with_client_blocks_close_their_client_after_the_clean_up(store, healthy
     def two(one):
         return one
 
-    address = healthy.scheduler.address
+    failing = Workflow("dask with-client, failing")  # a failed run keeps its executor
+
+    @failing.step()
+    def broken(ctx):
+        ctx.checkpoint()
+        raise ValueError("no luck")
+
+    address, runners = healthy.scheduler.address, []
     with logged("engine", "distributed") as records:
-        for _ in range(6):
+        for i in range(6):
             with distributed.Client(address, set_as_default=False) as client:
-                run = wf.run(store=store, dask=client, timeout=DASK_TIMEOUT)
-            assert run.state == "completed"
+                run = (failing if i % 3 == 2 else wf).run(store=store, dask=client,
+                                                          timeout=DASK_TIMEOUT)
+            assert run.state == ("failed" if i % 3 == 2 else "completed")
             # The clean-up is over when wait() returns: the claims are released already.
             assert scheduler_leftovers(healthy) == {"claims": {}, "claim_holders": [],
                                                     "variables": [], "events": []}
-            wait_until(lambda: local_executor(run.id).pool.join(0), DASK_TIMEOUT,
-                       "the runner to stop")
+            runners.append(local_executor(run.id).pool)
+        shutdown_executors(store)  # the failed runs' executors too
+        wait_until(lambda: all(r.join(0) for r in runners), DASK_TIMEOUT, "the runners to stop")
     assert not [r for r in described(records) if "could not" in r or r.startswith("ERROR")], \
         described(records)
 

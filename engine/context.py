@@ -5,12 +5,24 @@ from __future__ import annotations
 import math
 import mimetypes
 import os
+import reprlib
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from .errors import WorkflowDefinitionError
+from .events import as_json, escape_surrogates, loggable
 from .workflow import make_step
 
 if TYPE_CHECKING:
     from .executor import Executor
+
+
+#: Tokens and money a single ``ctx.cost`` call may report: far beyond any real call (a
+#: context window is ~10^6 tokens), and small enough that no run's totals can overflow
+#: what JSON and its readers hold (64-bit integers, finite floats).
+MAX_TOKENS = 10 ** 12
+MAX_USD = 1e12
+#: Integers every JSON reader (a browser's included) holds exactly.
+MAX_SAFE_INT = 2 ** 53 - 1
 
 
 class StepContext:
@@ -19,6 +31,13 @@ class StepContext:
     ``executor`` is the run's Executor for a step running in its process, or, for a
     step on a Dask worker, engine.dask's link back to it. Both offer the same calls:
     record, record_file, attempt_of, checkpoint, request_approval, add_step.
+
+    What a call reports is checked and made loggable here, in the step's own thread,
+    before it reaches the run (see engine.events.loggable): a number that a typed field
+    cannot hold (NaN, an infinity, out of range) raises ``ValueError`` (``TypeError`` for
+    a value of the wrong kind) in the step and records nothing; text is recorded with
+    any lone surrogate (e.g. an undecodable byte of a file name) written as a visible
+    ``\\udcXX`` escape.
     """
 
     def __init__(self, executor: "Executor", node_id: str):
@@ -31,57 +50,86 @@ class StepContext:
         """1 on the first attempt, 2 on the first retry, ..."""
         return self._ex.attempt_of(self.node_id)
 
+    def _record(self, etype: str, data: dict[str, Any], where: str) -> None:
+        self._ex.record(etype, loggable(data, where))
+
     def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
         """Report progress in [0, 1] and/or a status line (``step_progress``)."""
-        if fraction is not None:
-            fraction = float(fraction)
-            if not 0.0 <= fraction <= 1.0 or math.isnan(fraction):
-                raise ValueError(f"progress must be between 0 and 1, not {fraction}")
         data: dict[str, Any] = {"node_id": self.node_id}
         if fraction is not None:
+            fraction = _number("ctx.progress", "fraction", fraction)
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"ctx.progress: fraction must be between 0 and 1, not {fraction}")
             data["progress"] = fraction
         if message is not None:
             data["message"] = str(message)
-        self._ex.record("step_progress", data)
+        self._record("step_progress", data, "ctx.progress")
 
     def message(self, text: str, agent: str = "assistant", role: str = "assistant") -> None:
         """An agent said something (``agent_message``)."""
-        self._ex.record("agent_message", {"node_id": self.node_id, "agent": str(agent),
-                                          "message": str(text), "role": str(role)})
+        self._record("agent_message", {"node_id": self.node_id, "agent": str(agent),
+                                       "message": str(text), "role": str(role)}, "ctx.message")
 
     def thinking(self, text: str, agent: str = "assistant") -> None:
         """An agent's intermediate reasoning (``agent_thinking``)."""
-        self._ex.record("agent_thinking", {"node_id": self.node_id, "agent": str(agent),
-                                           "content": str(text)})
+        self._record("agent_thinking", {"node_id": self.node_id, "agent": str(agent),
+                                        "content": str(text)}, "ctx.thinking")
 
     def tool_call(self, tool: str, arguments: Optional[dict] = None, result: Any = None,
                   agent: str = "assistant") -> None:
-        """An agent called a tool (``agent_tool_call``). Arguments and result must be JSON."""
-        self._ex.record("agent_tool_call", {"node_id": self.node_id, "agent": str(agent),
-                                            "tool": str(tool), "arguments": dict(arguments or {}),
-                                            "result": result}, validate=True)
+        """An agent called a tool (``agent_tool_call``).
+
+        ``arguments`` (a dict) and ``result`` are recorded as JSON, converted as
+        ``engine.events.as_json`` says (numpy arrays, sets, dates, paths... become JSON;
+        NaN and infinities null); a value with no JSON form raises ``TypeError``
+        (``ValueError`` for an integer beyond 64 bits) and records nothing.
+        """
+        if arguments is not None and not isinstance(arguments, dict):
+            raise TypeError(f"ctx.tool_call: arguments must be a dict, not {type(arguments).__name__}")
+        self._record("agent_tool_call", {
+            "node_id": self.node_id, "agent": str(agent), "tool": str(tool),
+            "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
+            "result": as_json(result, "ctx.tool_call result")}, "ctx.tool_call")
 
     def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0) -> None:
-        """Tokens and money spent (``cost_update``); totals add up per node and per run."""
-        if input_tokens < 0 or output_tokens < 0 or usd < 0:
-            raise ValueError("cost: tokens and usd must be >= 0")
-        self._ex.record("cost_update", {"node_id": self.node_id, "model": str(model),
-                                        "input_tokens": int(input_tokens),
-                                        "output_tokens": int(output_tokens), "usd": float(usd)})
+        """Tokens and money spent (``cost_update``); totals add up per node and per run.
+
+        Tokens are whole numbers in [0, MAX_TOKENS], ``usd`` a finite number in
+        [0, MAX_USD]; anything else raises ``ValueError`` (``TypeError`` for what is no
+        number) and records nothing.
+        """
+        data = {"node_id": self.node_id, "model": str(model),
+                "input_tokens": _integer("ctx.cost", "input_tokens", input_tokens, 0, MAX_TOKENS),
+                "output_tokens": _integer("ctx.cost", "output_tokens", output_tokens, 0, MAX_TOKENS),
+                "usd": _number("ctx.cost", "usd", usd)}
+        if not 0.0 <= data["usd"] <= MAX_USD:
+            raise ValueError(f"ctx.cost: usd must be between 0 and {MAX_USD:g}, not {data['usd']}")
+        self._record("cost_update", data, "ctx.cost")
 
     def metric(self, name: str, value: float, step: Optional[int] = None,
                unit: Optional[str] = None) -> None:
-        """A named number (``metric_update``), e.g. a chi-square or a loss."""
-        data: dict[str, Any] = {"node_id": self.node_id, "name": str(name), "value": float(value)}
+        """A named number (``metric_update``), e.g. a chi-square or a loss.
+
+        ``value`` must be finite (NaN and infinities raise ``ValueError``: the log and the
+        browser hold numbers as JSON, which has neither); ``step`` a whole number within
+        +-MAX_SAFE_INT.
+        """
+        data: dict[str, Any] = {"node_id": self.node_id, "name": str(name),
+                                "value": _number("ctx.metric", "value", value)}
         if step is not None:
-            data["step"] = int(step)
+            data["step"] = _integer("ctx.metric", "step", step, -MAX_SAFE_INT, MAX_SAFE_INT)
         if unit is not None:
             data["unit"] = str(unit)
-        self._ex.record("metric_update", data)
+        self._record("metric_update", data, "ctx.metric")
 
-    def file(self, path: str | os.PathLike, description: Optional[str] = None) -> str:
-        """Record a file the step wrote (``file_created``, or ``file_updated`` the next times)."""
-        path = os.path.abspath(os.fspath(path))
+    def file(self, path: str | bytes | os.PathLike, description: Optional[str] = None) -> str:
+        """Record a file the step wrote (``file_created``, or ``file_updated`` the next times).
+
+        Returns its absolute path, as a str that opens the file. A name that is not
+        UTF-8 (undecodable bytes, e.g. given as a bytes path) is recorded with each such
+        byte as a visible ``\\udcXX`` escape: the log holds text.
+        """
+        path = os.path.abspath(os.fsdecode(path))
         data: dict[str, Any] = {"node_id": self.node_id, "path": path}
         if os.path.exists(path):
             data["size"] = os.path.getsize(path)
@@ -90,7 +138,7 @@ class StepContext:
             data["mime"] = mime
         if description is not None:
             data["description"] = str(description)
-        self._ex.record_file(self.node_id, data)
+        self._ex.record_file(self.node_id, loggable(data, "ctx.file"))
         return path
 
     def checkpoint(self) -> None:
@@ -98,17 +146,59 @@ class StepContext:
         self._ex.checkpoint(self.node_id)
 
     def approve(self, prompt: str) -> bool:
-        """Ask a human; block until approved (True) or rejected (False)."""
-        return self._ex.request_approval(self.node_id, str(prompt))
+        """Ask a human; block until approved (True) or rejected (False).
+
+        Lone surrogates in ``prompt`` are escaped; a NUL character raises ``ValueError``
+        (the store keeps prompts as text, which cannot hold it).
+        """
+        prompt = escape_surrogates(str(prompt))
+        if "\x00" in prompt:
+            raise ValueError("ctx.approve: the prompt contains a NUL character")
+        return self._ex.request_approval(self.node_id, prompt)
 
     def add_step(self, fn: Callable[..., Any], deps: Iterable[str] = (), *, name: Optional[str] = None,
                  retries: int = 0, retry_delay: float = 0.5, label: str = "",
                  description: Optional[str] = None) -> str:
-        """Add a step to the running workflow (``dag_updated``); returns its node id."""
+        """Add a step to the running workflow (``dag_updated``); returns its node id.
+
+        Names, labels and descriptions define the DAG rather than report data: one with a
+        lone surrogate (or a name with a NUL character) raises ``WorkflowDefinitionError``.
+        """
         step = make_step(fn, name=name, deps=deps, retries=retries, retry_delay=retry_delay,
                          label=label, description=description)
+        spec = step.spec()
+        if "\x00" in step.id or loggable(spec, "ctx.add_step") is not spec:
+            raise WorkflowDefinitionError(
+                f"ctx.add_step: step {escape_surrogates(step.id)!r}: names, labels and descriptions "
+                "must be text without lone surrogates (and names without NUL characters)")
         self._ex.add_step(step, by_node=self.node_id)
         return step.id
 
     def __repr__(self) -> str:
         return f"<StepContext run={self.run_id} node={self.node_id}>"
+
+
+def _number(where: str, name: str, value: Any) -> float:
+    """``value`` as a finite float, or ValueError (TypeError for what is not a number)."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {name} must be a number, not {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {name} must be a finite number, not {reprlib.repr(value)}")
+    return number
+
+
+def _integer(where: str, name: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi], or ValueError (TypeError for what is not a number)."""
+    try:
+        number = int(value)
+    except (OverflowError, ValueError):  # an infinity, NaN, or a str that is no integer
+        raise ValueError(f"{where}: {name} must be a whole number, not {reprlib.repr(value)}") from None
+    except TypeError:
+        raise TypeError(f"{where}: {name} must be a whole number, not {type(value).__name__}") from None
+    if not lo <= number <= hi:
+        raise ValueError(f"{where}: {name} must be between {lo} and {hi}, not {reprlib.repr(number)}")
+    return number

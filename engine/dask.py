@@ -41,11 +41,14 @@ Answers and control: ``ctx.checkpoint()`` first reads the run's control Variable
 (``go`` / ``hold`` / ``stop``, set by the executor on every run state change: one
 scheduler round trip, no executor involved): on ``go`` it returns, on ``stop`` it
 raises ``Cancelled``. On ``hold`` (and for ``ctx.approve()`` and ``ctx.add_step()``,
-always) the task sends a request in its ordered stream and waits for the answer on a
-``distributed.Variable`` named after the attempt and the request's index; the executor
-answers by running its own ``Executor.checkpoint`` / ``request_approval`` /
-``add_step``, so pause, cancel, approvals and added steps mean exactly what they mean
-for local steps (a paused step waits at its checkpoint, holding its worker thread).
+always) the task sends a request in its ordered stream and waits for the answer: a
+``distributed.Variable`` named after the attempt and the request's index, announced by a
+``distributed.Event`` of the same name (the task waits on the Event, which times out
+quietly every ``ANSWER_POLL_S`` to check that Dask still wants the task; a Variable's
+get logs an error on the scheduler at each timeout). The executor answers by running
+its own ``Executor.checkpoint`` / ``request_approval`` / ``add_step``, so pause, cancel,
+approvals and added steps mean exactly what they mean for local steps (a paused step
+waits at its checkpoint, holding its worker thread).
 
 Exactly one run per attempt
 ---------------------------
@@ -57,7 +60,10 @@ running anything; the executor then records the attempt as failed with ``WorkerL
 (naming the worker that was lost) and the step's ``retries`` decide what follows, as
 for any failed attempt. ``KilledWorker`` (Dask giving up on the task) counts the same.
 The task never releases its claim (a worker lost right after the step returned must
-not lead to a re-run either); the executor releases its run's claims when it stops.
+not lead to a re-run either); the runner releases the run's claims, with everything
+else the run holds on the scheduler, when the run settles (completed, failed,
+cancelled), *before* that is recorded: once ``run.wait()`` returns, the caller may close
+its Client (``with Client(...) as client: wf.run(store, dask=client)``).
 The same claim revokes tasks that have not started when the run is cancelled: the
 executor takes it itself, and if it gets it the task can never start.
 
@@ -99,14 +105,14 @@ import types
 import uuid
 from typing import Any, Optional
 
-from distributed import Client, MultiLock, Variable, get_client, get_worker
+from distributed import Client, Event, MultiLock, Variable, get_client, get_worker
 from distributed.protocol import pickle as dask_pickle
 from distributed.scheduler import KilledWorker
 
 from . import states
 from .context import StepContext
 from .errors import Cancelled, EngineError, WorkerLost
-from .events import validate_data
+from .events import loggable
 from .executor import error_info
 
 logger = logging.getLogger(__name__)
@@ -135,6 +141,9 @@ SUBMIT_WAIT_S = 0.002
 DEFAULT_WIDTH = 100_000
 #: How often a task waiting for an answer checks that Dask still wants it.
 ANSWER_POLL_S = 2.0
+#: How long a settling run waits for the scheduler to release its claims (an unreachable
+#: scheduler must not hold the run's executor for long).
+RELEASE_TIMEOUT_S = 10.0
 
 _GO, _HOLD, _STOP = "go", "hold", "stop"
 
@@ -205,20 +214,26 @@ def _run_attempt(p: _Payload) -> Any:
         link.send("end", {"outcome": "cancelled"})
         return None
     except BaseException as exc:  # the step's own failure
-        link.send("end", {"outcome": "error", "error": error_info(exc)})
+        link.send("end", {"outcome": "error", "error": _step_error(exc)})
         return None
     try:
         blob = dask_pickle.dumps(value)
     except Exception as exc:
         err = TypeError(f"the result of step {p.node_id!r} cannot leave the Dask worker: it "
                         f"does not pickle ({type(exc).__name__}: {exc})")
-        link.send("end", {"outcome": "error", "error": error_info(err)})
+        link.send("end", {"outcome": "error", "error": _step_error(err)})
         return None
     if len(blob) <= INLINE_RESULT_BYTES:
         link.send("end", {"outcome": "ok", "result": blob})
         return None
     link.send("end", {"outcome": "ok"})  # the executor fetches the value from this task
     return value
+
+
+def _step_error(exc: BaseException) -> dict:
+    """``error_info(exc)`` as the worker's stream can carry it: one unencodable string in
+    a message would fail the worker's whole batch of messages (and its connection)."""
+    return loggable(error_info(exc), "the step's error")
 
 
 def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
@@ -256,10 +271,8 @@ class _WorkerLink:
 
     # the executor's calls, as StepContext makes them
 
-    def record(self, etype: str, data: dict, validate: bool = False) -> None:
-        if validate:
-            data = validate_data(etype, data)
-        self.send("event", [etype, data])
+    def record(self, etype: str, data: dict) -> None:
+        self.send("event", [etype, data])  # checked by the StepContext, on this worker
 
     def record_file(self, node_id: str, data: dict) -> None:
         self.send("file", data)  # created or updated: the executor knows the node's files
@@ -285,9 +298,14 @@ class _WorkerLink:
 
     def _ask(self, kind: str, body: Any) -> Any:
         index = self.send(kind, body)
-        answer_var = Variable(_answer_name(self._token, index), self._client)
-        answer = self._wait(answer_var)
+        name = _answer_name(self._token, index)
+        doorbell = Event(name, self._client)
+        while not doorbell.wait(timeout=ANSWER_POLL_S):
+            self._check_wanted()
+        answer_var = Variable(name, self._client)
+        answer = self._wait(answer_var)  # set before the doorbell rang
         answer_var.delete()
+        doorbell.clear()  # and so forgotten by the scheduler
         if answer[0] == "ok":
             return answer[1]
         if answer[0] == "cancelled":
@@ -301,9 +319,14 @@ class _WorkerLink:
             try:
                 return var.get(timeout=ANSWER_POLL_S)
             except TimeoutError:
-                ts = self._worker.state.tasks.get(self._key)
-                if ts is None or ts.state not in ("executing", "long-running"):
-                    raise Cancelled() from None
+                self._check_wanted()
+
+    def _check_wanted(self) -> None:
+        """Raise Cancelled if Dask no longer wants this task (the executor stopped, or
+        released it)."""
+        ts = self._worker.state.tasks.get(self._key)
+        if ts is None or ts.state not in ("executing", "long-running"):
+            raise Cancelled()
 
 
 # -- the executor side ----------------------------------------------------------------------
@@ -391,7 +414,8 @@ class DaskRunner:
     they only queue work for the runner's own thread (the pump), which talks to Dask,
     records the tasks' messages through the executor and ends attempts with
     ``Executor._end_attempt``. Answers that block (a paused checkpoint, an approval)
-    are given from a thread each.
+    are given from a thread each. The one call that talks to the scheduler itself is
+    ``release_cluster``, once per settling of the run.
 
     Steps dispatched together (a fan-out, or several completions at once) go to the
     scheduler as one graph. A pause holds back the tasks that have not started yet:
@@ -599,6 +623,7 @@ class DaskRunner:
         a.answers.append(name)
         try:
             Variable(name, self.client).set(answer)
+            Event(name, self.client).set()  # the doorbell: the task waits on it
         except Exception:
             logger.exception("run %s: could not answer step %s", self.run_id, a.node_id)
 
@@ -729,14 +754,22 @@ class DaskRunner:
         """Record the attempt's end (once), then let go of its task."""
         a.ended = True
         self._deadlines.pop(a.token, None)
+        if "error" in outcome:  # before the run may settle below (and its client close)
+            self._drop_answers(a)
         ex = self.ex
         with ex.cond:
             if self._current(a) and not ex.stopped.is_set():
                 ex._end_attempt(a.node_id, **outcome)
-        if "error" in outcome:  # answers a lost task will never read
+        self._forget(a)
+
+    def _drop_answers(self, a: _Attempt) -> None:
+        """Delete the answers a lost task will never read."""
+        try:
             for name in a.answers:
                 Variable(name, self.client).delete()
-        self._forget(a)
+                Event(name, self.client).clear()
+        except Exception:  # the attempt's end is recorded all the same
+            logger.exception("run %s: could not clean up on the Dask cluster", self.run_id)
 
     def _forget(self, a: _Attempt) -> None:
         self._attempts.pop(a.token, None)
@@ -749,6 +782,8 @@ class DaskRunner:
     # -- pause, resume, cancel ------------------------------------------------------------------
 
     def _on_state(self, state: str) -> None:
+        if self.ex.view.run["state"] in states.SETTLED_WORKFLOW_STATES:
+            return  # settled since: release_cluster let go of everything, nothing is held back
         value = (_STOP if state in ("cancelling", "cancelled")
                  else _HOLD if state in ("pausing", "paused") else _GO)
         if value != self._control_value:
@@ -833,6 +868,27 @@ class DaskRunner:
 
     # -- the end -----------------------------------------------------------------------------------
 
+    def release_cluster(self) -> None:
+        """The run is about to settle (completed, failed or cancelled): let go of what it
+        holds on the scheduler (its claims, its control Variable, the futures of its
+        recorded attempts) now, while the caller's Client is surely open.
+
+        The executor calls this under its lock, in the thread that settles the run, before
+        recording it: ``run.wait()`` returns only after it. No attempt is live then (every
+        node is final), so nothing can claim meanwhile; a retry sets up what it needs.
+        """
+        spent, self._spent = self._spent, []
+        claims, self._claims = self._claims, []
+        control, self._control_value = self._control_value, None
+        del spent  # the last references: the scheduler forgets those tasks
+        try:
+            if claims:  # bounded: the executor's lock is held meanwhile
+                self.client.sync(self._release_claims, claims, callback_timeout=RELEASE_TIMEOUT_S)
+            if control is not None:
+                self._control.delete()
+        except Exception:
+            logger.exception("run %s: could not clean up on the Dask cluster", self.run_id)
+
     def _stop(self) -> None:
         """The executor stopped: drop what is left on the cluster, release the claims."""
         try:
@@ -842,7 +898,7 @@ class DaskRunner:
             if live:  # started steps of an executor that stopped without finishing (lost, closed)
                 self._control.set(_STOP)  # they get Cancelled at their next checkpoint
                 self.client.cancel([a.future for a in live if a.future is not None])
-            else:
+            elif self._control_value is not None:  # else released when the run settled
                 self._control.delete()
             self._attempts.clear()
             self._spent = []

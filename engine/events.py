@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import to_jsonable_python
 
 from .states import NodeState, WorkflowState
 
@@ -332,10 +333,85 @@ def new_event(run_id: str, seq: int, event_type: str, data: dict[str, Any]) -> d
     }
 
 
-def validate_data(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``data`` against its model; return its JSON form (defaults filled in)."""
-    model = EVENT_DATA_MODELS[event_type]
-    return model.model_validate(data).model_dump(mode="json", exclude_none=True)
+# -- what the log can hold ------------------------------------------------------------------
+# Event data is checked where it is recorded (in the step's own thread), never first on
+# the journal's writer thread: a value the writer cannot encode would fail every run
+# batched with it, and would already be in the run's in-memory view.
+
+#: Integers JSON encoders (orjson) can write: 64 bits, signed or not.
+_INT_RANGE = (-(2 ** 63), 2 ** 64 - 1)
+
+
+def escape_surrogates(text: str) -> str:
+    """``text``, with each lone surrogate written as a visible ``\\udcXX`` escape.
+
+    Python holds an undecodable byte of a file name (``os.fsdecode``) as a lone
+    surrogate, and strings may carry them from elsewhere too; UTF-8 (the log, the wire)
+    cannot. Everything else is left as it is.
+    """
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def loggable(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` as an event can record it: returned as is when JSON can encode it, else
+    a copy with every lone surrogate escaped (``escape_surrogates``, keys too).
+
+    A value JSON cannot hold at all raises, in the caller: ``ValueError`` for an
+    integer beyond 64 bits, ``TypeError`` otherwise (a set, bytes, a non-str key...).
+    ``where`` names the call in the message (e.g. ``"ctx.tool_call"``).
+    """
+    try:
+        orjson.dumps(data)
+        return data
+    except TypeError:
+        pass
+    data = _escaped(data, 0)
+    _dumps(data, where)
+    return data
+
+
+def as_json(value: Any, where: str) -> Any:
+    """``value`` exactly as the log will hold it: plain JSON values, converted the way
+    pydantic converts values to JSON (tuples and sets become lists, dates ISO strings,
+    paths and decimals strings...), numpy arrays and numbers too, NaN and infinities
+    null, non-str keys strings, lone surrogates escaped; raises like ``loggable`` for
+    what has no JSON form."""
+    try:
+        return orjson.loads(_dumps(value, where, lenient=True))
+    except TypeError:
+        return orjson.loads(_dumps(_escaped(value, 0), where, lenient=True))
+
+
+def _dumps(value: Any, where: str, lenient: bool = False) -> bytes:
+    try:
+        if lenient:
+            return orjson.dumps(value, default=to_jsonable_python,
+                                option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value)
+    except TypeError as exc:
+        if "Integer exceeds" in str(exc):
+            raise ValueError(f"{where}: an integer is outside JSON's 64-bit range "
+                             f"{_INT_RANGE[0]}..{_INT_RANGE[1]}") from None
+        raise TypeError(f"{where}: the value cannot be recorded as JSON ({exc})") from None
+
+
+def _escaped(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return escape_surrogates(value)
+    if depth > 255:  # deeper than JSON encoders go (or a cycle): _dumps says so
+        return value
+    if isinstance(value, dict):
+        return {escape_surrogates(k) if isinstance(k, str) else k: _escaped(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_escaped(v, depth + 1) for v in value]
+    return value
 
 
 def parse_events(raw_json_array: bytes) -> list[BaseModel]:

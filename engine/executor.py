@@ -26,7 +26,7 @@ import networkx as nx
 from . import runtime, states
 from .context import StepContext
 from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
-from .events import new_event, now_iso, validate_data
+from .events import escape_surrogates, loggable, new_event, now_iso
 from .owners import default_owner
 from .snapshot import RunView, new_run_doc
 from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
@@ -308,10 +308,9 @@ class Executor:
 
     # -- recording ------------------------------------------------------------------------
 
-    def record(self, etype: str, data: dict, validate: bool = False) -> None:
-        """Record a fact from step code (progress, messages, costs, files, ...)."""
-        if validate:
-            data = validate_data(etype, data)
+    def record(self, etype: str, data: dict) -> None:
+        """Record a fact from step code (progress, messages, costs, files, ...), as the
+        step's context checked it (in the step's thread: engine.context)."""
         with self.cond:
             self._record(etype, data)
 
@@ -324,6 +323,12 @@ class Executor:
         """
         if self._lost:
             return
+        if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
+            # Before anyone can see the run settled (run.wait() returns, and the caller's
+            # `with Client(...)` block closes it), the runner lets go of the cluster.
+            release = getattr(self.pool, "release_cluster", None)
+            if release is not None:
+                release()
         with self._outbox:
             while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
                 self._outbox.wait()
@@ -479,7 +484,12 @@ class Executor:
     def _end_attempt(self, node_id: str, result: Any = None, error: Optional[dict] = None,
                      cancelled: bool = False) -> None:
         """Record how a running attempt ended: its result, its ``error`` (see error_info)
-        or ``cancelled`` (it stopped at a checkpoint of a cancelled run)."""
+        or ``cancelled`` (it stopped at a checkpoint of a cancelled run).
+
+        An error's text (the step's exception) is recorded with lone surrogates escaped.
+        """
+        if error is not None:
+            error = loggable(error, f"the error of step {node_id!r}")
         with self.cond:
             try:
                 if cancelled:
@@ -711,4 +721,5 @@ def _preview(result: Any) -> Optional[str]:
         text = repr(result)
     except Exception:  # a broken __repr__ must not fail the step
         text = f"<{type(result).__name__}>"
+    text = escape_surrogates(text)
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"

@@ -3,7 +3,9 @@
 Executors hand the journal ``Commit``s in the order they happened; the writer takes
 everything queued, merges it per run and writes it in one transaction. The store on
 disk is therefore always a prefix of what was recorded, never a state without its
-event or an event without its state, and many events share one fsync.
+event or an event without its state, and many events share one fsync. What the store
+refuses for one run's sake (a lost lease, or a commit it cannot write) is refused to that
+run alone: the others in the batch are written all the same.
 """
 
 from __future__ import annotations
@@ -94,32 +96,7 @@ class Journal:
             else:
                 merged[c.run_id] = Commit(c.run_id, list(c.events), c.run_doc, dict(c.nodes),
                                           list(c.commands), c.lease_owner, c.release_lease)
-        refused: dict[str, Exception] = {}
-        pending = list(merged.values())
-        outage_until: Optional[float] = None
-        delay = 0.05
-        while pending:
-            try:
-                failures = self._store.apply_commits(pending)
-            except Exception as exc:
-                # A dropped connection or a restarting database server: try again for a
-                # while (the store recognizes a batch it already committed). Anything
-                # else, or an outage that lasts, fails every waiter.
-                if self._store.transient(exc):
-                    outage_until = outage_until or time.monotonic() + OUTAGE_RETRY_S
-                    if time.monotonic() < outage_until:
-                        log.warning("cmbagent journal: the store failed (%s); retrying", exc)
-                        time.sleep(delay)
-                        delay = min(1.0, delay * 2)
-                        continue
-                for c in pending:
-                    refused[c.run_id] = exc
-                break
-            if not failures:
-                break
-            for c, exc in failures:
-                refused[c.run_id] = exc
-            pending = [c for c in pending if c.run_id not in refused]
+        refused = self._apply(list(merged.values()))
         self.refused.update(refused)
         for run_id, futs in futures.items():
             exc = refused.get(run_id)
@@ -128,3 +105,41 @@ class Journal:
                     f.set_result(None)
                 else:
                     f.set_exception(exc)
+
+    def _apply(self, pending: list[Commit]) -> dict[str, Exception]:
+        """Write ``pending`` (one transaction); return the runs whose commits were refused,
+        with why."""
+        refused: dict[str, Exception] = {}
+        outage_until: Optional[float] = None
+        delay = 0.05
+        while pending:
+            try:
+                failures = self._store.apply_commits(pending)
+            except Exception as exc:
+                # A dropped connection or a restarting database server: try again for a
+                # while (the store recognizes a batch it already committed).
+                if self._store.transient(exc):
+                    outage_until = outage_until or time.monotonic() + OUTAGE_RETRY_S
+                    if time.monotonic() < outage_until:
+                        log.warning("cmbagent journal: the store failed (%s); retrying", exc)
+                        time.sleep(delay)
+                        delay = min(1.0, delay * 2)
+                        continue
+                elif len(pending) > 1:
+                    # Not an outage: something in one run's commit that the store cannot
+                    # write. Write each run's commit on its own, so that only that run is
+                    # refused, never the runs it happened to share a batch with.
+                    log.warning("cmbagent journal: a batch of %d runs failed (%r); writing "
+                                "each run's commit alone", len(pending), exc)
+                    for c in pending:
+                        refused.update(self._apply([c]))
+                    break
+                for c in pending:
+                    refused[c.run_id] = exc
+                break
+            if not failures:
+                break
+            for c, exc in failures:
+                refused[c.run_id] = exc
+            pending = [c for c in pending if c.run_id not in refused]
+        return refused

@@ -4,6 +4,7 @@ import tempfile
 import pytest
 
 from pg_cluster import HOW_TO_ENABLE, PgServer, Unavailable
+from support import skip_or_fail
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -32,7 +33,8 @@ _pg: dict = {}
 
 
 def pg_server() -> PgServer:
-    """The session's PostgreSQL server (started on first use); skips or fails without one."""
+    """The session's PostgreSQL server (started on first use); skips without one (fails
+    under CI)."""
     if "server" not in _pg:
         try:
             _pg["server"] = PgServer.get()
@@ -40,9 +42,7 @@ def pg_server() -> PgServer:
             _pg["server"] = exc
     server = _pg["server"]
     if isinstance(server, Unavailable):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true and PostgreSQL is unavailable: {server}. {HOW_TO_ENABLE}")
-        pytest.skip(f"PostgreSQL unavailable ({server}). {HOW_TO_ENABLE}")
+        skip_or_fail(f"PostgreSQL unavailable ({server}). {HOW_TO_ENABLE}")
     return server
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import pytest
 
@@ -30,6 +31,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate!r}; "
                         f"last value: {value!r}{extra}")
         time.sleep(interval)
+
+
+def under_ci() -> bool:
+    """Whether the tests run under CI: ``CI`` set to 1, true, yes or on, in any case
+    (CI services spell it differently). There, what would skip a test fails it."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the calling test for want of ``reason``; fail it instead ``under_ci()``, where
+    every test must run."""
+    if under_ci():
+        pytest.fail(f"under CI (CI={os.environ['CI']!r}) this test must run, but: {reason}")
+    pytest.skip(reason)
 
 
 def free_port() -> int:

@@ -5,10 +5,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from cmbagent_jupyter.protocol import wire_schema
 from engine.snapshot import RunView
+from support import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "labextension"
@@ -22,10 +21,11 @@ def test_committed_schema_is_generated_from_the_models():
         "then `npm run gen` in labextension/")
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_typescript_types_are_generated_from_the_schema():
+    if shutil.which("node") is None:
+        skip_or_fail("node is not installed")
     if not (LAB / "node_modules" / "json-schema-to-typescript").exists():
-        pytest.skip("labextension/node_modules is not installed (./dev build installs it)")
+        skip_or_fail("labextension/node_modules is not installed (./dev build installs it)")
     out = subprocess.run(["node", "scripts/gen-types.mjs", "--check"], cwd=LAB,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

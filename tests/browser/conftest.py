@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until  # noqa: F401  (re-exported)
+from support import free_port, under_ci, wait_until  # noqa: F401  (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -25,14 +25,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def pytest_collection_modifyitems(config, items):
     if os.path.exists(CHROMIUM):
         return
-    if os.environ.get("CI") == "true":
+    if under_ci():  # where every test must run: no silent skip
         raise pytest.UsageError(f"browser tests need Chromium at {CHROMIUM} (CI installs it)")
     skip = pytest.mark.skip(reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium` to run")
     for item in items:
         if "tests/browser" in str(item.fspath):
             item.add_marker(skip)
-
-
 
 
 class LabServer:

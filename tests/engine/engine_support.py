@@ -21,6 +21,8 @@ from support import shutdown_executors, wait_until  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 SETTLED = ("completed", "failed", "cancelled")
+#: How long the Dask tests wait for anything (a cluster, a task, a worker's restart).
+DASK_TIMEOUT = 60
 
 
 # -- waiting ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from engine import EngineError, Workflow, WorkflowDefinitionError  # noqa: E402
 from engine.dask import INLINE_RESULT_BYTES  # noqa: E402
 from engine.executor import local_executor  # noqa: E402
 from engine_support import (  # noqa: E402
+    DASK_TIMEOUT,
     check_log,
     node_path,
     node_status,
@@ -36,24 +37,7 @@ from engine_support import (  # noqa: E402
 # The workers import nothing from the tests: functions defined here travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-TIMEOUT = 60
-
-
-@pytest.fixture(scope="module")
-def dask_client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            client.wait_for_workers(2, timeout=TIMEOUT)
-            yield client
-
-
-@pytest.fixture
-def healthy(dask_client):
-    """The client, with both workers up before and after the test (a test may kill one)."""
-    dask_client.wait_for_workers(2, timeout=TIMEOUT)
-    yield dask_client
-    dask_client.wait_for_workers(2, timeout=TIMEOUT)
+TIMEOUT = DASK_TIMEOUT
 
 
 def node_events(events: list[dict], node_id: str) -> list[dict]:
@@ -194,6 +178,25 @@ def test_a_failing_step_retries_per_its_retries(store, healthy):
     assert failed["attempt"] == 2 and failed["error"]["message"] == "no luck"
     assert node_path(events, "after") == ["pending", "skipped"]
     assert of_type(events, "workflow_failed")[0]["data"]["failed_nodes"] == ["hopeless"]
+
+
+def test_unencodable_text_from_a_worker_is_escaped_there(store, healthy):
+    wf = Workflow("dask bad strings")
+
+    @wf.step()
+    def talk(ctx):
+        ctx.message("lone \ud800", agent="a\udcff")
+        ctx.tool_call("ls", {"k\udce9": "v"}, result=["\udce9"])
+        raise ValueError("broke \udce9")
+
+    run = wf.run(store=store, dask=healthy, timeout=TIMEOUT)
+    assert run.state == "failed"
+    events = check_log(run)
+    said = of_type(events, "agent_message")[0]["data"]
+    assert (said["message"], said["agent"]) == ("lone \\ud800", "a\\udcff")
+    tool = of_type(events, "agent_tool_call")[0]["data"]
+    assert (tool["arguments"], tool["result"]) == ({"k\\udce9": "v"}, ["\\udce9"])
+    assert of_type(events, "step_failed")[0]["data"]["error"]["message"] == "broke \\udce9"
 
 
 def looping(tmp_path, name: str):

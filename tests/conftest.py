@@ -78,6 +78,18 @@ def pytest_sessionfinish(session):
         _drop_used_databases()
 
 
+@pytest.fixture
+def jp_serverapp(jp_serverapp, jp_asyncio_loop):
+    """pytest-jupyter's server, whose cmbagent extension stops (its store calls ended)
+    before the test's store is closed: pytest-jupyter stops the server only after every
+    other fixture, and a store call still running in the extension's thread pool while
+    another thread closes the SQLite store would crash the process."""
+    yield jp_serverapp
+    ext = jp_serverapp.web_app.settings.get("cmbagent_jupyter")
+    if ext is not None:
+        jp_asyncio_loop.run_until_complete(ext.stop_extension())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     """A new store's URL, once per kind of store."""

@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 HOW_TO_ENABLE = ("PostgreSQL tests need a PostgreSQL server: install PostgreSQL (Debian: "
                  "apt-get install postgresql; its initdb is used to start a throwaway cluster) "
@@ -129,6 +130,32 @@ class PgServer:
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1].split("?", 1)[0]
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A hung database: every process of this (throwaway) cluster is stopped (SIGSTOP),
+        its sockets stay open and nothing answers, until the block ends (SIGCONT)."""
+        import psutil
+
+        if self._dir is None:
+            raise Unavailable("only a throwaway cluster can be frozen")
+        with open(os.path.join(self._dir, "data", "postmaster.pid")) as f:
+            postmaster = psutil.Process(int(f.readline()))
+        stopped: list = []
+        try:
+            # The postmaster first (it forks no backend after that), then what it forked.
+            postmaster.send_signal(signal.SIGSTOP)
+            stopped.append(postmaster)
+            for child in postmaster.children(recursive=True):
+                child.send_signal(signal.SIGSTOP)
+                stopped.append(child)
+            yield
+        finally:
+            for proc in reversed(stopped):
+                try:
+                    proc.send_signal(signal.SIGCONT)
+                except psutil.NoSuchProcess:
+                    pass
 
     def stop(self) -> None:
         if self._dir is None or not os.path.exists(self._dir):

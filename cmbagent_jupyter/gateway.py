@@ -35,6 +35,8 @@ from engine.store.base import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Backoff of a call made again after its store connection failed.
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 5.0
 #: ``listener(available, since)``: since is the ISO time the store stopped (or resumed) answering.
 StatusListener = Callable[[bool, str], None]
 
@@ -56,6 +58,8 @@ class StoreGateway:
         #: When the store stopped answering (while unavailable).
         self.down_since: Optional[str] = None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        # ``poll`` keeps a thread for as long as nothing changes: one of its own, not the pool's.
+        self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-poll")
         #: calls under way -> [when the store was last asked (time.monotonic(), the loop's clock)]
         self._in_flight: dict[Future, list[float]] = {}
         self._timer: Optional[asyncio.TimerHandle] = None
@@ -108,18 +112,34 @@ class StoreGateway:
 
     async def call(self, fn: Callable[[Store], T], timeout: Optional[float] = None) -> T:
         """``fn(store)`` on the pool. ``timeout``: give up after that many seconds
-        (``StoreUnavailable``); without one, wait for the answer however long it takes."""
-        store = self.store
-        if self._closed:
-            raise StoreUnavailable("the server is shutting down")
-        if store is None:
-            raise StoreUnavailable(f"the run store is not open: {self.open_error}")
-        return await self._run(lambda asked: fn(store), timeout)
+        (``StoreUnavailable``). Without one, wait for the answer however long it takes:
+        a call that fails for want of a connection (a database that refuses rather than
+        hangs) is made again, with backoff, until the store answers. (Only calls that may
+        run twice go without a timeout: reads, and commands, whose id applies them once.)"""
+        delay = RETRY_FIRST_S
+        while True:
+            store = self.store
+            if self._closed:
+                raise StoreUnavailable("the server is shutting down")
+            if store is None:
+                raise StoreUnavailable(f"the run store is not open: {self.open_error}")
+            try:
+                return await self._run(lambda asked: fn(store), timeout)
+            except Exception as exc:
+                if not store.transient(exc):
+                    raise
+                if timeout is not None:
+                    raise StoreUnavailable(f"the run store is unreachable: {exc}") from exc
+                log.warning("cmbagent_jupyter: a store call failed (%s); trying again in %g s",
+                            exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX_S, delay * 2)
 
     async def poll(self, fn: Callable[[Store], Optional[T]], interval: float) -> T:
-        """``fn(store)`` every ``interval`` s in one pool thread, until it returns something
-        truthy; that is returned. (A tailer's idle polling costs no trip through the event
-        loop per tick.) Each call to ``fn`` counts on its own for the availability."""
+        """``fn(store)`` every ``interval`` s in a thread of its own (not the pool's), until it
+        returns something truthy; that is returned. (A tailer's idle polling costs no trip
+        through the event loop per tick.) Each call to ``fn`` counts on its own for the
+        availability. One poll at a time."""
         store = self.store
         if store is None or self._closed:
             raise StoreUnavailable(f"the run store is not open: {self.open_error}")
@@ -135,14 +155,15 @@ class StoreGateway:
             return None
 
         try:
-            return await self._run(repeat, None)
+            return await self._run(repeat, None, self._poller)
         finally:
             stop.set()  # (cancelled: the thread ends at its next tick)
 
-    async def _run(self, work: Callable[[list[float]], T], timeout: Optional[float]) -> T:
+    async def _run(self, work: Callable[[list[float]], T], timeout: Optional[float],
+                   pool: Optional[ThreadPoolExecutor] = None) -> T:
         loop = asyncio.get_running_loop()
         asked = [time.monotonic()]
-        cf = self._pool.submit(work, asked)
+        cf = (pool or self._pool).submit(work, asked)
         self._in_flight[cf] = asked
         self._arm(loop)
         cf.add_done_callback(lambda f: _call_soon(loop, self._finished, f))
@@ -227,6 +248,7 @@ class StoreGateway:
             self._timer.cancel()
             self._timer = None
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._poller.shutdown(wait=False, cancel_futures=True)
 
 
 def _iso(monotonic: float) -> str:

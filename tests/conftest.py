@@ -40,10 +40,26 @@ def pg_server() -> PgServer:
             _pg["server"] = exc
     server = _pg["server"]
     if isinstance(server, Unavailable):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true and PostgreSQL is unavailable: {server}. {HOW_TO_ENABLE}")
-        pytest.skip(f"PostgreSQL unavailable ({server}). {HOW_TO_ENABLE}")
+        _no_postgres(server)
     return server
+
+
+def _no_postgres(why: Exception) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and PostgreSQL is unavailable: {why}. {HOW_TO_ENABLE}")
+    pytest.skip(f"PostgreSQL unavailable ({why}). {HOW_TO_ENABLE}")
+
+
+@pytest.fixture(scope="module")
+def own_pg_cluster():
+    """A throwaway PostgreSQL cluster for this test module alone: for tests that freeze
+    the database (``PgServer.frozen``), never the session's shared server."""
+    try:
+        server = PgServer.throwaway()
+    except Unavailable as exc:
+        _no_postgres(exc)
+    yield server
+    server.stop()
 
 
 _used_databases: list[str] = []

@@ -13,7 +13,6 @@ The cluster is this test's own (the session's shared one is never frozen).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 
@@ -22,7 +21,6 @@ import pytest
 from checker import assert_clean, check
 from cmbagent_jupyter.client import Client
 from fault_support import App, StatusProbe, tail, wait_until
-from pg_cluster import HOW_TO_ENABLE, PgServer, Unavailable
 
 RATE = 300  # events/s, until the test tells the writer to stop
 STALL_S = 20.0
@@ -32,24 +30,12 @@ HEARTBEAT = 1.0  # s between the clients' pings
 PING_TIMEOUT = 3.0  # s a pong may take before a client drops the connection
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    try:
-        server = PgServer.throwaway()
-    except Unavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI=true and PostgreSQL is unavailable: {exc}. {HOW_TO_ENABLE}")
-        pytest.skip(f"PostgreSQL unavailable ({exc}). {HOW_TO_ENABLE}")
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def store_url(cluster):
-    return cluster.create_database()
+def store_url(own_pg_cluster):
+    return own_pg_cluster.create_database()
 
 
-async def test_a_hung_store_never_freezes_the_server(spawn, open_db, cluster, seed):
+async def test_a_hung_store_never_freezes_the_server(spawn, open_db, own_pg_cluster, seed):
     rng = random.Random(seed)
     server = spawn.server(args=[
         # today's reaper would mark the run executor_lost after a stall longer than its
@@ -86,7 +72,7 @@ async def test_a_hung_store_never_freezes_the_server(spawn, open_db, cluster, se
         await asyncio.gather(*(c.wait_for(lambda c=c: c.last_seq(run_id) >= point, 60) for c in clients))
         at_stall = [c.last_seq(run_id) for c in clients]
         probe.start()
-        with cluster.frozen():
+        with own_pg_cluster.frozen():
             t_freeze = time.monotonic()
             await asyncio.gather(*(c.wait_for(lambda c=c: not c.store_available, STALL_S)
                                    for c in clients))

@@ -92,7 +92,7 @@ class CmbAgentApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.server_id = uuid.uuid4().hex
         self.gateway = StoreGateway(threads=self.store_threads,
-                                    unavailable_after=self.store_unavailable_after)
+                                    unavailable_after=self.store_unavailable_after, logger=self.log)
         self.hub = EventHub(self.gateway, self.tail_interval, self.reap_interval,
                             self.recheck_interval, self.freeze_gc)
 

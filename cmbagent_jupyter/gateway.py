@@ -49,8 +49,11 @@ class StoreGateway:
     """Runs store calls on ``threads`` pool threads and tracks whether the store answers."""
 
     def __init__(self, store: Optional[Store] = None, *, threads: int = 4,
-                 unavailable_after: float = 3.0, name: str = "cmbagent-store"):
+                 unavailable_after: float = 3.0, name: str = "cmbagent-store",
+                 logger: Optional[logging.Logger] = None):
+        """``logger``: where outages and recoveries are told (the server's own log)."""
         self.store = store
+        self.log = logger or log
         self.unavailable_after = unavailable_after
         #: Why the store is not open (None once it is).
         self.open_error: Optional[str] = None if store is not None else "not opened yet"
@@ -96,13 +99,13 @@ class StoreGateway:
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 if reason != self.open_error:
-                    log.error("cmbagent_jupyter: still cannot open the run store: %s "
+                    self.log.error("cmbagent_jupyter: still cannot open the run store: %s "
                               "(retrying every %g s at most)", reason, max_delay)
                 self.open_error = reason
                 delay = min(max_delay, delay * 2)
             else:
                 self._opened(store)
-                log.info("cmbagent_jupyter: the run store is open now: %s", store.url)
+                self.log.info("cmbagent_jupyter: the run store is open now: %s", store.url)
 
     def _opened(self, store: Store) -> None:
         self.store = store
@@ -130,7 +133,7 @@ class StoreGateway:
                     raise
                 if timeout is not None:
                     raise StoreUnavailable(f"the run store is unreachable: {exc}") from exc
-                log.warning("cmbagent_jupyter: a store call failed (%s); trying again in %g s",
+                self.log.warning("cmbagent_jupyter: a store call failed (%s); trying again in %g s",
                             exc, delay)
             await asyncio.sleep(delay)
             delay = min(RETRY_MAX_S, delay * 2)
@@ -221,15 +224,15 @@ class StoreGateway:
         self.available = available
         self.down_since = None if available else since
         if available:
-            log.warning("cmbagent_jupyter: the run store answers again (since %s)", since)
+            self.log.warning("cmbagent_jupyter: the run store answers again (since %s)", since)
         else:
-            log.error("cmbagent_jupyter: the run store has not answered since %s "
+            self.log.error("cmbagent_jupyter: the run store has not answered since %s "
                       "(clients are told; they catch up when it answers)", since)
         for listener in list(self._listeners):
             try:
                 listener(available, since)
             except Exception:
-                log.exception("cmbagent_jupyter: a store status listener failed")
+                self.log.exception("cmbagent_jupyter: a store status listener failed")
 
     async def drain(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until no call is in flight; True if none is."""

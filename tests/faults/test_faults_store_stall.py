@@ -118,4 +118,6 @@ async def test_a_hung_store_never_freezes_the_server(spawn, open_db, own_pg_clus
         assert_clean(r, f"seed={seed}")
         assert r.received == r.expected == len(log) - r.base
     assert all(c.protocol_errors == [] for c in clients)
-    assert spawn.server_problems() == []
+    # the one error a server logs: that its store stopped answering (then that it answers)
+    problems = spawn.server_problems()
+    assert len(problems) == 1 and "the run store has not answered since" in problems[0], problems

@@ -46,7 +46,7 @@ def logged_errors(capfd) -> list[str]:
 
 
 async def test_routes_answer_503_with_the_reason_until_the_store_opens(capfd, jp_fetch, jp_ws_fetch,
-                                                                        blocked):
+                                                                        blocked, cmbagent_app):
     errors = logged_errors(capfd)
     assert any("cannot open the run store" in m and "runs.sqlite" in m and "File exists" in m
                for m in errors), errors
@@ -76,6 +76,7 @@ async def test_routes_answer_503_with_the_reason_until_the_store_opens(capfd, jp
         await asyncio.sleep(0.2)
         codes.append((await status(jp_fetch, "runs"))[0])
     assert set(codes[:-1]) <= {503}
+    assert "the run store is open now" in capfd.readouterr().err
     store = engine.open_store(url)
     run = finished_run(store)
     r = await jp_fetch("cmbagent", "api", "runs")
@@ -83,6 +84,7 @@ async def test_routes_answer_503_with_the_reason_until_the_store_opens(capfd, jp
     ws = await jp_ws_fetch("cmbagent", "api", "ws")
     assert json.loads(await ws.read_message())["type"] == "hello"
     ws.close()
+    await cmbagent_app.stop_extension()  # its store calls end before the store closes
     engine.store.close_store(url)
 
 

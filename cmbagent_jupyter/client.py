@@ -42,6 +42,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -346,6 +347,14 @@ def ws_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path + "cmbagent/api/ws", "", ""))
 
 
+def _clock(iso: Optional[str]) -> str:
+    """Local wall-clock time of an ISO timestamp (14:02:11), or the text as it is."""
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
+    except (TypeError, ValueError):
+        return str(iso)
+
+
 def _token_from_url(url: str) -> Optional[str]:
     parts = urlsplit(url)
     return dict(parse_qsl(parts.query)).get("token")
@@ -398,6 +407,11 @@ class Client:
         #: The HTTP status of the last refused handshake (403: bad token), if any.
         self.last_http_status: Optional[int] = None
         self.protocol_errors: list[dict] = []  #: error frames that answered nothing we track
+        #: False while the server says its run store does not answer (``store_status``):
+        #: the socket stays open, what needs the store waits and then catches up exactly.
+        self.store_available = True
+        #: When the store stopped answering (ISO 8601), while it does not.
+        self.store_unavailable_since: Optional[str] = None
         self.invalid_frames: list[dict] = []  #: with ``validate``: frames the models reject
 
         self._followers: dict[str, RunFollower] = {}
@@ -487,10 +501,13 @@ class Client:
         return max(0.0, self._retry_at - time.monotonic())
 
     def describe_connection(self) -> str:
-        """``live``, ``reconnecting in 3 s``, ``connecting``, ``offline``: for people."""
+        """``live``, ``reconnecting in 3 s``, ``connecting``, ``offline``: for people (with
+        ``, run store not answering since ...`` while the server says so)."""
         if self._state == "reconnecting":
             left = self.next_retry_in or 0.0
             return f"reconnecting in {left:.0f} s" if left >= 1 else "reconnecting"
+        if self._state == "live" and not self.store_available:
+            return f"live, run store not answering since {_clock(self.store_unavailable_since)}"
         return self._state
 
     def follower(self, run_id: str) -> Optional[RunFollower]:
@@ -773,6 +790,8 @@ class Client:
         self._conn = conn
         self._drop_reason = None
         self._unanswered.clear()
+        # A new server says so right after hello if its store does not answer.
+        self.store_available, self.store_unavailable_since = True, None
         self._state = "live"
         for f in self._followers.values():
             self._send(f.subscribe_frame())
@@ -876,6 +895,9 @@ class Client:
                     self._unanswered.popleft()
         elif ftype == "error":
             self._on_error(msg)
+        elif ftype == "store_status":
+            self.store_available = bool(msg.get("available"))
+            self.store_unavailable_since = None if self.store_available else msg.get("since")
         self._changed()
 
     def _on_error(self, msg: dict) -> None:

@@ -1,8 +1,8 @@
-"""The Jupyter server extension: configuration, the store, the hub and the routes."""
+"""The Jupyter server extension: configuration, the store (through its gateway), the hub
+and the routes."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any, Optional
 
@@ -14,13 +14,15 @@ import engine
 from engine.owners import default_owner
 from engine.store import default_url
 
+from .gateway import StoreGateway
 from .handlers import routes
 from .hub import EventHub
-from .protocol import Command
 
 #: jupyter_server's own identity providers: they authenticate a shared token or password
 #: and hand out random anonymous users, so on them the user is the server's own.
 _ANONYMOUS_IDENTITY_PROVIDERS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
+#: Seconds a stopping server waits for its store calls under way.
+STOP_DRAIN_S = 5.0
 
 
 class CmbAgentApp(ExtensionApp):
@@ -33,11 +35,26 @@ class CmbAgentApp(ExtensionApp):
              "kernels use too (engine.default_url()).").tag(config=True)
     tail_interval = Float(0.002, help="Seconds between checks of the store for new events.").tag(config=True)
     reap_interval = Float(5.0, help="Seconds between checks for runs whose executor died.").tag(config=True)
+    recheck_interval = Float(5.0, help="With a store that pushes notifications (PostgreSQL): seconds "
+                                       "between re-checks for new events when none was announced "
+                                       "(bounds the delay of a lost notification, and how soon a "
+                                       "store that stopped answering is noticed).").tag(config=True)
+    store_unavailable_after = Float(3.0, help="Seconds a store call may take before every client is "
+                                              "told the store is not answering (and told again "
+                                              "when it answers).").tag(config=True)
+    store_timeout = Float(10.0, help="Seconds a REST request waits for the store before answering "
+                                     "503 (Retry-After). WebSocket reads wait however long it "
+                                     "takes: the event loop never does.").tag(config=True)
+    store_threads = Integer(4, help="Threads that make the server's store calls (off the event "
+                                    "loop).").tag(config=True)
     heartbeat_interval = Float(15.0, help="Seconds between client pings, announced in hello.").tag(config=True)
     max_frame_bytes = Integer(2**20, help="Largest client frame accepted; larger ones close the "
                                           "socket with code 1009.").tag(config=True)
-    client_buffer_bytes = Integer(16 * 2**20, help="Bytes a slow client may have unsent before its "
-                                                   "backlog is dropped for a reset + snapshot.").tag(config=True)
+    client_buffer_bytes = Integer(16 * 2**20, help="Bytes a slow client may have unsent (every frame "
+                                                   "counts) before its events, snapshots and run "
+                                                   "lists are dropped for a reset + snapshot once it "
+                                                   "has drained; a client whose unsent replies exceed "
+                                                   "it by a quarter is closed (code 1008).").tag(config=True)
     share_runs = Bool(False, help="Serve every run in the store to every user of this server. "
                                   "By default a user lists, streams and controls only the runs they "
                                   "own, and someone else's run is answered as an unknown one. Set "
@@ -52,7 +69,8 @@ class CmbAgentApp(ExtensionApp):
     def _default_db_url(self) -> str:
         return default_url()
 
-    @validate("tail_interval", "reap_interval", "heartbeat_interval")
+    @validate("tail_interval", "reap_interval", "heartbeat_interval", "recheck_interval",
+              "store_unavailable_after", "store_timeout")
     def _positive_seconds(self, proposal):
         if not proposal["value"] > 0:
             raise TraitError(f"CmbAgentApp.{proposal['trait'].name} must be > 0, not {proposal['value']}")
@@ -65,17 +83,40 @@ class CmbAgentApp(ExtensionApp):
                              f"not {proposal['value']}")
         return proposal["value"]
 
+    @validate("store_threads")
+    def _some_threads(self, proposal):
+        if proposal["value"] < 1:
+            raise TraitError(f"CmbAgentApp.store_threads must be >= 1, not {proposal['value']}")
+        return proposal["value"]
+
     def initialize_settings(self) -> None:
         self.server_id = uuid.uuid4().hex
-        self.store = engine.open_store(self.db_url)
-        self.hub = EventHub(self.store, self.tail_interval, self.reap_interval, self.freeze_gc)
-        self.log.info("cmbagent_jupyter: serving runs from %s", self.store.url)
+        self.gateway = StoreGateway(threads=self.store_threads,
+                                    unavailable_after=self.store_unavailable_after, logger=self.log)
+        self.hub = EventHub(self.gateway, self.tail_interval, self.reap_interval,
+                            self.recheck_interval, self.freeze_gc)
+
+        def opener():
+            return engine.open_store(self.db_url)
+
+        if self.gateway.open(opener):
+            self.log.info("cmbagent_jupyter: serving runs from %s", self.gateway.store.url)
+            return
+        # Loudly, and without failing the extension: its routes answer 503 with the reason
+        # (not 404) until a background retry opens the store.
+        where = self.db_url if not self.db_url.startswith("postgres") else "the PostgreSQL store"
+        self.log.error("cmbagent_jupyter: cannot open the run store (%s): %s. cmbagent/api answers "
+                       "503 until it opens; retrying in the background.", where, self.gateway.open_error)
+        self.serverapp.io_loop.add_callback(self.gateway.keep_opening, opener)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes())
 
     async def stop_extension(self) -> None:
         await self.hub.stop()
+        # Let the calls under way end (a hung store's do not: shutting down must not hang).
+        await self.gateway.drain(STOP_DRAIN_S)
+        self.gateway.close()
 
     def visible(self, run_doc: dict, user: Any) -> bool:
         """May ``user`` (a request's ``current_user``) see and control this run?"""
@@ -95,9 +136,3 @@ class CmbAgentApp(ExtensionApp):
         if type(self.serverapp.identity_provider) in _ANONYMOUS_IDENTITY_PROVIDERS:
             return default_owner()
         return getattr(user, "username", None)
-
-    async def submit(self, cmd: Command) -> dict:
-        """Write a command to the store (off the event loop: it may wait for a writer)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self.store.submit_command(
-            cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id))

@@ -1,9 +1,10 @@
-"""Tornado handlers: thin. They authenticate, move frames, and call the store or the session."""
+"""Tornado handlers: thin. They authenticate, move frames, and ask the store through the
+gateway (never on the event loop): REST reads give up after ``store_timeout`` with 503."""
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import orjson
 from jupyter_server.auth.decorator import authorized, ws_authenticated
@@ -12,16 +13,29 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
-from tornado.ioloop import IOLoop
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from engine.errors import UnknownRun
-from engine.store.base import envelope_json
+from engine.store.base import Store, envelope_json
 
+from .connection import Connection
+from .gateway import StoreUnavailable
 from .protocol import FrameError, parse_command_body, wire_schema
-from .session import RowCache, Session
+from .session import Session, submit_command
 
 AUTH_RESOURCE = "cmbagent"
+#: Seconds a client is told to wait (``Retry-After``) when the store is unavailable.
+RETRY_AFTER_S = 5
+
+T = TypeVar("T")
+
+
+class StoreDown(web.HTTPError):
+    """503: the store is not open, or did not answer in time."""
+
+    def __init__(self, text: str):
+        super().__init__(503, "%s", text, reason="Store Unavailable")
+        self.text = text
 
 
 class _Base(ExtensionHandlerMixin, APIHandler):
@@ -36,10 +50,25 @@ class _Base(ExtensionHandlerMixin, APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(obj if isinstance(obj, bytes) else orjson.dumps(obj))
 
-    def visible_doc(self, run_id: str) -> dict:
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StoreDown):
+            self.set_header("Retry-After", str(RETRY_AFTER_S))
+            self.write_json({"message": exc.text, "reason": "store unavailable"}, 503)
+            return
+        super().write_error(status_code, **kwargs)
+
+    async def read(self, fn: Callable[[Store], T]) -> T:
+        """``fn(store)`` off the loop; 503 if the store does not answer in time."""
+        try:
+            return await self.app.gateway.call(fn, timeout=self.app.store_timeout)
+        except StoreUnavailable as exc:
+            raise StoreDown(str(exc)) from None
+
+    async def visible_doc(self, run_id: str) -> dict:
         """The run's document, or 404 if it is unknown or not this user's."""
         try:
-            doc = self.app.store.run_doc(run_id)
+            doc = await self.read(lambda s: s.run_doc(run_id))
         except UnknownRun:
             doc = None
         if doc is None or not self.app.visible(doc, self.current_user):
@@ -50,17 +79,21 @@ class _Base(ExtensionHandlerMixin, APIHandler):
 class RunsHandler(_Base):
     @web.authenticated
     @authorized
-    def get(self):
-        runs = [r for r in self.app.store.runs() if self.app.visible(r, self.current_user)]
+    async def get(self):
+        runs = [r for r in await self.read(lambda s: s.runs()) if self.app.visible(r, self.current_user)]
         self.write_json({"runs": runs})
 
 
 class RunHandler(_Base):
     @web.authenticated
     @authorized
-    def get(self, run_id: str):
-        self.visible_doc(run_id)
-        self.write_json({"type": "snapshot", **self.app.store.snapshot(run_id)})
+    async def get(self, run_id: str):
+        await self.visible_doc(run_id)
+        try:
+            snap = await self.read(lambda s: s.snapshot(run_id))
+        except UnknownRun:  # deleted meanwhile
+            raise web.HTTPError(404, f"unknown run {run_id!r}") from None
+        self.write_json({"type": "snapshot", **snap})
 
 
 class EventsHandler(_Base):
@@ -68,17 +101,22 @@ class EventsHandler(_Base):
 
     @web.authenticated
     @authorized
-    def get(self, run_id: str):
-        self.visible_doc(run_id)
+    async def get(self, run_id: str):
+        await self.visible_doc(run_id)
         after = self._int_arg("after_seq", 0)
         limit = min(self._int_arg("limit", 1000), self.MAX_LIMIT)
-        first, last = self.app.store.bounds(run_id)
+
+        def page(s: Store):
+            first, last = s.bounds(run_id)
+            # a cursor at or past the end has nothing to read (and one past 2**63 - 1 would
+            # overflow SQLite's INTEGER: a 500 instead of an empty page)
+            rows = s.event_rows(run_id, after, limit) if first - 1 <= after < last else []
+            return first, last, rows
+
+        first, last, rows = await self.read(page)
         if after < first - 1:
             raise web.HTTPError(410, f"events up to seq {first - 1} were trimmed; "
                                      f"GET the run's snapshot and continue from its seq")
-        # a cursor at or past the end has nothing to read (and one past 2**63 - 1 would
-        # overflow SQLite's INTEGER: a 500 instead of an empty page)
-        rows = self.app.store.event_rows(run_id, after, limit) if after < last else []
         rid = orjson.dumps(run_id)
         body = b"".join((b'{"run_id":', rid, b',"first_seq":', str(first).encode(), b',"last_seq":',
                          str(last).encode(), b',"events":[',
@@ -110,8 +148,12 @@ class CommandsHandler(_Base):
             cmd = parse_command_body(body, run_id)
         except FrameError as exc:
             raise web.HTTPError(400, exc.message) from None
-        self.visible_doc(run_id)
-        ack = await self.app.submit(cmd)
+        await self.visible_doc(run_id)
+        try:
+            ack = await self.read(lambda s: submit_command(s, cmd))
+        except StoreDown as exc:
+            raise StoreDown(f"{exc.text}; the command may still be recorded when it does: send "
+                            f"it again with the same command_id (it is applied once)") from None
         status = 200 if ack["ok"] else {"unknown_run": 404, "unknown_node": 404}.get(ack.get("code"), 409)
         self.write_json({"type": "ack", **{k: v for k, v in ack.items() if v is not None}}, status)
 
@@ -127,7 +169,7 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
     """``{base_url}cmbagent/api/ws``: one per browser tab, any number of runs."""
 
     auth_resource = AUTH_RESOURCE
-    session: Session
+    conn: Optional[Connection] = None
 
     def set_default_headers(self) -> None:
         """Headers are meaningless on a 101 upgrade (as jupyter_server's kernel socket)."""
@@ -144,74 +186,52 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
         user = self.current_user
         if not await ensure_async(self.authorizer.is_authorized(self, user, "execute", self.auth_resource)):
             raise web.HTTPError(403)
+        gateway = self.extensionapp.gateway
+        if gateway.store is None:
+            raise web.HTTPError(503, "the run store is not open: %s", gateway.open_error)
         await super().get(*args, **kwargs)
 
-    def open(self, *args, **kwargs) -> None:
+    async def open(self, *args, **kwargs) -> None:
         super().open(*args, **kwargs)  # starts the keep-alive pings
         self.set_nodelay(True)
         app = self.extensionapp
         hub = app.hub
-        hub.start()
         user = self.current_user
-        self.session = Session(app.store, server_id=app.server_id,
-                               heartbeat_interval=app.heartbeat_interval,
-                               watcher=hub.watcher(self), buffer_cap=app.client_buffer_bytes,
-                               run_filter=lambda doc: app.visible(doc, user),
-                               root_dir=os.path.abspath(os.path.expanduser(app.serverapp.root_dir)))
-        self._pump_scheduled = False
-        self.session.hello()
-        self._flush()
+        session = Session(app.gateway, server_id=app.server_id,
+                          heartbeat_interval=app.heartbeat_interval, buffer_cap=app.client_buffer_bytes,
+                          run_filter=lambda doc: app.visible(doc, user),
+                          root_dir=os.path.abspath(os.path.expanduser(app.serverapp.root_dir)))
+        self.conn = conn = Connection(session, self._write_frame, self.close)
+        session.watcher = hub.watcher(conn)
+        hub.attach(conn)
+        conn.open(app.gateway.down_since)
+        # The hub's commit cursor comes before this session's first read of the log, so
+        # nothing committed after that read escapes the hub (client frames wait for it).
+        await hub.start()
 
     async def on_message(self, message) -> None:
-        session = self.session
-        session.receive(message)
-        while session.pending_commands:
-            cmd = session.pending_commands.popleft()
-            try:
-                ack = await self.extensionapp.submit(cmd)
-            except Exception:  # the store failed: refuse the command, keep the socket
-                self.log.exception("cmbagent: recording command %s failed", cmd.command_id)
-                ack = {"command_id": cmd.command_id, "ok": False, "code": "internal",
-                       "error": "the server could not record this command; see its log"}
-            session.command_done(ack)
-        self.pump()
+        await self.conn.receive(message)
 
     def on_close(self) -> None:
-        session = getattr(self, "session", None)
-        if session is not None:
-            session.close()
+        conn = self.conn
+        if conn is not None:
+            self.extensionapp.hub.detach(conn)
+            conn.close()
 
-    def pump(self, cache: Optional[RowCache] = None) -> None:
-        """Send what the session has for the client; keep going (yielding) while behind."""
-        more = self.session.pump(cache)
-        self._flush()
-        if more and not self._pump_scheduled:
-            self._pump_scheduled = True
-            IOLoop.current().add_callback(self._scheduled_pump)
+    def _write_frame(self, frame: bytes) -> None:
+        try:
+            fut = self.write_message(frame)
+        except WebSocketClosedError:
+            return  # on_close cleans up
+        size = len(frame)
+        fut.add_done_callback(lambda f: self._written(size, f))
 
-    def _scheduled_pump(self) -> None:
-        self._pump_scheduled = False
-        if self.ws_connection is not None:
-            self.pump()
-
-    def _flush(self) -> None:
-        for frame in self.session.take():
-            try:
-                fut = self.write_message(frame)
-            except WebSocketClosedError:
-                return
-            size = len(frame)
-            fut.add_done_callback(lambda f, n=size: self._written(n, f))
-
-    def _written(self, nbytes: int, fut=None) -> None:
-        if fut is not None and not fut.cancelled():
+    def _written(self, nbytes: int, fut) -> None:
+        if not fut.cancelled():
             # A write fails when the client is gone (on_close cleans up): take the error,
             # or asyncio logs "Task exception was never retrieved" for every dropped client.
             fut.exception()
-        session = self.session
-        session.written(nbytes)
-        if session.overflowed and session.in_flight <= session.buffer_cap // 4 and self.ws_connection:
-            self.pump()
+        self.conn.written(nbytes)
 
 
 def routes(base: str = "/") -> list[tuple]:

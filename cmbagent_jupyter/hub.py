@@ -1,11 +1,15 @@
 """The event hub: one tailer per store per server process, fanning out to connections.
 
 The hub watches the store's commit cursor: a store that pushes notifications
-(PostgreSQL's LISTEN/NOTIFY) wakes it, others are polled (a cheap indexed query) every
-``tail_interval``. When runs have new events it reads them once, encodes them once,
-and wakes every connection that follows those runs. Each connection then sends what
-its own cursor is missing, in as few frames as possible. The hub holds no run state:
-the log is the truth, cursors live in the sessions (and in the clients).
+(PostgreSQL's LISTEN/NOTIFY) wakes it (and it re-checks every ``recheck_interval``
+anyway, in case a notification was lost), others are polled (a cheap indexed query)
+every ``tail_interval``. When runs have new events it reads them once, encodes them
+once, and tells every connection that follows those runs. Each connection then sends
+what its own cursor is missing, in as few frames as possible. The hub holds no run
+state: the log is the truth, cursors live in the sessions (and in the clients).
+
+Every store call goes through the gateway (off the event loop), and the hub relays the
+gateway's "the store stopped answering / answers again" to every connection.
 """
 
 from __future__ import annotations
@@ -13,21 +17,29 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Optional, Protocol
+from typing import Iterable, Optional, Protocol
 
 import orjson
 
 from engine.store.base import Store, envelope_json
 
+from .gateway import StoreGateway
 from .session import MAX_EVENTS_PER_FRAME, RowCache, Session
 
 log = logging.getLogger(__name__)
 
+#: Seconds the tailer waits after a failed read before trying again.
+FAILED_POLL_RETRY_S = 1.0
+
 
 class Connection(Protocol):
+    """What the hub needs of a connection (``connection.Connection``)."""
+
     session: Session
 
-    def pump(self, cache: Optional[RowCache] = None) -> None: ...
+    def notify(self, cache: Optional[RowCache], targets: dict[str, int], docs: Iterable[dict]) -> None: ...
+
+    def store_status(self, available: bool, since: str) -> None: ...
 
 
 class _ConnWatcher:
@@ -51,35 +63,57 @@ class _ConnWatcher:
 
 
 class EventHub:
-    def __init__(self, store: Store, tail_interval: float = 0.002, reap_interval: float = 5.0,
+    def __init__(self, gateway: StoreGateway, tail_interval: float = 0.002,
+                 reap_interval: Optional[float] = 5.0, recheck_interval: float = 5.0,
                  freeze_gc: bool = False):
-        self.store = store
+        """``reap_interval``: seconds between checks for runs whose executor died (None:
+        this hub does not reap)."""
+        self.gateway = gateway
         self.freeze_gc = freeze_gc
         self.tail_interval = tail_interval
         self.reap_interval = reap_interval
+        self.recheck_interval = recheck_interval
         self.by_run: dict[str, set[Connection]] = {}
         self.run_watchers: set[Connection] = set()
+        self.connections: set[Connection] = set()
         self.cursor = 0
+        self._started: Optional[asyncio.Future] = None
         self._tasks: list[asyncio.Task] = []
         self._woken: Optional[asyncio.Event] = None
         self._unsubscribe = None
         self._stopping = False
+        gateway.add_listener(self._store_status)
 
     def watcher(self, conn: Connection) -> _ConnWatcher:
         return _ConnWatcher(self, conn)
 
-    def start(self) -> None:
-        """Start tailing (idempotent); needs a running event loop."""
-        if self._tasks:
-            return
+    def attach(self, conn: Connection) -> None:
+        """A new connection: it hears of the store's availability from now on."""
+        self.connections.add(conn)
+
+    def detach(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    def _store_status(self, available: bool, since: str) -> None:
+        for conn in list(self.connections):
+            conn.store_status(available, since)
+
+    async def start(self) -> None:
+        """Start tailing (idempotent: every caller waits until the hub has its cursor)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._begin())
+        await asyncio.shield(self._started)
+
+    async def _begin(self) -> None:
         if self.freeze_gc:
             # Everything the server holds by now lives as long as it does: move it out
             # of the collector's view. A full collection of the ~10^5 start-up objects
             # takes ~100 ms, and would stall every socket at once (the latency p99).
             gc.freeze()
         self._stopping = False
-        self.cursor = self.store.change_cursor()
-        if self.store.pushes_changes:
+        store = self.gateway.store
+        if store is not None and store.pushes_changes:
+            # Listen before reading the cursor: a commit in between wakes the tailer.
             loop = asyncio.get_running_loop()
             self._woken = asyncio.Event()
             woken = self._woken
@@ -88,82 +122,110 @@ class EventHub:
                 if kind != "cmbagent_commands":
                     loop.call_soon_threadsafe(woken.set)
 
-            self._unsubscribe = self.store.subscribe(on_change)
-        self._tasks = [asyncio.ensure_future(self._tail()), asyncio.ensure_future(self._reap())]
+            self._unsubscribe = store.subscribe(on_change)
+        while True:
+            try:
+                self.cursor = await self.gateway.call(lambda s: s.change_cursor())
+                break
+            except Exception:
+                log.exception("cmbagent hub: reading the store's commit cursor failed; retrying")
+                await asyncio.sleep(FAILED_POLL_RETRY_S)
+        self._tasks = [asyncio.ensure_future(self._tail())]
+        if self.reap_interval is not None:
+            self._tasks.append(asyncio.ensure_future(self._reap()))
 
     async def stop(self) -> None:
         self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *([self._started] if self._started else []),
+                             return_exceptions=True)
         self._tasks = []
+        self._started = None
 
     async def _tail(self) -> None:
         # The flag, not only the cancellation, ends the loop: on Python < 3.12
         # asyncio.wait_for can swallow a cancellation that races its inner wait's end.
         while not self._stopping:
             try:
-                self.poll()
-            except Exception:  # a failed read must not stop the hub; retry next tick
+                if self._woken is None:  # polled: the gateway asks until something changed
+                    await self._deliver(*await self.gateway.poll(
+                        lambda s: _changed(s, self.cursor), self.tail_interval))
+                    continue
+                await self.poll()
+            except Exception:  # a failed read must not stop the hub; retry shortly
                 log.exception("cmbagent hub: polling the store failed")
-            if self._woken is None:
-                await asyncio.sleep(self.tail_interval)
+                await asyncio.sleep(FAILED_POLL_RETRY_S)
                 continue
-            # Pushed: sleep until notified. The re-check every reap_interval bounds the
-            # delay of a notification lost with the listening connection.
+            # Pushed: sleep until notified. The re-check bounds the delay of a
+            # notification lost with the listening connection (and notices a store that
+            # stopped answering even when nothing is being written).
             try:
-                await asyncio.wait_for(self._woken.wait(), self.reap_interval)
+                await asyncio.wait_for(self._woken.wait(), self.recheck_interval)
             except asyncio.TimeoutError:
                 pass
             self._woken.clear()
 
     async def _reap(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.reap_interval)
             try:
-                await loop.run_in_executor(None, self.store.reap)
+                await self.gateway.call(lambda s: s.reap())
             except Exception:
                 log.exception("cmbagent hub: reaping lost runs failed")
 
-    def poll(self) -> None:
-        """One tick: find runs with new commits, and wake who follows them."""
-        cursor, changes = self.store.changes_since(self.cursor)
+    async def poll(self) -> None:
+        """One tick: find runs with new commits, and tell who follows them."""
+        await self._deliver(*await self.gateway.call(lambda s: s.changes_since(self.cursor)))
+
+    async def _deliver(self, cursor: int, changes: dict[str, int]) -> None:
         if not changes:
             return
         self.cursor = cursor
-        cache = RowCache()
-        woken: set[Connection] = set()
+        # What to read, decided here (the sessions' cursors live on this loop), read in
+        # one call off it: the events the followers miss, the documents run lists show.
+        wanted: dict[str, tuple[int, int]] = {}
         for run_id, last_seq in changes.items():
-            conns = self.by_run.get(run_id)
-            if not conns:
-                continue
-            subs = [c.session.subs[run_id] for c in conns if run_id in c.session.subs]
-            if subs:
-                after = min(s.cursor for s in subs)
-                if last_seq - after <= MAX_EVENTS_PER_FRAME:  # far-behind readers read for themselves
-                    rows = self.store.event_rows(run_id, after, last_seq - after)
-                    if rows:
-                        rid = orjson.dumps(run_id)
-                        cache.put(run_id, rows[0][0], [envelope_json(rid, r) for r in rows])
-            for conn in conns:
-                conn.session.notify(run_id, last_seq)
-                woken.add(conn)
-        if self.run_watchers:
-            docs = []
-            for run_id in changes:
-                try:
-                    docs.append(self.store.run_doc(run_id))
-                except KeyError:
-                    continue
-            for conn in self.run_watchers:
-                conn.session.notify_runs(docs)
-                woken.add(conn)
-        for conn in woken:
-            try:
-                conn.pump(cache)
-            except Exception:  # one connection's failure must not starve the others
-                log.exception("cmbagent hub: delivering to a connection failed")
+            cursors = [c for c in (conn.session.cursor(run_id) for conn in self.by_run.get(run_id, ()))
+                       if c is not None]
+            # far-behind readers read for themselves
+            if cursors and last_seq - min(cursors) <= MAX_EVENTS_PER_FRAME:
+                wanted[run_id] = (min(cursors), last_seq - min(cursors))
+        doc_ids = list(changes) if self.run_watchers else []
+        rows, docs = await self.gateway.call(lambda s: _read(s, wanted, doc_ids))
+        cache = RowCache()
+        for run_id, got in rows.items():
+            if got:
+                rid = orjson.dumps(run_id)
+                cache.put(run_id, got[0][0], [envelope_json(rid, r) for r in got])
+        targets: dict[Connection, dict[str, int]] = {}
+        for run_id, last_seq in changes.items():
+            for conn in self.by_run.get(run_id, ()):
+                targets.setdefault(conn, {})[run_id] = last_seq
+        watchers = self.run_watchers if docs else set()
+        for conn in set(targets) | watchers:
+            conn.notify(cache, targets.get(conn, {}), docs if conn in watchers else ())
+
+
+def _changed(store: Store, cursor: int) -> Optional[tuple[int, dict[str, int]]]:
+    """In a pool thread: ``changes_since(cursor)``, or None if nothing changed."""
+    cursor, changes = store.changes_since(cursor)
+    return (cursor, changes) if changes else None
+
+
+def _read(store: Store, wanted: dict[str, tuple[int, int]], doc_ids: list[str]):
+    """In a pool thread: the rows of ``wanted`` (run_id -> (after, limit)) and the documents
+    of ``doc_ids`` (runs deleted meanwhile left out)."""
+    rows = {run_id: store.event_rows(run_id, after, limit) for run_id, (after, limit) in wanted.items()}
+    docs = []
+    for run_id in doc_ids:
+        try:
+            docs.append(store.run_doc(run_id))
+        except KeyError:  # deleted meanwhile (UnknownRun)
+            continue
+    return rows, docs

@@ -110,8 +110,22 @@ class Unsubscribed(_Msg):
     run_id: Optional[str] = Field(None, description="The run; absent for the run list")
 
 
+class StoreStatus(_Msg):
+    """The run store stopped answering, or answers again (sent to every connection, and
+    after hello while it does not answer). Meanwhile the socket stays open, pings are
+    answered, and whatever needs the store waits; it all catches up, exactly, once the
+    store answers."""
+
+    type: Literal["store_status"] = "store_status"
+    available: bool = Field(description="False: a store call has been waiting longer than the "
+                                        "server's store_unavailable_after")
+    since: str = Field(description="When the store stopped answering (available false) or "
+                                   "answered again (true): ISO 8601 UTC")
+
+
 ServerMessage = Annotated[
-    Union[Hello, SnapshotMsg, EventsMsg, Reset, Runs, RunChanged, Ack, Pong, Error, Unsubscribed],
+    Union[Hello, SnapshotMsg, EventsMsg, Reset, Runs, RunChanged, Ack, Pong, Error, Unsubscribed,
+          StoreStatus],
     Field(discriminator="type"),
 ]
 

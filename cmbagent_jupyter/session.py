@@ -1,8 +1,15 @@
 """The protocol core of one WebSocket connection, without I/O.
 
-A ``Session`` takes client frames in (``receive``), hears from the hub that runs
-have new events (``notify``), and produces server frames (``take``). It reads the
-store but never touches a socket, so tests drive it directly. The rules it keeps:
+A ``Session`` takes client frames in (``receive``), hears from the hub that runs have
+new events (``notify``, ``notify_runs``) and whether the store answers
+(``store_status``), and produces server frames (``take``). It never touches a socket.
+It reads the store through a gateway (``await gateway.call(fn)`` runs ``fn(store)``), so
+the operations that read (``receive``, ``pump``) are coroutines: the server's gateway runs
+the reads off the event loop, tests give one that answers at once. One operation at a
+time, and ``notify`` / ``notify_runs`` only between operations: the caller
+(``connection.Connection``) keeps that order, so news never lands inside an operation.
+
+The rules it keeps:
 
 - per subscribed run a cursor, the last seq sent; events go out as ``(cursor, target]``
   read from the log, in order, many per frame: nothing lost, nothing sent twice;
@@ -10,6 +17,16 @@ store but never touches a socket, so tests drive it directly. The rules it keeps
   committed meanwhile triggers a later delivery rather than falling in between;
 - a cursor that cannot be honoured (trimmed, ahead of the log, malformed, or a client
   too slow to keep its buffer bounded) gets ``reset`` and a snapshot, never a gap;
+- every frame counts against the client's buffer (``buffer_cap``: bytes queued or handed
+  to the socket and not yet written out). A frame a reset + snapshot replaces (events,
+  snapshots, resets, run lists) that would pass the cap is dropped, and so is every
+  such frame until the socket has drained; then each subscription that fell behind
+  restarts with ``reset`` + snapshot, the run list is sent whole and each snapshot asked
+  for meanwhile is sent once. Nothing is built for a client past its cap: a flood of
+  ``request_state`` costs nothing but the requests.
+  Replies (pong, ack, error, ...) are never dropped; a client whose unread replies
+  exceed a quarter of the cap (64 KiB at least) is closed (``close_request``), with the
+  reason. Memory per client: the cap (or one larger frame), plus that quarter;
 - every client frame gets an answer; bad frames get an ``error`` and change nothing.
 """
 
@@ -17,8 +34,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Awaitable, Callable, Iterator, Optional, Protocol, TypeVar
 
 import orjson
 
@@ -34,6 +52,18 @@ log = logging.getLogger(__name__)
 MAX_EVENTS_PER_FRAME = 5000
 #: Events read from the log per ``pump`` call at most (keeps the event loop responsive).
 PUMP_BUDGET = 20000
+#: The WebSocket close code for a client that reads too slowly even for its replies.
+CLOSE_TOO_SLOW = 1008
+#: Unread replies a client may have at least, whatever its buffer cap (~800 pongs).
+MIN_REPLY_ROOM = 64 * 1024
+
+T = TypeVar("T")
+
+
+class Gateway(Protocol):
+    """How a session reaches the store (``gateway.StoreGateway`` in the server)."""
+
+    def call(self, fn: Callable[[Store], T]) -> Awaitable[T]: ...
 
 
 class Watcher(Protocol):
@@ -55,6 +85,10 @@ class _NoWatcher:
 
     def watch_runs(self, on: bool) -> None:
         pass
+
+
+class _Closed(Exception):
+    """The connection closed while an operation waited for the store."""
 
 
 @dataclass
@@ -84,11 +118,16 @@ class RowCache:
         return encoded[after + 1 - first: upto + 1 - first]
 
 
+def submit_command(store: Store, cmd: Command) -> dict:
+    """Record ``cmd`` in the store; its ack (the same for the same ``command_id``)."""
+    return store.submit_command(cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id)
+
+
 class Session:
-    def __init__(self, store: Store, *, server_id: str, heartbeat_interval: float,
+    def __init__(self, gateway: Gateway, *, server_id: str, heartbeat_interval: float,
                  watcher: Optional[Watcher] = None, buffer_cap: int = 16 * 2**20,
                  run_filter=None, root_dir: Optional[str] = None):
-        self.store = store
+        self.gateway = gateway
         self.root_dir = root_dir
         self.server_id = server_id
         self.heartbeat_interval = heartbeat_interval
@@ -98,35 +137,84 @@ class Session:
         self.run_filter = run_filter
         self.subs: dict[str, _Sub] = {}
         self.watching_runs = False
-        self.pending_commands: deque[Command] = deque()
         self.in_flight = 0  # bytes handed to the socket, not yet written out
         self.overflowed = False
+        #: (code, reason) once the client is too slow even for its replies: close it.
+        self.close_request: Optional[tuple[int, str]] = None
+        self.closed = False
+        self.store_down = False  # the store stopped answering (store_status)
+        self._watched: set[str] = set()  # runs the hub was told to watch for this session
         self._runs_stale = False  # the run list changed while overflowed
+        self._owed: set[str] = set()  # snapshots asked for (not subscribed) while overflowed
         self._runs_sent: dict[str, bytes] = {}  # the last version of each run the client has
-        self._out: deque[tuple[bytes, bool]] = deque()  # (frame, is_events)
+        self._out: deque[tuple[bytes, bool]] = deque()  # (frame, is a reply)
         self._queued = 0
+        self._flight: deque[list] = deque()  # [bytes not yet written, is a reply] per frame taken
+        self._replies_unread = 0  # bytes of replies queued or in flight
+        self._busy = False
 
     # -- output ------------------------------------------------------------------------
 
-    def _send(self, frame: dict | bytes, events: bool = False) -> None:
-        data = frame if isinstance(frame, bytes) else orjson.dumps(frame)
-        self._out.append((data, events))
-        self._queued += len(data)
+    def _send(self, frame: dict | bytes, droppable: Optional[tuple[str, Optional[str]]] = None) -> bool:
+        """Queue a frame; False if it was dropped (the client is past its buffer cap).
+
+        ``droppable``: (kind, run_id) of a frame a reset + snapshot or a new run list
+        replaces; such a frame is dropped (and owed) rather than exceed the cap."""
+        return self._send_all([frame if isinstance(frame, bytes) else orjson.dumps(frame)], droppable)
+
+    def _send_all(self, parts: list[bytes], droppable: Optional[tuple[str, Optional[str]]]) -> bool:
+        """Queue frames that go together (a reset and its snapshot), or none of them."""
+        if self.close_request is not None:
+            return False
+        size = sum(len(p) for p in parts)
+        unread = self.in_flight + self._queued
+        if droppable is not None:
+            # What an idle socket is given always goes: it could not go otherwise.
+            if self.overflowed or (unread and unread + size > self.buffer_cap):
+                if not self.overflowed:
+                    self._overflow()
+                self._owe(droppable)
+                return False
+        else:
+            if self._replies_unread + size > max(MIN_REPLY_ROOM, self.buffer_cap // 4):
+                self._too_slow(self._replies_unread + size)
+                return False
+            self._replies_unread += size
+        for data in parts:
+            self._out.append((data, droppable is None))
+        self._queued += size
+        return True
 
     def take(self) -> list[bytes]:
         """Frames to write now, in order. Their bytes count as in flight until ``written``."""
-        frames = [f for f, _ in self._out]
+        frames = []
+        for data, reply in self._out:
+            frames.append(data)
+            self._flight.append([len(data), reply])
         self._out.clear()
         self.in_flight += self._queued
         self._queued = 0
         return frames
 
-    def written(self, nbytes: int) -> None:
-        """The socket finished writing ``nbytes`` of what ``take`` returned."""
+    def written(self, nbytes: int) -> bool:
+        """The socket finished writing ``nbytes`` of what ``take`` returned. True when that
+        drained an overflowed client: ``pump`` now restarts its subscriptions."""
         self.in_flight -= nbytes
+        while nbytes > 0 and self._flight:  # sockets write frames in order
+            head = self._flight[0]
+            done = min(nbytes, head[0])
+            head[0] -= done
+            nbytes -= done
+            if head[1]:
+                self._replies_unread -= done
+            if not head[0]:
+                self._flight.popleft()
+        return self.overflowed and self.in_flight <= self.buffer_cap // 4
 
-    def has_output(self) -> bool:
-        return bool(self._out)
+    def cursor(self, run_id: str) -> Optional[int]:
+        """The last seq sent for a subscribed run (None if not subscribed)."""
+        sub = self.subs.get(run_id)
+        return None if sub is None else sub.cursor
 
     # -- input -----------------------------------------------------------------------------
 
@@ -137,86 +225,149 @@ class Session:
             hello["root_dir"] = self.root_dir
         self._send(hello)
 
-    def receive(self, raw: str | bytes) -> None:
-        """Handle one client frame; its answer is queued (commands: see ``pending_commands``)."""
+    def store_status(self, available: bool, since: str) -> None:
+        """The store stopped answering (or answers again) since ``since``: tell the client."""
+        self.store_down = not available
+        self._send({"type": "store_status", "available": available, "since": since})
+
+    def answer_now(self, raw: str | bytes) -> bool:
+        """While the store does not answer, a ping is answered at once, ahead of frames
+        waiting for the store: its pong says the server is alive. True if it was."""
+        if not self.store_down:
+            return False
         try:
             msg = parse_client_frame(raw)
-            getattr(self, f"_on_{msg.type}")(msg)
-        except FrameError as exc:
-            self._send(exc.frame())
-        except Exception:  # a bug must not cost the client its socket (tornado would abort it)
-            log.exception("cmbagent session: handling a client frame failed")
-            self._send({"type": "error", "code": "internal",
-                        "message": "the server failed to handle this frame; see its log"})
+        except FrameError:
+            return False  # answered in its turn
+        if msg.type != "ping":
+            return False
+        self._pong(msg)
+        return True
 
-    def _on_ping(self, msg) -> None:
+    async def receive(self, raw: str | bytes) -> None:
+        """Handle one client frame; its answer is queued."""
+        with self._operation():
+            try:
+                msg = parse_client_frame(raw)
+                await getattr(self, f"_on_{msg.type}")(msg)
+            except FrameError as exc:
+                self._send(exc.frame())
+            except _Closed:
+                pass
+            except Exception:  # a bug must not cost the client its socket (tornado would abort it)
+                log.exception("cmbagent session: handling a client frame failed")
+                self._send({"type": "error", "code": "internal",
+                            "message": "the server failed to handle this frame; see its log"})
+
+    @contextmanager
+    def _operation(self) -> Iterator[None]:
+        if self._busy:
+            raise RuntimeError("a Session runs one operation at a time")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    async def _read(self, fn: Callable[[Store], T]) -> T:
+        result = await self.gateway.call(fn)
+        if self.closed:  # nothing of a closed session may change after this
+            raise _Closed()
+        return result
+
+    async def _on_ping(self, msg) -> None:
+        self._pong(msg)
+
+    def _pong(self, msg) -> None:
         self._send({"type": "pong", "id": msg.id, "server_time": now_iso()})
 
-    def _on_subscribe(self, msg) -> None:
+    async def _on_subscribe(self, msg) -> None:
         run_id = msg.run_id
-        self.watcher.watch(run_id)  # live first: nothing can fall between backlog and live
+        self._watch(run_id)  # live first: nothing can fall between backlog and live
         try:
-            self._check_visible(run_id, msg)
-            first, last = self.store.bounds(run_id)
-        except FrameError:
+            await self._check_visible(run_id, msg)
+            first, last = await self._read(lambda s: s.bounds(run_id))
+        except BaseException:  # any failure (a closed socket too) leaves no watch behind
             if run_id not in self.subs:
-                self.watcher.unwatch(run_id)
+                self._unwatch(run_id)
             raise
+        prior = self.subs.get(run_id)
+        if prior is not None:  # a resubscribe: what the hub announced still holds
+            last = max(last, prior.target)
         after = msg.after_seq
         if after is None:
             self.subs[run_id] = _Sub(0, last)
-            self._send_snapshot(run_id)
+            await self._send_snapshot(run_id)
             return
         reason = ("malformed" if after == "malformed" else "ahead" if after > last
                   else "trimmed" if after < first - 1 else None)
         self.subs[run_id] = sub = _Sub(after if reason is None else 0, last, reason)
-        if reason is None and after == last:  # nothing to replay: say so
-            self._send(self._events_frame(run_id, []), events=True)
+        if reason is None and after == last:  # nothing to replay: say so (a reply: never dropped)
+            self._send(self._events_frame(run_id, []))
         elif reason is not None:
-            self._restart(run_id, sub)
+            await self._restart(run_id, sub)
 
-    def _on_unsubscribe(self, msg) -> None:
+    async def _on_unsubscribe(self, msg) -> None:
         if self.subs.pop(msg.run_id, None) is not None:
-            self.watcher.unwatch(msg.run_id)
+            self._unwatch(msg.run_id)
         self._send({"type": "unsubscribed", "run_id": msg.run_id})
 
-    def _on_subscribe_runs(self, msg) -> None:
+    async def _on_subscribe_runs(self, msg) -> None:
         self.watching_runs = True
         self.watcher.watch_runs(True)
-        self._send_runs()
+        await self._send_runs()
 
-    def _send_runs(self) -> None:
-        runs = [r for r in self.store.runs() if self._visible(r)]
+    async def _send_runs(self) -> None:
+        if self.overflowed:
+            self._runs_stale = True
+            return
+        runs = [r for r in await self._read(lambda s: s.runs()) if self._visible(r)]
         self._runs_sent = {r["id"]: orjson.dumps(r) for r in runs}
-        self._send(b'{"type":"runs","runs":' + orjson.dumps(runs) + b"}")
+        self._send(b'{"type":"runs","runs":' + orjson.dumps(runs) + b"}", ("runs", None))
 
-    def _on_unsubscribe_runs(self, msg) -> None:
+    async def _on_unsubscribe_runs(self, msg) -> None:
         if self.watching_runs:
             self.watching_runs = False
             self.watcher.watch_runs(False)
         self._send({"type": "unsubscribed"})
 
-    def _on_request_state(self, msg) -> None:
-        self._check_visible(msg.run_id, msg)
-        self._send_snapshot(msg.run_id)
+    async def _on_request_state(self, msg) -> None:
+        await self._check_visible(msg.run_id, msg)
+        await self._send_snapshot(msg.run_id)
 
-    def _on_command(self, msg: Command) -> None:
-        self._check_visible(msg.run_id, msg)
-        self.pending_commands.append(msg)
-
-    def command_done(self, ack: dict) -> None:
-        """The store's answer to a command from ``pending_commands``."""
+    async def _on_command(self, msg: Command) -> None:
+        await self._check_visible(msg.run_id, msg)
+        try:
+            ack = await self._read(lambda s: submit_command(s, msg))
+        except _Closed:
+            raise
+        except Exception:  # the store failed: refuse the command, keep the socket
+            log.exception("cmbagent: recording command %s failed", msg.command_id)
+            ack = {"command_id": msg.command_id, "ok": False, "code": "internal",
+                   "error": "the server could not record this command; see its log"}
         self._send({"type": "ack", **{k: v for k, v in ack.items() if v is not None}})
+
+    # -- the hub ---------------------------------------------------------------------------
+
+    def _watch(self, run_id: str) -> None:
+        if not self.closed:
+            self._watched.add(run_id)
+            self.watcher.watch(run_id)
+
+    def _unwatch(self, run_id: str) -> None:
+        if run_id in self._watched:
+            self._watched.discard(run_id)
+            self.watcher.unwatch(run_id)
 
     # -- visibility ---------------------------------------------------------------------------
 
     def _visible(self, run_doc: dict) -> bool:
         return self.run_filter is None or self.run_filter(run_doc)
 
-    def _check_visible(self, run_id: str, msg) -> None:
+    async def _check_visible(self, run_id: str, msg) -> None:
         """Unknown runs and runs this client may not see get the same error."""
         try:
-            doc = self.store.run_doc(run_id)
+            doc = await self._read(lambda s: s.run_doc(run_id))
         except UnknownRun:
             doc = None
         if doc is None or not self._visible(doc):
@@ -245,53 +396,67 @@ class Session:
                 if self._runs_sent.get(doc["id"]) == encoded:
                     continue
                 self._runs_sent[doc["id"]] = encoded
-                self._send(b'{"type":"run_changed","run":' + encoded + b"}", events=True)
+                if not self._send(b'{"type":"run_changed","run":' + encoded + b"}", ("runs", None)):
+                    return  # overflowed: the whole list follows the drain
 
     def behind(self) -> bool:
         """True while some subscription has events (or a reset) still to send."""
         return any(s.cursor < s.target or s.reset for s in self.subs.values())
 
-    def pump(self, cache: Optional[RowCache] = None, budget: int = PUMP_BUDGET) -> bool:
+    async def pump(self, cache: Optional[RowCache] = None, budget: int = PUMP_BUDGET) -> bool:
         """Queue the events each subscription is missing; True if more work remains."""
+        with self._operation():
+            try:
+                return await self._pump(cache, budget)
+            except _Closed:
+                return False
+
+    async def _pump(self, cache: Optional[RowCache], budget: int) -> bool:
         if self.overflowed:
             if self.in_flight > self.buffer_cap // 4:
                 return False  # wait for the socket to drain
             self.overflowed = False
             if self._runs_stale:
                 self._runs_stale = False
-                self._send_runs()
-        for run_id, sub in list(self.subs.items()):
-            if budget <= 0:
+                await self._send_runs()
+            owed, self._owed = self._owed - set(self.subs), set()
+            for run_id in sorted(owed):  # (owed again if the client overflows again)
+                await self._send_snapshot_or_error(run_id)
+        # Restarts first: a subscription that had to wait for the drain goes before those
+        # that got through last time (none of them starves the others).
+        for run_id, sub in sorted(self.subs.items(), key=lambda item: item[1].reset is None):
+            if budget <= 0 or self.overflowed:
                 break
+            if self.subs.get(run_id) is not sub:
+                continue  # gone while an earlier run was read (the socket closed)
             if sub.reset:
-                self._restart(run_id, sub)
+                await self._restart(run_id, sub)
                 continue
             while sub.cursor < sub.target and budget > 0:
                 upto = min(sub.target, sub.cursor + min(budget, MAX_EVENTS_PER_FRAME))
-                got = self._frame_for(run_id, sub, upto, cache)
+                got = await self._frame_for(run_id, sub, upto, cache)
                 if got is None:
                     break  # reset queued instead
                 frame, upto = got  # upto: the last seq the frame really holds
+                if not self._send(frame, ("events", run_id)):
+                    return False  # overflowed: it restarts (reset + snapshot) once drained
                 budget -= upto - sub.cursor
                 sub.cursor = upto
-                self._send(frame, events=True)
-                if self.in_flight + self._queued > self.buffer_cap:
-                    self._overflow()
-                    return False
-        return self.behind()
+        return not self.overflowed and self.behind()
 
-    def _frame_for(self, run_id: str, sub: _Sub, upto: int,
-                   cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
+    async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
+                         cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
         """The events frame for ``(cursor, upto]`` and the seq it really ends at."""
         key = (run_id, sub.cursor, upto)
         if cache is not None and key in cache.frames:
             return cache.frames[key], upto
         rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
         if rows is None:
-            raw = self.store.event_rows(run_id, sub.cursor, upto - sub.cursor)
+            after = sub.cursor
+            raw = await self._read(lambda s: s.event_rows(run_id, after, upto - after))
             if not raw or raw[0][0] != sub.cursor + 1:  # trimmed under our feet
                 sub.reset = "trimmed"
-                self._restart(run_id, sub)
+                await self._restart(run_id, sub)
                 return None
             rid = orjson.dumps(run_id)
             rows = [envelope_json(rid, r) for r in raw]
@@ -308,34 +473,78 @@ class Session:
                          b",".join(rows), b"]}"))
 
     def _overflow(self) -> None:
-        """The client cannot keep up: drop its queued events; it gets a reset once drained."""
-        kept = deque((f, e) for f, e in self._out if not e)
-        self._queued = sum(len(f) for f, _ in kept)
-        self._out = kept
+        """The client cannot keep up: from now until the socket has drained, what a reset +
+        snapshot (or the run list) replaces is not sent (nor built). What was queued within
+        the cap still goes; each subscription then restarts."""
         self.overflowed = True
-        self._runs_stale = self.watching_runs
         for sub in self.subs.values():
-            sub.reset = "slow_consumer"
+            if sub.cursor < sub.target:  # fallen behind: a snapshot beats a long replay
+                sub.reset = "slow_consumer"
 
-    def _restart(self, run_id: str, sub: _Sub) -> None:
-        self._send({"type": "reset", "run_id": run_id, "reason": sub.reset})
-        sub.reset = None
-        self._send_snapshot(run_id)
+    def _owe(self, dropped: tuple[str, Optional[str]]) -> None:
+        """Remember what a dropped frame replaces, to send once the socket has drained."""
+        kind, run_id = dropped
+        if kind == "runs":
+            self._runs_stale = self.watching_runs
+        elif kind == "snapshot":
+            sub = self.subs.get(run_id)
+            if sub is None:
+                self._owed.add(run_id)
+            elif sub.reset is None:
+                sub.reset = "slow_consumer"
+        # (dropped events: their subscription is behind, and _overflow marked it)
 
-    def _send_snapshot(self, run_id: str) -> None:
+    def _too_slow(self, unread: int) -> None:
+        """Even the replies exceed the client's buffer: the connection is to be closed."""
+        limit = max(MIN_REPLY_ROOM, self.buffer_cap // 4)
+        log.warning("cmbagent session: closing a client that left %d bytes of replies unread "
+                    "(limit %d)", unread, limit)
+        self.close_request = (CLOSE_TOO_SLOW, f"client too slow: {unread} bytes of replies "
+                                              f"unread (limit {limit} bytes)")
+        self._out.clear()
+        self._queued = 0
+
+    async def _restart(self, run_id: str, sub: _Sub) -> None:
+        """``reset`` (sub.reset is its reason) and a snapshot: both or neither."""
+        await self._send_snapshot_or_error(run_id, sub.reset)
+
+    async def _send_snapshot_or_error(self, run_id: str, reset: Optional[str] = None) -> None:
+        """A snapshot owed without a request to answer: a run deleted meanwhile ends its
+        subscription with an error."""
         try:
-            snap = self.store.snapshot(run_id)
+            await self._send_snapshot(run_id, reset)
+        except FrameError as exc:
+            if self.subs.pop(run_id, None) is not None:
+                self._unwatch(run_id)
+            self._send(exc.frame())
+
+    async def _send_snapshot(self, run_id: str, reset: Optional[str] = None) -> None:
+        """The run's snapshot (after a ``reset`` with that reason, if given). Past the
+        buffer cap it is not even built: it is owed (a subscription restarts anyway)."""
+        if self.overflowed:
+            self._owe(("snapshot", run_id))
+            return
+        try:
+            snap = await self._read(lambda s: s.snapshot(run_id))
         except UnknownRun:
             raise FrameError("unknown_run", f"unknown run {run_id!r}", run_id) from None
+        parts = [b'{"type":"snapshot",' + orjson.dumps(snap)[1:]]
+        if reset is not None:
+            parts.insert(0, orjson.dumps({"type": "reset", "run_id": run_id, "reason": reset}))
+        if not self._send_all(parts, ("snapshot", run_id)):
+            return  # dropped: owed, or the subscription restarts once drained
         sub = self.subs.get(run_id)
         if sub is not None:
+            sub.reset = None
             sub.cursor = snap["seq"]
             sub.target = max(sub.target, snap["seq"])
-        self._send(b'{"type":"snapshot",' + orjson.dumps(snap)[1:])
 
     def close(self) -> None:
-        for run_id in self.subs:
-            self.watcher.unwatch(run_id)
+        """The connection is gone: leave the hub; an operation still waiting ends quietly."""
+        self.closed = True
+        for run_id in list(self._watched):
+            self._unwatch(run_id)
         if self.watching_runs:
+            self.watching_runs = False
             self.watcher.watch_runs(False)
         self.subs.clear()

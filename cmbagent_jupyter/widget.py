@@ -3,11 +3,14 @@
 The front end (``static/widget.js``, built from ``labextension/src``) talks to the
 server extension's WebSocket. Where no server extension serves the page (VS Code,
 Colab), it asks the kernel instead, over the widget's comm: the kernel then speaks
-the same protocol, through the same ``Session`` the server uses.
+the same protocol, through the same ``Session``, ``Connection`` and hub the server uses,
+on a thread and event loop of their own, so the kernel never waits on the store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Optional
@@ -19,7 +22,12 @@ import traitlets
 import engine
 from engine.store.base import Store
 
+from .connection import Connection
+from .gateway import StoreGateway
+from .hub import EventHub
 from .session import Session
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 #: How often the kernel-side stream looks for new events (comm fallback only).
@@ -45,66 +53,82 @@ class RunWidget(anywidget.AnyWidget):
         store.run_doc(run_id)  # unknown runs fail here, clearly
         super().__init__(run_id=run_id, **kwargs)
         self._store = store
-        self._comm_session: Optional[Session] = None
-        self._comm_lock = threading.Lock()
-        self._comm_thread: Optional[threading.Thread] = None
-        self._closed = threading.Event()
-        self._woken = threading.Event()
+        self._link: Optional[_CommLink] = None
         self.on_msg(self._on_frame)
 
     # -- the comm fallback ----------------------------------------------------------------
 
     def _on_frame(self, _widget, content, _buffers) -> None:
-        with self._comm_lock:
-            if self._comm_session is None:
-                self._comm_session = Session(self._store, server_id="kernel", heartbeat_interval=0)
-            session = self._comm_session
-            session.receive(orjson.dumps(content))
-            while session.pending_commands:
-                cmd = session.pending_commands.popleft()
-                session.command_done(self._store.submit_command(
-                    cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id))
-            self._pump()
-        if self._comm_thread is None:
-            self._comm_thread = threading.Thread(target=self._stream, daemon=True,
-                                                 name=f"cmbagent-widget-{self.run_id[:8]}")
-            self._comm_thread.start()
-
-    def _pump(self) -> None:
-        session = self._comm_session
-        while True:
-            more = session.pump()
-            for frame in session.take():
-                session.written(len(frame))
-                self.send(orjson.loads(frame))
-            if not more:
-                return
-
-    def _stream(self) -> None:
-        # A store that pushes notifications wakes this thread; others are polled.
-        woken = self._woken
-        unsubscribe = self._store.subscribe(
-            lambda kind, run_id: woken.set() if kind != "cmbagent_commands" else None)
-        idle = COMM_RESYNC_S if self._store.pushes_changes else COMM_POLL_S
-        try:
-            cursor = self._store.change_cursor()
-            while not self._closed.is_set():
-                woken.wait(idle)
-                woken.clear()
-                cursor, changes = self._store.changes_since(cursor)
-                if not changes or self._closed.is_set():
-                    continue
-                with self._comm_lock:
-                    for run_id, last in changes.items():
-                        self._comm_session.notify(run_id, last)
-                    self._pump()
-        finally:
-            unsubscribe()
+        if self._link is None:
+            self._link = _CommLink(self, self._store)
+        self._link.receive(orjson.dumps(content))
 
     def close(self) -> None:
-        self._closed.set()
-        self._woken.set()
+        if self._link is not None:
+            self._link.close()
+            self._link = None
         super().close()
 
     def __repr__(self) -> str:
         return f"RunWidget(run_id={self.run_id!r})"
+
+
+class _CommLink:
+    """The kernel side of one widget's comm: a thread running an event loop with a hub
+    (tailing the store) and the connection of the widget's session. Frames from the comm
+    are handed over to that loop in order; the kernel's thread never waits."""
+
+    def __init__(self, widget: RunWidget, store: Store):
+        self.widget = widget
+        self.loop = asyncio.new_event_loop()
+        name = f"cmbagent-widget-{widget.run_id[:8]}"
+        self.gateway = StoreGateway(store, threads=1, name=name)
+        ready = threading.Event()
+        threading.Thread(target=self._main, args=(ready,), daemon=True, name=name).start()
+        ready.wait()  # the loop runs (nothing here waits on the store)
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._start, ready)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def _start(self, ready: threading.Event) -> None:
+        self.hub = EventHub(self.gateway, tail_interval=COMM_POLL_S, reap_interval=None,
+                            recheck_interval=COMM_RESYNC_S)
+        session = Session(self.gateway, server_id="kernel", heartbeat_interval=0)
+        self.conn = Connection(session, self._write, self._refuse)
+        session.watcher = self.hub.watcher(self.conn)
+        self.hub.attach(self.conn)
+        self.conn.open(self.gateway.down_since)
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.serving = asyncio.ensure_future(self._serve())
+        ready.set()
+
+    async def _serve(self) -> None:
+        await self.hub.start()  # the hub's cursor before the session's first read of the log
+        while True:
+            await self.conn.receive(await self.inbox.get())
+
+    def _write(self, frame: bytes) -> None:
+        self.widget.send(orjson.loads(frame))
+        self.conn.written(len(frame))  # the comm takes it whole, at once
+
+    def _refuse(self, code: int, reason: str) -> None:
+        log.warning("cmbagent widget: the comm session asked to close (%s: %s)", code, reason)
+
+    def receive(self, raw: bytes) -> None:
+        """From the kernel's thread: a client frame, handled in order on the link's loop."""
+        self.loop.call_soon_threadsafe(self.inbox.put_nowait, raw)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop)
+
+    async def _stop(self) -> None:
+        self.serving.cancel()
+        self.conn.close()
+        await self.hub.stop()
+        self.gateway.close()
+        self.loop.stop()

@@ -46,6 +46,18 @@ def pg_server() -> PgServer:
     return server
 
 
+@pytest.fixture(scope="module")
+def own_pg_cluster():
+    """A throwaway PostgreSQL cluster for this test module alone: for tests that freeze
+    the database (``PgServer.frozen``), never the session's shared server."""
+    try:
+        server = PgServer.throwaway()
+    except Unavailable as exc:
+        skip_or_fail(f"PostgreSQL unavailable ({exc}). {HOW_TO_ENABLE}")
+    yield server
+    server.stop()
+
+
 _used_databases: list[str] = []
 
 
@@ -76,6 +88,18 @@ def pg_url():
 def pytest_sessionfinish(session):
     if isinstance(_pg.get("server"), PgServer):
         _drop_used_databases()
+
+
+@pytest.fixture
+def jp_serverapp(jp_serverapp, jp_asyncio_loop):
+    """pytest-jupyter's server, whose cmbagent extension stops (its store calls ended)
+    before the test's store is closed: pytest-jupyter stops the server only after every
+    other fixture, and a store call still running in the extension's thread pool while
+    another thread closes the SQLite store would crash the process."""
+    yield jp_serverapp
+    ext = jp_serverapp.web_app.settings.get("cmbagent_jupyter")
+    if ext is not None:
+        jp_asyncio_loop.run_until_complete(ext.stop_extension())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 HOW_TO_ENABLE = ("PostgreSQL tests need a PostgreSQL server: install PostgreSQL (Debian: "
                  "apt-get install postgresql; its initdb is used to start a throwaway cluster) "

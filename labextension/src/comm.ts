@@ -18,6 +18,8 @@ export class CommTransport implements Transport {
   readonly kind = 'comm' as const;
   private readonly followers = new Map<string, { f: RunFollower; listeners: Set<RunListener> }>();
   private readonly pending = new Map<string, (ack: Ack) => void>();
+  private readonly infoListeners = new Set<(info: ConnectionInfo) => void>();
+  private storeDownSince: string | undefined;
   private readonly handler = (msg: any) => this.onFrame(msg as ServerMessage);
 
   constructor(private readonly model: CommModel) {
@@ -25,11 +27,12 @@ export class CommTransport implements Transport {
   }
 
   info(): ConnectionInfo {
-    return { state: 'live' };
+    return this.storeDownSince ? { state: 'live', storeDownSince: this.storeDownSince } : { state: 'live' };
   }
 
-  onInfo(): () => void {
-    return () => undefined;
+  onInfo(cb: (info: ConnectionInfo) => void): () => void {
+    this.infoListeners.add(cb);
+    return () => this.infoListeners.delete(cb);
   }
 
   follow(runId: string, listener: RunListener): () => void {
@@ -60,6 +63,11 @@ export class CommTransport implements Transport {
       const entry = this.followers.get(msg.ref);
       const u = update(entry?.f.state ?? null, { error: { code: msg.code, message: msg.message } });
       for (const cb of entry?.listeners ?? []) cb(u);
+      return;
+    }
+    if (msg.type === 'store_status') {
+      this.storeDownSince = msg.available ? undefined : msg.since;
+      for (const cb of this.infoListeners) cb(this.info());
       return;
     }
     if (msg.type === 'ack') {

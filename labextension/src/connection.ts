@@ -14,6 +14,12 @@ export interface ConnectionInfo {
   retryInMs?: number;
   /** Why the last connection closed, if it did. */
   lastError?: string;
+  /**
+   * While live: set (ISO time) when the server says its run store has not answered since
+   * then (a store_status frame). The socket stays open; what needs the store waits and
+   * catches up exactly once it answers.
+   */
+  storeDownSince?: string;
 }
 
 export type RunListener = (u: Update) => void;
@@ -84,6 +90,7 @@ export class Connection implements Transport {
   rootDir: string | null = null;
   private state: ConnectionState = 'connecting';
   private lastError: string | undefined;
+  private storeDownSince: string | undefined;
   private readonly infoListeners = new Set<(i: ConnectionInfo) => void>();
   private readonly subs = new Map<string, Sub>();
   private readonly runsListeners = new Set<RunsListener>();
@@ -119,6 +126,7 @@ export class Connection implements Transport {
     const info: ConnectionInfo = { state: this.state };
     if (this.state === 'reconnecting') info.retryInMs = Math.max(0, this.retryAt - Date.now());
     if (this.lastError) info.lastError = this.lastError;
+    if (this.state === 'live' && this.storeDownSince) info.storeDownSince = this.storeDownSince;
     return info;
   }
 
@@ -129,6 +137,7 @@ export class Connection implements Transport {
 
   private setState(state: ConnectionState): void {
     this.state = state;
+    if (state !== 'live') this.storeDownSince = undefined; // a new connection says it again
     const info = this.info();
     for (const cb of this.infoListeners) cb(info);
   }
@@ -261,6 +270,9 @@ export class Connection implements Transport {
         return this.dispatch(msg.run_id, f => f.onEvents(msg));
       case 'reset':
         return this.dispatch(msg.run_id, f => f.onReset());
+      case 'store_status':
+        this.storeDownSince = msg.available ? undefined : msg.since;
+        return this.setState(this.state);
       case 'runs':
         this.runs.clear();
         for (const r of msg.runs) this.runs.set(r.id, r);

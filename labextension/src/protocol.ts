@@ -31,7 +31,7 @@ export type NodeState =
  * via the `definition` "ServerMessage".
  */
 export type ServerMessage =
-  Hello | SnapshotMsg | EventsMsg | Reset | Runs | RunChanged | Ack | Pong | Error | Unsubscribed;
+  Hello | SnapshotMsg | EventsMsg | Reset | Runs | RunChanged | Ack | Pong | Error | Unsubscribed | StoreStatus;
 
 export interface Protocol {
   Ack?: Ack;
@@ -96,6 +96,7 @@ export interface Protocol {
   StepRetryStartedEvent?: StepRetryStartedEvent;
   StepStartedData?: StepStartedData;
   StepStartedEvent?: StepStartedEvent;
+  StoreStatus?: StoreStatus;
   Subscribe?: Subscribe;
   SubscribeRuns?: SubscribeRuns;
   Unsubscribe?: Unsubscribe;
@@ -1380,4 +1381,24 @@ export interface Unsubscribed {
    * The run; absent for the run list
    */
   run_id?: string | null;
+}
+/**
+ * The run store stopped answering, or answers again (sent to every connection, and
+ * after hello while it does not answer). Meanwhile the socket stays open, pings are
+ * answered, and whatever needs the store waits; it all catches up, exactly, once the
+ * store answers.
+ *
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "StoreStatus".
+ */
+export interface StoreStatus {
+  type: 'store_status';
+  /**
+   * False: a store call has been waiting longer than the server's store_unavailable_after
+   */
+  available: boolean;
+  /**
+   * When the store stopped answering (available false) or answered again (true): ISO 8601 UTC
+   */
+  since: string;
 }

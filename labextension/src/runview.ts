@@ -14,7 +14,7 @@ import { LogView } from './logview';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
   clockTime, formatCount, GLYPHS, isLegal, isSettled, OUTCOMES, progressText, RUN_ACTIONS,
-  RUN_STATE_LOOK, RunAction
+  RUN_STATE_LOOK, RunAction, storeDownText
 } from './status';
 
 export interface RunViewOptions {
@@ -101,6 +101,7 @@ export class RunView {
   // attention
   private readonly alert = el('div', 'cr-banner cr-banner-error');
   private readonly stale = el('div', 'cr-banner cr-banner-warn cr-stale');
+  private readonly storeDown = el('div', 'cr-banner cr-banner-warn cr-store');
   private readonly approvals = el('div', 'cr-approvals');
   private readonly attentionEl = el('div', 'cr-attention');
   private alertSig = '';
@@ -226,7 +227,11 @@ export class RunView {
     this.alert.hidden = true;
     this.stale.setAttribute('role', 'status');
     this.stale.hidden = true;
-    wrap.append(this.alert, this.stale, this.approvals);
+    this.storeDown.setAttribute('role', 'status');
+    this.storeDown.hidden = true;
+    this.storeDown.title = 'The Jupyter server cannot reach the run store (its database). Events, '
+      + 'snapshots and commands wait for it; nothing is lost, and nothing needs doing.';
+    wrap.append(this.alert, this.stale, this.storeDown, this.approvals);
     return wrap;
   }
 
@@ -515,6 +520,17 @@ export class RunView {
       : info.state === 'live' ? 'Live connection to the Jupyter server'
         : `Not connected${info.lastError ? ` (last error: ${info.lastError})` : ''}; retrying automatically`;
     this.renderStale();
+    this.renderStore();
+  }
+
+  /** While the server's run store does not answer, say so (the socket itself is fine). */
+  private renderStore(): void {
+    const since = this.conn.storeDownSince;
+    const attr = since ? 'unavailable' : 'available';
+    if (this.element.dataset.store !== attr) this.element.dataset.store = attr;
+    this.storeDown.hidden = !since;
+    if (since) setText(this.storeDown, `${storeDownText(since)}.`);
+    this.updateAttention();
   }
 
   /** "reconnecting in N s" changes exactly when N does, not up to a second late. */
@@ -539,7 +555,8 @@ export class RunView {
 
   /** The attention area takes no room when nothing in it is shown. */
   private updateAttention(): void {
-    this.attentionEl.hidden = this.alert.hidden && this.stale.hidden && this.approvals.hidden;
+    this.attentionEl.hidden = this.alert.hidden && this.stale.hidden && this.storeDown.hidden
+      && this.approvals.hidden;
   }
 
   private tick(): void {

@@ -5,6 +5,7 @@ import type { RunInfo } from './protocol';
 import { el } from './dom';
 import { formatCost, formatDuration, RunFilter, runDuration, visibleRuns } from './runlist';
 import { connectionAttr, connectionLabel } from './runview';
+import { storeDownText } from './status';
 
 const STATES = ['executing', 'waiting_approval', 'pausing', 'paused', 'cancelling', 'completed',
                 'failed', 'cancelled', 'planning', 'draft'];
@@ -22,6 +23,7 @@ export class RunsPanel extends Widget {
   private readonly list = el('ul', 'cmbagent-runs-list');
   private readonly badge = el('span', 'cmbagent-badge');
   private readonly empty = el('div', 'cmbagent-runs-empty');
+  private readonly storeNote = el('div', 'cmbagent-runs-store');
   private selected: string | null = null;
   private readonly disposers: Array<() => void> = [];
   private ticker: ReturnType<typeof setInterval> | null = null;
@@ -54,7 +56,9 @@ export class RunsPanel extends Widget {
     });
     tools.append(search, state);
     this.empty.textContent = 'No runs yet. Start a workflow from a notebook or a script.';
-    this.node.append(head, tools, this.empty, this.list);
+    this.storeNote.setAttribute('role', 'status');
+    this.storeNote.hidden = true;
+    this.node.append(head, this.storeNote, tools, this.empty, this.list);
 
     const conn = opts.connection;
     this.disposers.push(conn.onInfo(info => this.showConnection(info)));
@@ -83,6 +87,10 @@ export class RunsPanel extends Widget {
     this.badge.dataset.connection = state;
     this.badge.textContent = connectionLabel('socket', info);
     this.badge.title = info.lastError ? `last error: ${info.lastError}` : 'connection to the server';
+    const since = info.storeDownSince;
+    this.node.dataset.store = since ? 'unavailable' : 'available';
+    this.storeNote.hidden = !since;
+    if (since) this.storeNote.textContent = `${storeDownText(since, 'list')}.`;
   }
 
   private tick(): void {

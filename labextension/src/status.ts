@@ -164,6 +164,11 @@ export function clockTime(iso: string | null | undefined): string {
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
 }
 
+/** What the reader is told while the server's run store does not answer. */
+export function storeDownText(since: string, what: 'view' | 'list' = 'view'): string {
+  return `Run store not answering since ${clockTime(since)} — the ${what} catches up by itself`;
+}
+
 /** Metric values: few significant digits, exponent for very large or small ones. */
 export function formatMetric(v: number): string {
   if (!Number.isFinite(v)) return String(v);

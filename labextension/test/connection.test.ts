@@ -169,3 +169,31 @@ describe('Connection', () => {
     }
   });
 });
+
+describe('run store status', () => {
+  it('says when the server\'s store stops answering, and when it answers again', () => {
+    const conn = connect();
+    const seen: Array<string | undefined> = [];
+    conn.onInfo(i => seen.push(i.storeDownSince));
+    latest().accept();
+    expect(conn.info().storeDownSince).toBeUndefined();
+    latest().push({ type: 'store_status', available: false, since: '2030-01-01T14:02:11+00:00' });
+    expect(conn.info()).toMatchObject({ state: 'live', storeDownSince: '2030-01-01T14:02:11+00:00' });
+    latest().push({ type: 'store_status', available: true, since: '2030-01-01T14:02:31+00:00' });
+    expect(conn.info().storeDownSince).toBeUndefined();
+    expect(seen).toEqual([undefined, '2030-01-01T14:02:11+00:00', undefined]);
+    conn.close();
+  });
+
+  it('forgets it when the connection drops: the next server says it again if so', () => {
+    const conn = connect();
+    latest().accept();
+    latest().push({ type: 'store_status', available: false, since: '2030-01-01T14:02:11+00:00' });
+    latest().drop();
+    expect(conn.info().storeDownSince).toBeUndefined();
+    vi.advanceTimersByTime(1000);
+    latest().accept();
+    expect(conn.info().storeDownSince).toBeUndefined();
+    conn.close();
+  });
+});

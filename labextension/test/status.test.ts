@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { NodeInfo, WorkflowState } from '../src/protocol';
 import {
   countsText, dominantStatus, formatCount, GLYPHS, glyphAt, isLegal, isSettled, LEGAL_IN,
-  NODE_STATUSES, nodeSubtitle, progressText, truncate
+  NODE_STATUSES, nodeSubtitle, progressText, storeDownText, truncate
 } from '../src/status';
 
 const STATES: WorkflowState[] = ['draft', 'planning', 'executing', 'pausing', 'paused', 'waiting_approval',
@@ -96,5 +96,15 @@ describe('formatting', () => {
     expect(formatCount(1840)).toBe('1.84k');
     expect(formatCount(96500)).toBe('96.5k');
     expect(formatCount(4_560_000)).toBe('4.56M');
+  });
+});
+
+describe('store status', () => {
+  it('says since when the run store does not answer, in local clock time', () => {
+    const since = '2030-01-01T14:02:11+00:00';
+    const clock = new Date(since).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit',
+                                                           second: '2-digit', hour12: false });
+    expect(storeDownText(since)).toBe(`Run store not answering since ${clock} — the view catches up by itself`);
+    expect(storeDownText(since, 'list')).toContain('the list catches up by itself');
   });
 });

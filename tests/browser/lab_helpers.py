@@ -138,12 +138,13 @@ print("final", run.wait(timeout=900).value, flush=True)
 # --------------------------------------------------------------------------------------
 # Servers
 
-def make_lab(base: Path, extra_args: Iterable[str] = ()) -> LabServer:
-    """Like the `lab` fixture (copy of notebooks/, fresh SQLite store), with extra args."""
+def make_lab(base: Path, extra_args: Iterable[str] = (), db_url: Optional[str] = None) -> LabServer:
+    """Like the `lab` fixture (copy of notebooks/, fresh SQLite store unless ``db_url``
+    names another), with extra args."""
     root = base / "root"
     shutil.copytree(ROOT / "notebooks", root,
                     ignore=shutil.ignore_patterns("outputs", ".ipynb_checkpoints"))
-    db_url = "sqlite:///" + str(base / "runs.sqlite").lstrip("/")
+    db_url = db_url or "sqlite:///" + str(base / "runs.sqlite").lstrip("/")
     return LabServer(root, base / "home", db_url, extra_args=extra_args).start()
 
 

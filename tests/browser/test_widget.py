@@ -30,6 +30,22 @@ def _assert_caught_up(view, store, run_id: str) -> None:
     assert shown[-1] == last.seq, f"the log ends at #{shown[-1]}, the store at #{last.seq}"
 
 
+def _widget_of(page, lab, run_id: str, notebook: str, **attrs: str):
+    """``RunWidget(run_id=...)`` in a new notebook, run: its view, live, once the gated
+    run's step is running and has said something."""
+    nb = h.write_notebook(lab, notebook, [f"""
+        from cmbagent_jupyter.widget import RunWidget
+        RunWidget(run_id="{run_id}")
+    """])
+    h.open_notebook(page, lab, nb)
+    h.run_all(page)
+    view = h.wait_view(page, run_id, connection="live", **attrs)
+    h.wait_node(view, "long_step", "running")
+    view.locator("[data-seq][data-type='agent_message']").first.wait_for(state="attached",
+                                                                          timeout=60_000)
+    return view
+
+
 def test_quickstart_runs_to_completed(shared_lab, page, stores):
     """quickstart.ipynb, Run All: the widget follows the run to completed, node by node."""
     store = stores(shared_lab)
@@ -223,16 +239,7 @@ def test_server_restart_mid_run(lab, page, stores):
     store = stores(lab)
     gate = h.new_gate(lab, "restart")
     with h.process_run(lab, "widget-outside-server", gate) as run_id:
-        nb = h.write_notebook(lab, "widget-restart.ipynb", [f"""
-            from cmbagent_jupyter.widget import RunWidget
-            RunWidget(run_id="{run_id}")
-        """])
-        h.open_notebook(page, lab, nb)
-        h.run_all(page)
-        view = h.wait_view(page, run_id, connection="live")
-        h.wait_node(view, "long_step", "running")
-        view.locator("[data-seq][data-type='agent_message']").first.wait_for(state="attached",
-                                                                              timeout=60_000)
+        view = _widget_of(page, lab, run_id, "widget-restart.ipynb")
 
         lab.kill()
         h.wait_view(page, run_id, connection="reconnecting", timeout=30_000)
@@ -294,5 +301,40 @@ def test_comm_fallback_without_the_server_extension(tmp_path, page, stores):
         h.wait_view(page, run_id, state="completed", connection="comm")
         h.wait_nodes(view, "completed")
         _assert_caught_up(view, store, run_id)
+    finally:
+        lab.stop()
+
+
+def test_a_hung_store_is_said_plainly_and_the_view_catches_up(tmp_path, page, stores, own_pg_cluster):
+    """The lab's PostgreSQL stops answering (every process SIGSTOPped) while a run is shown:
+    the view stays live and says the run store is not answering since when; once the
+    database is back it says nothing more and catches up exactly."""
+    lab = h.make_lab(tmp_path, ["--CmbAgentApp.store_unavailable_after=1",
+                                "--CmbAgentApp.recheck_interval=1",
+                                "--CmbAgentApp.reap_interval=3600"],
+                     db_url=own_pg_cluster.create_database())
+    try:
+        store = stores(lab)
+        gate = h.new_gate(lab, "stall")
+        with h.process_run(lab, "widget-store-stall", gate) as run_id:
+            view = _widget_of(page, lab, run_id, "widget-store.ipynb", store="available")
+            sidebar = h.open_sidebar(page)
+            with own_pg_cluster.frozen():
+                h.wait_view(page, run_id, connection="live", store="unavailable", timeout=15_000)
+                banner = view.locator(".cr-store")
+                assert banner.is_visible()
+                assert banner.inner_text().startswith("Run store not answering since ")
+                assert "the view catches up by itself" in banner.inner_text()
+                page.wait_for_selector("#cmbagent-runs[data-store='unavailable']", timeout=5_000)
+                assert "the list catches up by itself" in sidebar.locator(".cmbagent-runs-store").inner_text()
+                h.scroll_to_top(view)
+                shot(page, "widget-store-unavailable")
+            h.wait_view(page, run_id, connection="live", store="available", timeout=30_000)
+            assert not view.locator(".cr-store").is_visible()
+            assert not sidebar.locator(".cmbagent-runs-store").is_visible()
+            h.release(lab, gate)
+            h.wait_view(page, run_id, state="completed", timeout=60_000)
+            h.wait_nodes(view, "completed")
+            _assert_caught_up(view, store, run_id)
     finally:
         lab.stop()

@@ -11,10 +11,11 @@ from client_support import FakeHandler, FakeServer, shutdown_executors
 
 @pytest.fixture
 def store(db_url):
+    # Not closed here: a test's server may still be reading it (its store calls run in
+    # threads until it stops); db_url closes it after the server has stopped.
     s = engine.open_store(db_url)
     yield s
     shutdown_executors(s)
-    s.close()
 
 
 @pytest.fixture

@@ -232,3 +232,24 @@ async def test_backoff_while_server_is_down():
     finally:
         await client.close()
     assert client.connection_state == "offline" and client.next_retry_in is None
+
+
+async def test_the_store_status_is_told_and_forgotten_with_the_connection(fake_server):
+    fake = fake_server
+    async with make_client(fake, validate=True) as client:
+        await client.wait_live(5)
+        assert client.store_available and client.store_unavailable_since is None
+        fake.conns[0].send({"type": "store_status", "available": False,
+                            "since": "2030-01-01T14:02:11+00:00"})
+        await client.wait_for(lambda: not client.store_available, 5)
+        assert client.store_unavailable_since == "2030-01-01T14:02:11+00:00"
+        assert client.describe_connection().startswith("live, run store not answering since ")
+        assert client.connection_state == "live"  # the socket itself is fine
+        fake.conns[0].close()  # a new connection: its server says so again if it must
+        await client.wait_for(lambda: len(fake.conns) == 2 and client.connection_state == "live", 5)
+        assert client.store_available and client.describe_connection() == "live"
+        fake.conns[1].send({"type": "store_status", "available": False, "since": "2030-01-01T14:02:12+00:00"})
+        fake.conns[1].send({"type": "store_status", "available": True, "since": "2030-01-01T14:02:40+00:00"})
+        await client.wait_for(lambda: client.stats.frames >= 5, 5)  # hello, status; hello, status, status
+        assert client.store_available and client.store_unavailable_since is None
+        assert client.invalid_frames == []

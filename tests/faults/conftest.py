@@ -40,14 +40,14 @@ def token():
 
 @pytest.fixture
 def spawn(tmp_path, store_url, token):
-    """``spawn.server(name, port=None)`` and ``spawn.writer(*args)``: started subprocesses."""
+    """``spawn.server(name, port=None, args=())`` and ``spawn.writer(*args)``: started subprocesses."""
     servers: list[ServerProc] = []
     writers: list[WriterProc] = []
 
     class Spawn:
         @staticmethod
-        def server(name: str = "server", port=None) -> ServerProc:
-            s = ServerProc(tmp_path, store_url, token, name, port).start()
+        def server(name: str = "server", port=None, args=()) -> ServerProc:
+            s = ServerProc(tmp_path, store_url, token, name, port, args).start()
             servers.append(s)
             return s
 

@@ -4,6 +4,7 @@ cutting a client's socket, and condition waits with deadlines."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -11,10 +12,11 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from support import free_port  # noqa: F401  (re-exported)
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
@@ -52,8 +54,9 @@ class ServerProc:
     (``store_url``: ``sqlite:///...`` or ``postgresql://...``, its ``CmbAgentApp.db_url``)."""
 
     def __init__(self, workdir: Path, store_url: str, token: str, name: str = "server",
-                 port: Optional[int] = None):
+                 port: Optional[int] = None, args: Sequence[str] = ()):
         self.workdir, self.store_url, self.token, self.name = workdir, store_url, token, name
+        self.args = list(args)  # more command-line options, e.g. --CmbAgentApp.<trait>=...
         self.port = port or free_port()
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
@@ -84,7 +87,7 @@ class ServerProc:
                f"--port={self.port}", "--ServerApp.port_retries=0", "--ip=127.0.0.1",
                f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
                f"--ServerApp.jpserver_extensions={EXTENSIONS!r}",
-               f"--CmbAgentApp.db_url={db_url}"]
+               f"--CmbAgentApp.db_url={db_url}", *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=str(self.root))
@@ -280,3 +283,54 @@ class App:
         await self.client.close()
         if self._consumer is not None:
             await asyncio.wait_for(self._consumer, 10)
+
+
+class StatusProbe(threading.Thread):
+    """``GET /api/status`` (a core Jupyter route) every ``interval`` s from its own thread
+    (so the test's event loop does not colour the figures), recording each latency.
+
+    A request that fails or takes longer than ``timeout`` is recorded with status None
+    and the time it took."""
+
+    def __init__(self, server: ServerProc, interval: float = 0.02, timeout: float = 5.0):
+        super().__init__(name="status-probe", daemon=True)
+        self.server, self.interval, self.timeout = server, interval, timeout
+        self.samples: list[tuple[float, Optional[int]]] = []  # (seconds, HTTP status)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        conn = None
+        while not self._halt.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=self.timeout)
+            t0 = time.monotonic()
+            try:
+                conn.request("GET", "/api/status", headers={"Authorization": f"token {self.server.token}"})
+                resp = conn.getresponse()
+                resp.read()
+                status: Optional[int] = resp.status
+            except (OSError, http.client.HTTPException):
+                status = None
+                conn.close()
+                conn = None
+            self.samples.append((time.monotonic() - t0, status))
+            self._halt.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> "StatusProbe":
+        self._halt.set()
+        self.join(self.timeout + 5)
+        return self
+
+    def figures(self) -> dict:
+        """n, failures, p50 / p99 / max latency in ms."""
+        lat = sorted(s for s, _ in self.samples)
+        if not lat:
+            return {"n": 0}
+
+        def pct(p: float) -> float:
+            return round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 1)
+
+        return {"n": len(lat), "failures": sum(1 for _, st in self.samples if st != 200),
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(1000 * lat[-1], 1)}

@@ -123,10 +123,10 @@ async def test_a_store_failure_refuses_the_command_and_keeps_the_socket(store, w
     ws = await ws_connect()
     await ws.expect("hello")
 
-    async def broken(cmd):
+    def broken(*args):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(cmbagent_app, "submit", broken)
+    monkeypatch.setattr(cmbagent_app.gateway.store, "submit_command", broken)
     (ack,) = await ws.request({"type": "command", "command_id": "c-broken", "run_id": run.id,
                                "action": "pause"})
     assert (ack["type"], ack["ok"], ack["code"]) == ("ack", False, "internal")

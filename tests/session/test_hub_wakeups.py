@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import engine
+from cmbagent_jupyter.gateway import StoreGateway
 from cmbagent_jupyter.hub import EventHub
 from support import finished_run
 
@@ -23,8 +24,9 @@ def test_an_idle_hub_does_not_poll_and_a_commit_wakes_it(pg_url):
     store.changes_since = counted
 
     async def scenario():
-        hub = EventHub(store, tail_interval=0.002, reap_interval=30.0)
-        hub.start()
+        gateway = StoreGateway(store)
+        hub = EventHub(gateway, tail_interval=0.002, reap_interval=30.0, recheck_interval=30.0)
+        await hub.start()
         try:
             await asyncio.sleep(1.0)  # idle
             idle = len(calls)
@@ -36,6 +38,7 @@ def test_an_idle_hub_does_not_poll_and_a_commit_wakes_it(pg_url):
             return idle, hub.cursor != before
         finally:
             await hub.stop()
+            gateway.close()
 
     try:
         idle, woken = asyncio.run(scenario())

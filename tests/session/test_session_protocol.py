@@ -21,6 +21,7 @@ from session_support import (
     gated_run,
     last_seq,
     new_session,
+    pump,
     send,
 )
 
@@ -58,11 +59,11 @@ def test_subscribe_without_cursor_snapshot_then_live(store):
     gate.set()
     assert run.wait(30) == "completed"
     # nothing moves until the hub says so
-    assert not s.pump() and frames(s) == []
+    assert not pump(s) and frames(s) == []
     last = last_seq(store, run.id)
     s.notify(run.id, last)
     assert s.behind()
-    more = s.pump()
+    more = pump(s)
     out = client.feed_all(frames(s))
     assert not more and not s.behind()
     assert types(out) == ["events"]
@@ -81,12 +82,12 @@ def test_stale_or_repeated_notify_sends_nothing_twice(store):
     client.feed_all(frames(s))
     last = append_events(store, run.id, 3)
     s.notify(run.id, last - 2)
-    s.pump()
+    pump(s)
     s.notify(run.id, last)
     s.notify(run.id, last - 1)  # older news: ignored
-    s.pump()
+    pump(s)
     s.notify(run.id, last)
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s))
     assert event_seqs(out) == [last - 2, last - 1, last]
 
@@ -101,7 +102,7 @@ def test_subscribe_with_cursor_replays_exactly_after_it(store, cursor):
     client.subscribed(run.id, after)
     assert frames(s) == []  # the replay is the pump's job (the handler pumps after every frame)
     assert s.behind()
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s))
     assert types(out) == ["events"]
     assert event_seqs(out) == list(range(after + 1, last + 1))
@@ -109,7 +110,7 @@ def test_subscribe_with_cursor_replays_exactly_after_it(store, cursor):
     # then live
     new_last = append_events(store, run.id, 4)
     s.notify(run.id, new_last)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == list(range(last + 1, new_last + 1))
 
 
@@ -120,10 +121,10 @@ def test_cursor_at_last_gets_an_empty_events_frame(store):
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": last})
     client.subscribed(run.id, last)
     assert client.feed_all(frames(s)) == [{"type": "events", "run_id": run.id, "events": []}]
-    assert not s.pump() and frames(s) == []
+    assert not pump(s) and frames(s) == []
     new_last = append_events(store, run.id, 2)
     s.notify(run.id, new_last)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == [last + 1, last + 2]
 
 
@@ -143,11 +144,11 @@ def test_trimmed_cursor_gets_reset_then_snapshot(store, db_url):
         assert types(out) == ["reset", "snapshot"]
         assert out[0] == {"type": "reset", "run_id": run.id, "reason": "trimmed"}
         assert out[1]["seq"] == last
-        assert not s.pump() and frames(s) == []
+        assert not pump(s) and frames(s) == []
     # the oldest cursor still stored is honoured
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": first - 1})
     client.subscribed(run.id, first - 1)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == list(range(first, last + 1))
 
 
@@ -162,7 +163,7 @@ def test_trimmed_under_a_live_subscription(store, db_url):
     new_last = append_events(store, run.id, 40)
     s.notify(run.id, new_last)
     engine.open_store(db_url, max_events_per_run=5).trim()
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s))
     assert types(out) == ["reset", "snapshot"]
     assert out[0]["reason"] == "trimmed" and out[1]["seq"] == new_last
@@ -181,7 +182,7 @@ def test_future_cursor_gets_reset_ahead(store):
         assert out[1]["seq"] == last
     new_last = append_events(store, run.id, 1)
     s.notify(run.id, new_last)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == [new_last]
 
 
@@ -199,7 +200,7 @@ def test_malformed_cursor_gets_reset_malformed(store, cursor):
     assert run.id in s.subs  # and it is live from the snapshot on
     new_last = append_events(store, run.id, 2)
     s.notify(run.id, new_last)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == [new_last - 1, new_last]
 
 
@@ -216,11 +217,11 @@ def test_resubscribe_replaces_the_cursor(store):
     s, client = new_session(store), Client()
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": last - 3})
     client.subscribed(run.id, last - 3)
-    s.pump()
+    pump(s)
     client.feed_all(frames(s))
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": last - 1})
     client.subscribed(run.id, last - 1)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == [last]
     assert len(s.subs) == 1
 
@@ -239,7 +240,7 @@ def test_a_thousand_new_events_go_out_in_a_handful_of_frames(store):
     last = last_seq(store, run.id)
     assert last - snap["seq"] >= 1000
     s.notify(run.id, last)
-    while s.pump():
+    while pump(s):
         pass
     out = client.feed_all(frames(s))
     assert all(m["type"] == "events" for m in out)
@@ -255,7 +256,7 @@ def test_a_huge_backlog_is_split_into_bounded_frames(store):
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": 0})
     client.subscribed(run.id, 0)
     pumps = 0
-    while s.pump():
+    while pump(s):
         pumps += 1
         assert pumps < 10
     out = client.feed_all(frames(s))
@@ -273,23 +274,23 @@ def test_slow_consumer_is_dropped_then_reset_never_a_gap(store):
     # the client reads a little, then stops reading: nothing is ever `written`
     a = append_events(store, run.id, 10)
     s.notify(run.id, a)
-    s.pump()
+    pump(s)
     first_batch = client.feed_all(frames(s, ack=False))
     assert event_seqs(first_batch) == list(range(a - 9, a + 1))
     assert s.in_flight > s.buffer_cap // 4  # more than the session lets pile up before resuming
     b = append_events(store, run.id, 1000, text="y" * 50)
     s.notify(run.id, b)
-    assert s.pump() is False
+    assert pump(s) is False
     assert s.overflowed
     assert frames(s, ack=False) == []  # the 1,000 events were dropped, not queued
     for _ in range(3):  # still not drained: still nothing, however often the hub calls
         c = append_events(store, run.id, 10)
         s.notify(run.id, c)
-        assert s.pump() is False and frames(s, ack=False) == []
+        assert pump(s) is False and frames(s, ack=False) == []
     # the socket drains
     s.written(s.in_flight)
     assert s.in_flight == 0
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s))
     assert types(out) == ["reset", "snapshot"]
     assert out[0] == {"type": "reset", "run_id": run.id, "reason": "slow_consumer"}
@@ -298,7 +299,7 @@ def test_slow_consumer_is_dropped_then_reset_never_a_gap(store):
     # and live again, consecutive from the snapshot
     d = append_events(store, run.id, 5)
     s.notify(run.id, d)
-    s.pump()
+    pump(s)
     assert event_seqs(client.feed_all(frames(s))) == list(range(d - 4, d + 1))
 
 
@@ -313,11 +314,11 @@ def test_slow_consumer_keeps_control_frames(store):
     send(s, {"type": "ping", "id": 42})
     b = append_events(store, run.id, 500)
     s.notify(run.id, b)
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s, ack=False))
     assert types(out) == ["pong"] and out[0]["id"] == 42
     s.written(s.in_flight)
-    s.pump()
+    pump(s)
     assert types(client.feed_all(frames(s))) == ["reset", "snapshot"]
 
 
@@ -335,7 +336,7 @@ def test_unknown_run_is_an_error(store, frame):
     send(s, frame)
     (err,) = frames(s)
     assert err["type"] == "error" and err["code"] == "unknown_run" and err["ref"] == "no-such-run"
-    assert s.subs == {} and not s.pump()
+    assert s.subs == {} and not pump(s)
 
 
 def test_unknown_run_command_is_an_error_and_not_queued(store):
@@ -343,7 +344,7 @@ def test_unknown_run_command_is_an_error_and_not_queued(store):
     send(s, {"type": "command", "command_id": "c-1", "run_id": "nope", "action": "pause"})
     (err,) = frames(s)
     assert (err["type"], err["code"], err["ref"]) == ("error", "unknown_run", "c-1")
-    assert not s.pending_commands
+    assert store.command_status("c-1") is None
 
 
 def test_unsubscribe_stops_delivery(store):
@@ -357,7 +358,7 @@ def test_unsubscribe_stops_delivery(store):
     client.forget(run.id)
     assert run.id not in s.subs
     s.notify(run.id, append_events(store, run.id, 5))
-    assert not s.pump() and frames(s) == []
+    assert not pump(s) and frames(s) == []
     # unsubscribing from what one does not follow is still answered
     send(s, {"type": "unsubscribe", "run_id": "whatever"})
     assert frames(s) == [{"type": "unsubscribed", "run_id": "whatever"}]
@@ -378,7 +379,7 @@ def test_request_state_sends_a_fresh_snapshot(store):
     last = append_events(store, run.id, 3)
     send(s, {"type": "request_state", "run_id": run.id})
     s.notify(run.id, last)
-    s.pump()
+    pump(s)
     out = client.feed_all(frames(s))
     assert types(out) == ["snapshot"] and out[0]["seq"] == last
 
@@ -393,21 +394,20 @@ def test_ping_pong(store):
     assert frames(s)[0]["id"] is None
 
 
-def test_commands_are_queued_for_the_handler(store):
-    run = finished_run(store)
+def test_commands_are_recorded_and_acknowledged(store):
+    done = finished_run(store)
     s = new_session(store)
-    send(s, {"type": "command", "command_id": "c-1", "run_id": run.id, "action": "pause"})
-    send(s, {"type": "command", "command_id": "c-2", "run_id": run.id, "action": "retry",
-             "node_id": "a", "payload": {"why": "test"}})
-    assert frames(s) == []  # the ack comes from the store, through command_done
-    assert [(c.command_id, c.action, c.node_id, c.payload) for c in s.pending_commands] == [
-        ("c-1", "pause", None, None), ("c-2", "retry", "a", {"why": "test"})]
-    cmd = s.pending_commands.popleft()
-    ack = store.submit_command(cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id)
-    s.command_done(ack)
-    (out,) = frames(s)
-    assert out["type"] == "ack" and out["command_id"] == "c-1" and out["ok"] is False
-    assert out["code"] == "illegal_command" and "error" in out and "state" not in out
+    send(s, {"type": "command", "command_id": "c-1", "run_id": done.id, "action": "pause"})
+    (refused,) = frames(s)
+    assert refused["type"] == "ack" and refused["command_id"] == "c-1" and refused["ok"] is False
+    assert refused["code"] == "illegal_command" and "error" in refused and "state" not in refused
+    run, gate = gated_run(store)
+    for _ in range(2):  # the same command id twice: the same ack, applied once
+        send(s, {"type": "command", "command_id": "c-2", "run_id": run.id, "action": "pause"})
+        (ack,) = frames(s)
+        assert (ack["type"], ack["command_id"], ack["ok"]) == ("ack", "c-2", True)
+    assert store.command_status("c-2") is not None
+    gate.set()
 
 
 @pytest.mark.parametrize("raw,code", [
@@ -431,7 +431,7 @@ def test_bad_frames_get_an_error_and_change_nothing(store, raw, code):
     send(s, raw)
     (err,) = frames(s)
     assert err["type"] == "error" and err["code"] == code, err
-    assert s.subs == {} and not s.pending_commands and not s.watching_runs
+    assert s.subs == {} and not s.watching_runs
 
 
 def test_run_list_subscription(store):
@@ -465,7 +465,7 @@ def test_run_filter_hides_runs_like_unknown_ones(store):
         send(s, frame)
         (err,) = frames(s)
         assert err["code"] == "unknown_run"
-    assert not s.pending_commands and s.subs == {}
+    assert s.subs == {}
 
 
 def test_watcher_is_told_live_before_the_backlog_is_read(store):

@@ -23,8 +23,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 HOW_TO_ENABLE = ("PostgreSQL tests need a PostgreSQL server: install PostgreSQL (Debian: "
                  "apt-get install postgresql; its initdb is used to start a throwaway cluster) "

@@ -786,14 +786,17 @@ class DaskRunner:
             return  # settled since: release_cluster let go of everything, nothing is held back
         value = (_STOP if state in ("cancelling", "cancelled")
                  else _HOLD if state in ("pausing", "paused") else _GO)
-        if value != self._control_value:
-            self._control_value = value
-            self._control.set(value)
+        # Tasks that have not started are dealt with before the running ones hear: a step
+        # stopping at its checkpoint frees its worker thread, and a queued task would
+        # otherwise start there before its claim is taken.
         if value == _HOLD:
             self._hold_back()
         elif value == _STOP:
             self._cancel_unstarted()
-        elif self._parked:
+        if value != self._control_value:
+            self._control_value = value
+            self._control.set(value)
+        if value == _GO and self._parked:
             self._resume_parked()
 
     def _unstarted(self) -> list[_Attempt]:

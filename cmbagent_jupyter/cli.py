@@ -129,7 +129,7 @@ _STATUS_ORDER = ("waiting_approval", "failed", "running", "retrying", "paused")
 
 def render(view, messages, connection: str, width: int = 100, height: int = 40,
            now: Optional[datetime] = None) -> list[str]:
-    """The ``watch`` screen for a run state (a RunView): header, bar, nodes, messages."""
+    """The ``watch`` screen for a run state (an engine RunState): header, bar, nodes, messages."""
     width = max(width, 40)
     run = view.run
     lines = [

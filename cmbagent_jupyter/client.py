@@ -7,7 +7,7 @@
                 ...
             else:                               # an applied event envelope (a dict)
                 ...
-            view = client.state(run_id)         # engine.snapshot.RunView, as of the last applied seq
+            view = client.state(run_id)         # engine.snapshot.RunState, as of the last applied seq
 
 Two layers, so the protocol rules can be tested without sockets:
 
@@ -17,7 +17,7 @@ Two layers, so the protocol rules can be tested without sockets:
   only if its seq is last+1; drop seq <= last (a duplicate); on a gap send
   ``request_state`` and ignore events until the snapshot; after ``reset`` wait for the
   snapshot; a snapshot replaces the state and sets last = its seq. The state is an
-  ``engine.snapshot.RunView`` (the engine's own reducer), so it is always exactly the
+  ``engine.snapshot.RunState`` (the engine's own reducer), so it is always exactly the
   state as of ``last``.
 - ``Client``: the socket. It connects to ``{base_url}cmbagent/api/ws`` with an
   ``Authorization: token T`` header, reconnects forever with full-jitter exponential
@@ -50,7 +50,7 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
-from engine.snapshot import RunView
+from engine.snapshot import RunState
 
 from .protocol import PROTOCOL_VERSION, validate_server_frame
 
@@ -145,17 +145,17 @@ class Backoff:
 # -- the protocol core of one run, without I/O --------------------------------------------
 
 
-def view_from_snapshot(snap: dict) -> RunView:
-    """A ``RunView`` holding a snapshot's state (its documents are copied, not shared)."""
+def view_from_snapshot(snap: dict) -> RunState:
+    """A ``RunState`` holding a snapshot's state (its documents are copied, not shared)."""
     nodes = {n["id"]: dict(n) for n in snap["nodes"]}
-    return RunView(dict(snap["run"]), nodes, [dict(e) for e in snap["edges"]], snap["seq"])
+    return RunState(dict(snap["run"]), nodes, [dict(e) for e in snap["edges"]], snap["seq"])
 
 
 class RunFollower:
     """The client side of one run subscription: cursor, dedup, gaps, resets and the state.
 
     ``last`` is the seq of the last event applied (None: nothing yet, a snapshot is
-    expected). ``view`` is a ``RunView`` as of ``last`` once a snapshot arrived; a
+    expected). ``view`` is a ``RunState`` as of ``last`` once a snapshot arrived; a
     follower created with an explicit ``after_seq`` has no view until the server sends
     a snapshot (it still delivers the events, in order, exactly once).
     """
@@ -166,7 +166,7 @@ class RunFollower:
             raise ValueError(f"after_seq must be an integer >= 0, not {after_seq!r}")
         self.run_id = run_id
         self.last: Optional[int] = after_seq
-        self.view: Optional[RunView] = None
+        self.view: Optional[RunState] = None
         #: Why events are ignored for now: "subscribe" (first snapshot), "gap", "reset" or None.
         self.awaiting: Optional[str] = "subscribe" if after_seq is None else None
         #: Highest seq ever delivered: an event is delivered at most once, even when a
@@ -513,7 +513,7 @@ class Client:
     def follower(self, run_id: str) -> Optional[RunFollower]:
         return self._followers.get(run_id)
 
-    def state(self, run_id: str) -> Optional[RunView]:
+    def state(self, run_id: str) -> Optional[RunState]:
         """The run's state as of its last applied seq (None before the first snapshot)."""
         f = self._followers.get(run_id)
         return f.view if f is not None else None
@@ -555,7 +555,7 @@ class Client:
         self.start()
         await self.wait_for(lambda: self._state == "live", timeout)
 
-    async def wait_synced(self, run_id: str, timeout: Optional[float] = None) -> RunView:
+    async def wait_synced(self, run_id: str, timeout: Optional[float] = None) -> RunState:
         """Wait until the run has a state and no gap or reset is open; return the state.
 
         Subscribes to the run if needed; raises ``RunNotFound`` for an unknown run.
@@ -697,7 +697,7 @@ class Client:
         body = await self._get(f"cmbagent/api/runs/{run_id}")
         return int(body["seq"])
 
-    async def wait_caught_up(self, run_id: str, timeout: Optional[float] = None) -> RunView:
+    async def wait_caught_up(self, run_id: str, timeout: Optional[float] = None) -> RunState:
         """Wait until the run's state includes every event the server had when called."""
         target = await self.server_last_seq(run_id)
         await self.wait_for(lambda: (self._followers.get(run_id) is None

@@ -28,7 +28,7 @@ from .context import StepContext
 from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
 from .events import escape_surrogates, loggable, new_event, now_iso
 from .owners import default_owner
-from .snapshot import RunView, new_run_doc
+from .snapshot import RunState, new_run_doc
 from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
 from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
 from .workflow import Step, Workflow
@@ -54,7 +54,7 @@ def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
     run_id = run_id or uuid.uuid4().hex
     owner = owner or default_owner()
     created = now_iso()
-    view = RunView(new_run_doc(run_id, wf.name, wf.description, owner, created))
+    view = RunState(new_run_doc(run_id, wf.name, wf.description, owner, created))
     specs = [s.spec() for s in wf.steps.values()]
     edges = [{"source": d, "target": s["id"]} for s in specs for d in s["deps"]]
     first = new_event(run_id, 1, "dag_created", {
@@ -81,7 +81,7 @@ def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
 
 
 class Executor:
-    def __init__(self, store: Store, view: RunView, steps: dict[str, Step], lease: Lease,
+    def __init__(self, store: Store, view: RunState, steps: dict[str, Step], lease: Lease,
                  max_workers: Optional[int], runner: Any = None):
         self.store = store
         self.view = view

@@ -73,7 +73,7 @@ def new_node_doc(spec: dict, position: int) -> dict:
     }
 
 
-class RunView:
+class RunState:
     """A run's state as of event ``seq``: a run document, node documents and edges."""
 
     def __init__(self, run: dict, nodes: dict[str, dict] | None = None,
@@ -84,9 +84,9 @@ class RunView:
         self.seq = seq
 
     @classmethod
-    def replay(cls, run_id: str, events: Iterable[dict]) -> "RunView":
+    def replay(cls, run_id: str, events: Iterable[dict]) -> "RunState":
         """Rebuild a view from the complete log (seq 1 onwards)."""
-        view: RunView | None = None
+        view: RunState | None = None
         for ev in events:
             if view is None:
                 # The run document's identity fields are not in the log's events;
@@ -249,23 +249,23 @@ class RunView:
 
 
 _HANDLERS = {
-    **{t: RunView._workflow for t in (
+    **{t: RunState._workflow for t in (
         "workflow_started", "workflow_state_changed", "workflow_paused", "workflow_resumed",
         "workflow_completed", "workflow_failed", "workflow_cancelled")},
-    **{t: RunView._node for t in (
+    **{t: RunState._node for t in (
         "step_started", "step_completed", "step_failed", "step_retry_started",
         "dag_node_status_changed")},
-    "dag_created": RunView._dag_created,
-    "dag_updated": RunView._dag_updated,
-    "step_progress": RunView._progress,
-    "agent_message": RunView._agent_message,
-    "cost_update": RunView._cost,
-    "metric_update": RunView._metric,
-    "file_created": RunView._file,
-    "file_updated": RunView._file,
-    "approval_requested": RunView._approval_requested,
-    "approval_received": RunView._approval_received,
-    "error_occurred": RunView._error,
+    "dag_created": RunState._dag_created,
+    "dag_updated": RunState._dag_updated,
+    "step_progress": RunState._progress,
+    "agent_message": RunState._agent_message,
+    "cost_update": RunState._cost,
+    "metric_update": RunState._metric,
+    "file_created": RunState._file,
+    "file_updated": RunState._file,
+    "approval_requested": RunState._approval_requested,
+    "approval_received": RunState._approval_received,
+    "error_occurred": RunState._error,
 }
 
 

@@ -158,3 +158,27 @@ def command_error(action: str, run_state: str, node_status: str | None = None) -
     if action == "retry" and node_status != N.failed:
         return f"cannot retry a node that is {node_status}; only failed nodes can be retried"
     return None
+
+
+def contract() -> dict:
+    """The state machine's public facts as plain JSON: state names, the sets clients
+    reason with, and the run states each command is legal in.
+
+    The wire schema carries it, and the front end's TypeScript constants are
+    generated from it (one source: this module).
+    """
+    def names(states) -> list[str]:
+        order = {s: i for i, s in enumerate([*WorkflowState, *NodeState])}
+        return [s.value for s in sorted(states, key=order.__getitem__)]
+
+    return {
+        "workflow_states": [s.value for s in WorkflowState],
+        "node_states": [s.value for s in NodeState],
+        "final_workflow_states": names(FINAL_WORKFLOW_STATES),
+        "settled_workflow_states": names(SETTLED_WORKFLOW_STATES),
+        "final_node_states": names(FINAL_NODE_STATES),
+        "active_node_states": names(ACTIVE_NODE_STATES),
+        "command_actions": list(COMMAND_ACTIONS),
+        "command_run_states": {a: names(s) for a, s in _COMMAND_RUN_STATES.items()},
+        "command_node_states": {"retry": [N.failed.value]},
+    }

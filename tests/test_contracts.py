@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from cmbagent_jupyter.protocol import wire_schema
-from engine.snapshot import RunView
+from engine.snapshot import RunState
 from support import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,5 +35,5 @@ def test_python_reducer_replays_the_cross_language_fixture():
     """The same recorded log the TypeScript reducer's test replays (labextension/test)."""
     fixture = json.loads((LAB / "test" / "fixtures" / "run-log.json").read_text())
     events = fixture["events"]
-    view = RunView.replay(events[0]["run_id"], events)
+    view = RunState.replay(events[0]["run_id"], events)
     assert view.snapshot() == fixture["snapshot"]

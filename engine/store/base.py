@@ -22,7 +22,7 @@ import orjson
 from .. import states
 from ..errors import CommandRejected, StoreError, UnknownNode, UnknownRun
 from ..events import TYPED_ENVELOPES, new_event
-from ..snapshot import RunView
+from ..snapshot import RunState
 from ..states import SETTLED_WORKFLOW_STATES
 from .leases import LEASE_RENEW_S, LEASE_TTL_S, Lease, LeaseJudge, LeaseRow, holder_gone
 from .redact import redact_url
@@ -120,7 +120,7 @@ def envelope_model(run_id: str, row: tuple):
     return TYPED_ENVELOPES[d["event_type"]].model_validate(d)
 
 
-def lost_run_events(view: RunView, reason: str, message: str) -> list[tuple[str, dict]]:
+def lost_run_events(view: RunState, reason: str, message: str) -> list[tuple[str, dict]]:
     """The transitions that record a run whose executor is gone.
 
     Active nodes fail, pending ones are skipped, the run fails. A run already failed
@@ -156,7 +156,7 @@ def executor_lost(run_doc: dict) -> bool:
     return run_doc["reason"] == "executor_lost" or (run_doc["last_error"] or {}).get("code") == "executor_lost"
 
 
-def record(view: RunView, items: list[tuple[str, dict]]) -> tuple[list[dict], set[str]]:
+def record(view: RunState, items: list[tuple[str, dict]]) -> tuple[list[dict], set[str]]:
     """Turn (event_type, data) pairs into envelopes and apply them to ``view``."""
     events, touched = [], set()
     for etype, data in items:
@@ -299,7 +299,7 @@ class Store(ABC):
     # -- runs ---------------------------------------------------------------------------
 
     @abstractmethod
-    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+    def create_run(self, view: RunState, first_event: dict, lease: Lease) -> None:
         """Insert a new run (in draft) with its DAG, its first event and a lease."""
 
     @abstractmethod
@@ -307,7 +307,7 @@ class Store(ABC):
         """The run document (state, totals, counts); UnknownRun if there is none."""
 
     @abstractmethod
-    def load_view(self, run_id: str) -> RunView:
+    def load_view(self, run_id: str) -> RunState:
         """The run's full materialized state, read consistently."""
 
     @abstractmethod

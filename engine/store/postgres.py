@@ -34,7 +34,7 @@ import orjson
 
 from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
 from ..events import now_iso
-from ..snapshot import RunView
+from ..snapshot import RunState
 from .base import (
     LEASE_COLUMNS,
     LEASE_TTL_S,
@@ -213,7 +213,7 @@ class PostgresStore(Store):
 
     # -- runs --------------------------------------------------------------------------------
 
-    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+    def create_run(self, view: RunState, first_event: dict, lease: Lease) -> None:
         run = view.run
         with self._pool.connection() as c, c.transaction():
             c.execute(
@@ -233,12 +233,12 @@ class PostgresStore(Store):
             raise UnknownRun(run_id)
         return orjson.loads(row[0])
 
-    def load_view(self, run_id: str) -> RunView:
+    def load_view(self, run_id: str) -> RunState:
         with self._pool.connection() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             return self._view(c, run_id)
 
-    def _view(self, c, run_id: str, lock: bool = False) -> RunView:
+    def _view(self, c, run_id: str, lock: bool = False) -> RunState:
         _storable(run_id)
         row = c.execute("SELECT doc, last_seq FROM runs WHERE id=%s" + (" FOR UPDATE" if lock else ""),
                         (run_id,)).fetchone()
@@ -249,7 +249,7 @@ class PostgresStore(Store):
             n = orjson.loads(doc)
             nodes[n["id"]] = n
         edges = c.execute("SELECT source, target FROM edges WHERE run_id=%s", (run_id,)).fetchall()
-        return RunView(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
+        return RunState(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
 
     def runs(self) -> list[dict]:
         with self._pool.connection() as c:
@@ -511,7 +511,7 @@ class PostgresStore(Store):
             self._mark_lost(c, self._view(c, run_id))
             return True
 
-    def _mark_lost(self, c, view: RunView) -> str:
+    def _mark_lost(self, c, view: RunState) -> str:
         """Record, inside the caller's transaction (which holds the run's row), that its
         executor is gone; commands it never answered are refused, whatever the run's state."""
         message = lost_message()

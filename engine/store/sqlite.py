@@ -19,7 +19,7 @@ import orjson
 
 from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
 from ..events import now_iso
-from ..snapshot import RunView
+from ..snapshot import RunState
 from .base import (
     LEASE_COLUMNS,
     LEASE_TTL_S,
@@ -203,7 +203,7 @@ class SQLiteStore(Store):
 
     # -- runs --------------------------------------------------------------------------------
 
-    def create_run(self, view: RunView, first_event: dict, lease: Lease) -> None:
+    def create_run(self, view: RunState, first_event: dict, lease: Lease) -> None:
         run = view.run
         with self._write() as c:
             c.execute(
@@ -220,11 +220,11 @@ class SQLiteStore(Store):
             raise UnknownRun(run_id)
         return orjson.loads(row[0])
 
-    def load_view(self, run_id: str) -> RunView:
+    def load_view(self, run_id: str) -> RunState:
         with self._read() as c:
             return self._view(c, run_id)
 
-    def _view(self, c: sqlite3.Connection, run_id: str) -> RunView:
+    def _view(self, c: sqlite3.Connection, run_id: str) -> RunState:
         row = c.execute("SELECT doc, last_seq FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
             raise UnknownRun(run_id)
@@ -233,7 +233,7 @@ class SQLiteStore(Store):
             n = orjson.loads(doc)
             nodes[n["id"]] = n
         edges = c.execute("SELECT source, target FROM edges WHERE run_id=?", (run_id,)).fetchall()
-        return RunView(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
+        return RunState(orjson.loads(row[0]), nodes, ordered_edges(edges, nodes), row[1])
 
     def runs(self) -> list[dict]:
         rows = self._conn().execute("SELECT doc FROM runs ORDER BY created_at DESC, rowid DESC")
@@ -447,7 +447,7 @@ class SQLiteStore(Store):
             self._mark_lost(c, self._view(c, run_id))
             return True
 
-    def _mark_lost(self, c: sqlite3.Connection, view: RunView) -> str:
+    def _mark_lost(self, c: sqlite3.Connection, view: RunState) -> str:
         """Record, inside the caller's transaction, that the run's executor is gone.
 
         Commands it never answered are refused, whatever state the run ended in (a

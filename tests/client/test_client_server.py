@@ -160,9 +160,9 @@ async def test_cli_watch_subprocess(store, server_url):
 
 def test_render_and_table_formatting(store):
     run = small_wf("render", fail=True).run(store=store, timeout=30)
-    from engine.snapshot import RunView
+    from engine.snapshot import RunState
 
-    view = RunView.replay(run.id, run.events().dicts())
+    view = RunState.replay(run.id, run.events().dicts())
     lines = cli.render(view, [{"agent": "tester", "message": "hello", "timestamp": "t"}],
                        "reconnecting in 3 s", width=80, height=40)
     assert lines[0] == "render [failed]  connection: reconnecting in 3 s"

@@ -6,7 +6,7 @@ import pytest
 
 from cmbagent_jupyter.client import (Backoff, Marker, RunFollower, Stats, http_base_url,
                                      view_from_snapshot, ws_url)
-from engine.snapshot import RunView
+from engine.snapshot import RunState
 
 from client_support import small_wf
 
@@ -19,7 +19,7 @@ def log(store):
     assert len(events) > 10
 
     def snap(k):
-        return {"type": "snapshot", **RunView.replay(run.id, events[:k]).snapshot()}
+        return {"type": "snapshot", **RunState.replay(run.id, events[:k]).snapshot()}
 
     return run.id, events, snap
 
@@ -44,7 +44,7 @@ def test_snapshot_then_consecutive_events(log):
     assert f.synced and f.last == 3
     step = f.receive(batch(run_id, events[3:]))
     assert delivered(step) == list(range(4, len(events) + 1)) and step.send == []
-    assert f.view.snapshot() == RunView.replay(run_id, events).snapshot()
+    assert f.view.snapshot() == RunState.replay(run_id, events).snapshot()
     assert f.stats.events_applied == len(events) - 3
 
 
@@ -58,7 +58,7 @@ def test_duplicates_dropped_and_counted(log):
     step = f.receive(batch(run_id, events[5:9]))  # 6,7,8 again, then 9
     assert delivered(step) == [9]
     assert f.stats.duplicates_dropped == 6 and f.last == 9
-    assert f.view.snapshot() == RunView.replay(run_id, events[:9]).snapshot()
+    assert f.view.snapshot() == RunState.replay(run_id, events[:9]).snapshot()
 
 
 def test_gap_requests_state_once_and_ignores_until_snapshot(log):
@@ -76,7 +76,7 @@ def test_gap_requests_state_once_and_ignores_until_snapshot(log):
     assert [type(i) for i in step.items] == [Marker] and f.last == 9 and f.synced
     step = f.receive(batch(run_id, events[8:12]))  # 9 is a duplicate, 10.. apply
     assert delivered(step) == [10, 11, 12]
-    assert f.view.snapshot() == RunView.replay(run_id, events[:12]).snapshot()
+    assert f.view.snapshot() == RunState.replay(run_id, events[:12]).snapshot()
 
 
 def test_reset_then_snapshot_replaces_state(log):
@@ -90,7 +90,7 @@ def test_reset_then_snapshot_replaces_state(log):
     assert f.receive(batch(run_id, events[6:8])).items == []  # ignored until the snapshot
     f.receive(snap(10))
     assert f.last == 10 and f.view.seq == 10
-    assert f.view.snapshot() == RunView.replay(run_id, events[:10]).snapshot()
+    assert f.view.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
     assert delivered(f.receive(batch(run_id, events[10:11]))) == [11]
 
 
@@ -103,7 +103,7 @@ def test_older_snapshot_replays_without_delivering_twice(log):
     assert f.last == 5
     step = f.receive(batch(run_id, events[5:10]))  # ...6..8 are applied again, not delivered again
     assert delivered(step) == [9, 10]
-    assert f.view.snapshot() == RunView.replay(run_id, events[:10]).snapshot()
+    assert f.view.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
 
 
 def test_snapshot_state_is_a_copy(log):
@@ -113,7 +113,7 @@ def test_snapshot_state_is_a_copy(log):
     f.receive(s)
     f.receive(batch(run_id, events[3:]))
     assert s == snap(3)  # applying events did not mutate the snapshot we were given
-    assert view_from_snapshot(s).snapshot() == RunView.replay(run_id, events[:3]).snapshot()
+    assert view_from_snapshot(s).snapshot() == RunState.replay(run_id, events[:3]).snapshot()
 
 
 def test_resubscribe_cursor(log):

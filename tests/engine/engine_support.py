@@ -16,7 +16,7 @@ import pytest
 
 from engine import states
 from engine.events import TYPED_ENVELOPES, parse_events
-from engine.snapshot import RunView
+from engine.snapshot import RunState
 from support import shutdown_executors, wait_until  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def check_log(run) -> list[dict]:
     assert all(ev.event_type == e["event_type"] for ev, e in zip(typed, events))
     if first == 1:
         check_transitions(events)
-        assert RunView.replay(run.id, events).snapshot() == snap, "replay disagrees with the store"
+        assert RunState.replay(run.id, events).snapshot() == snap, "replay disagrees with the store"
     return events
 
 

@@ -9,7 +9,7 @@
   any later snapshot marker is a resync, and the events it skipped count as lost,
   because the application never saw them one by one.
 - ``log``: the store's log of the run, ``store.events(run_id).dicts()``.
-- optionally the client's final state (``RunView.snapshot()``) and the store's
+- optionally the client's final state (``RunState.snapshot()``) and the store's
   ``store.snapshot(run_id)``, which must be equal.
 
 and counts:

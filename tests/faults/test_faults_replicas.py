@@ -27,7 +27,7 @@ import pytest
 
 from checker import assert_clean, check
 from cmbagent_jupyter.client import Client
-from engine.snapshot import RunView
+from engine.snapshot import RunState
 from fault_support import App, ServerProc, wait_until
 
 RATE = 600  # events/s, until the test tells the writer to stop
@@ -134,7 +134,7 @@ def client_snapshot(m: Member, run_id: str, log: list[dict], snapshot: Optional[
     if m.app.after_seq is None:
         return snapshot
     try:
-        return RunView.replay(run_id, log[:m.app.after_seq] + m.app.events()).snapshot()
+        return RunState.replay(run_id, log[:m.app.after_seq] + m.app.events()).snapshot()
     except Exception as exc:  # its events do not even apply: the checker says why
         print(f"faults[replicas]: {m.name}: its events do not replay: {exc!r}")
         return None
@@ -234,7 +234,7 @@ async def test_replica_killed_mid_run_clients_move_to_the_others(spawn, open_db,
     log = store.events(run_id).dicts()
     truth = store.snapshot(run_id)
     assert log[0]["seq"] == 1 and len(log) == log[-1]["seq"]
-    assert RunView.replay(run_id, log).snapshot() == truth  # the replay itself is right
+    assert RunState.replay(run_id, log).snapshot() == truth  # the replay itself is right
     reports = {}
     for m, snap in zip(members, snapshots):
         report = reports[m.name] = check(m.app.items, log, client_snapshot(m, run_id, log, snap), truth,

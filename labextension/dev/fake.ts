@@ -5,7 +5,9 @@ import type { ConnectionInfo, RunListener, Transport } from '../src/connection';
 import { RunFollower } from '../src/follower';
 import type { Ack, EdgeInfo, NodeSpec, NodeState, SnapshotMsg, WorkflowState } from '../src/protocol';
 import { applyEvent, Envelope, fromSnapshot, RunState, toSnapshot } from '../src/state';
-import { NODE_STATUSES } from '../src/status';
+import {
+  ACTIVE_NODE_STATES, COMMAND_NODE_STATES, COMMAND_RUN_STATES, CommandAction, NODE_STATES
+} from '../src/states';
 
 class Cancelled extends Error {}
 
@@ -46,7 +48,7 @@ export class FakeServer {
   constructor(readonly runId: string, name: string, description: string, readonly batchMs = 50) {
     const now = new Date().toISOString();
     const counts: Record<string, number> = {};
-    for (const s of NODE_STATUSES) counts[s] = 0;
+    for (const s of NODE_STATES) counts[s] = 0;
     const snap: SnapshotMsg = {
       type: 'snapshot', run_id: runId, seq: 0, edges: [], nodes: [], layout: { generations: [] },
       run: {
@@ -86,8 +88,6 @@ export class FakeServer {
     return clone(toSnapshot(this.st));
   }
 }
-
-const ACTIVE: NodeState[] = ['running', 'paused', 'waiting_approval'];
 
 /** The executor's scheduling and command rules, in a page. */
 export class FakeExecutor {
@@ -178,7 +178,7 @@ export class FakeExecutor {
       return;
     }
     if (state !== 'executing' && state !== 'waiting_approval') return;
-    let free = this.width - ACTIVE.reduce((s, k) => s + (counts[k] ?? 0), 0);
+    let free = this.width - [...ACTIVE_NODE_STATES].reduce((s, k) => s + (counts[k] ?? 0), 0);
     while (this.ready.length && free > 0) {
       const id = this.ready.shift()!;
       if (this.status(id) !== 'pending') continue;
@@ -233,7 +233,7 @@ export class FakeExecutor {
       this.setNode(id, 'completed', { result_preview: result });
     } catch (err) {
       if (err instanceof Cancelled) {
-        if (ACTIVE.includes(this.status(id))) this.setNode(id, 'cancelled', { reason: 'run cancelled' });
+        if (ACTIVE_NODE_STATES.has(this.status(id))) this.setNode(id, 'cancelled', { reason: 'run cancelled' });
       } else {
         await this.attemptFailed(id, step, err as Error);
         return;
@@ -334,16 +334,9 @@ export class FakeExecutor {
 
   command(action: string, nodeId: string | null, payload: Record<string, unknown> | null): string | null {
     const s = this.st.run.state;
-    const legal: Record<string, WorkflowState[]> = {
-      pause: ['planning', 'executing', 'waiting_approval'],
-      resume: ['pausing', 'paused'],
-      cancel: ['draft', 'planning', 'executing', 'pausing', 'paused', 'waiting_approval'],
-      retry: ['executing', 'pausing', 'paused', 'waiting_approval', 'failed'],
-      approve: ['executing', 'pausing', 'paused', 'waiting_approval'],
-      reject: ['executing', 'pausing', 'paused', 'waiting_approval']
-    };
-    if (!legal[action]) return `unknown action '${action}'`;
-    if (!legal[action].includes(s)) return `cannot ${action} a run that is ${s}`;
+    const legal: readonly WorkflowState[] | undefined = COMMAND_RUN_STATES[action as CommandAction];
+    if (!legal) return `unknown action '${action}'`;
+    if (!legal.includes(s)) return `cannot ${action} a run that is ${s}`;
     if (action === 'pause') this.setRun('pausing');
     else if (action === 'resume') this.setRun('executing');
     else if (action === 'cancel') this.setRun('cancelling');
@@ -361,7 +354,9 @@ export class FakeExecutor {
   private retry(nodeId: string | null): string | null {
     if (!nodeId || !this.st.nodes.has(nodeId)) return `run has no node '${nodeId}'`;
     const status = this.status(nodeId);
-    if (status !== 'failed') return `cannot retry a node that is ${status}; only failed nodes can be retried`;
+    if (!COMMAND_NODE_STATES.retry?.includes(status)) {
+      return `cannot retry a node that is ${status}; only failed nodes can be retried`;
+    }
     if (this.st.run.state === 'failed') this.setRun('executing', { reason: `retrying ${nodeId}` });
     this.setNode(nodeId, 'retrying', { delay_s: 0, reason: 'retry requested' });
     this.reopenSkipped(nodeId);

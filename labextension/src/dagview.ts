@@ -8,8 +8,9 @@ import type { Layout, NodeInfo, NodeState } from './protocol';
 import { el as html } from './dom';
 import type { RunState } from './state';
 import {
-  countsText, dominantStatus, glyphAt, GLYPHS, NODE_STATUSES, nodeSubtitle, STATUS_LABEL, truncate
+  countsText, dominantStatus, glyphAt, GLYPHS, nodeSubtitle, STATUS_LABEL, truncate
 } from './status';
+import { NODE_STATES } from './states';
 import {
   chooseOrientation, Direction, edgePath, fitView, GraphLayout, Item, layoutGraph, moreKey,
   neighbour, NODE_H, NODE_W, Orientation, Placement, statusCounts, View, zoomAt
@@ -625,7 +626,7 @@ export class DagView {
     const width = TEXT_W - 2;
     let x = els.x + 40;
     const rects: SVGRectElement[] = [];
-    for (const s of NODE_STATUSES) {
+    for (const s of NODE_STATES) {
       const c = counts[s] ?? 0;
       if (!c) continue;
       const w = (width * c) / total;
@@ -642,7 +643,7 @@ export class DagView {
   private buildLegend(): HTMLUListElement {
     const ul = html('ul', 'cr-legend');
     ul.setAttribute('aria-label', 'Step statuses');
-    for (const s of NODE_STATUSES) {
+    for (const s of NODE_STATES) {
       const li = html('li', 'cr-legend-item cr-zero');
       li.dataset.status = s;
       const count = html('span', 'cr-legend-count', '0');

@@ -4,6 +4,7 @@
 import type {
   EdgeInfo, EventsMsg, Layout, NodeInfo, PendingApproval, RunInfo, SnapshotMsg
 } from './protocol';
+import { FINAL_NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
 
 export type Envelope = EventsMsg['events'][number];
 
@@ -17,7 +18,6 @@ export interface RunState {
 }
 
 const DONE = ['completed', 'skipped', 'cancelled'];
-const FINAL_NODE = ['completed', 'skipped', 'cancelled', 'failed'];
 const WORKFLOW_EVENTS = new Set([
   'workflow_started', 'workflow_state_changed', 'workflow_paused', 'workflow_resumed',
   'workflow_completed', 'workflow_failed', 'workflow_cancelled'
@@ -96,7 +96,7 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
     run.state = d.new_state;
     run.reason = d.reason ?? null;
     if (d.new_state === 'executing' && run.started_at === null) run.started_at = ts;
-    if (['completed', 'failed', 'cancelled'].includes(d.new_state)) run.finished_at = ts;
+    if (SETTLED_WORKFLOW_STATES.has(d.new_state)) run.finished_at = ts;
     else if (d.old_state === 'failed') run.finished_at = null;
     return null;
   }
@@ -116,7 +116,7 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       node.progress = null;
       node.progress_message = null;
     }
-    if (FINAL_NODE.includes(newS)) node.finished_at = ts;
+    if (FINAL_NODE_STATES.has(newS)) node.finished_at = ts;
     if ('error' in d) node.error = d.error;
     else if (fresh) node.error = null;
     if (newS === 'completed') {

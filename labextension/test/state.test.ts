@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { applyEvent, fromSnapshot, generations, RunState, toSnapshot } from '../src/state';
+import { NODE_STATES } from '../src/states';
 
 // Recorded by scripts/make_reducer_fixture.py: a run's whole log and Python's snapshot.
 const fixture = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'run-log.json'), 'utf8'));
@@ -17,8 +18,7 @@ function emptyState(): RunState {
       state: 'draft', reason: null, created_at: first.timestamp, started_at: null,
       finished_at: null, updated_at: first.timestamp, cost_usd: 0, input_tokens: 0,
       output_tokens: 0,
-      counts: Object.fromEntries(['pending', 'running', 'paused', 'waiting_approval', 'retrying',
-        'completed', 'failed', 'skipped', 'cancelled'].map(s => [s, 0])),
+      counts: Object.fromEntries(NODE_STATES.map(s => [s, 0])),
       total: 0, done: 0, pending_approvals: [], last_error: null
     }
   });

@@ -26,6 +26,15 @@ function dropPropertyTitles(node) {
 }
 dropPropertyTitles(schema.$defs);
 
+// Event data may carry fields this client does not know (the models allow extras, so
+// an older client reads a newer server's events). The client reads only the fields it
+// declares: no index signature on a model, so a renamed or misspelt field fails to
+// compile instead of reading as `unknown`. (Free-form values, such as a tool call's
+// arguments, keep theirs.)
+for (const def of Object.values(schema.$defs)) {
+  if (def.properties && def.additionalProperties === true) delete def.additionalProperties;
+}
+
 async function protocolTs() {
   // Compile one synthetic object that references every definition, so each becomes
   // a named, exported type.

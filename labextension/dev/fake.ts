@@ -1,8 +1,8 @@
 // A fake server for the harness: a small executor that follows the engine's rules
 // (engine/states.py, engine/executor.py) and records events, and a Transport that
-// feeds them through the real RunFollower, with simulated disconnects.
-import type { ConnectionInfo, RunListener, Transport } from '../src/connection';
-import { RunFollower } from '../src/follower';
+// feeds them through the real Subscriptions and RunFollower, with simulated disconnects.
+import type { ConnectionInfo, Transport } from '../src/connection';
+import { RunListener, Subscriptions, SubscriptionFrame } from '../src/subscriptions';
 import type { Ack, EdgeInfo, NodeSpec, NodeState, SnapshotMsg, WorkflowState } from '../src/protocol';
 import { applyEvent, Envelope, fromSnapshot, RunState, toSnapshot } from '../src/state';
 import {
@@ -436,12 +436,12 @@ function fakeTraceback(id: string, err: Error): string {
   ].join('\n');
 }
 
-/** A Transport over the fake server, through the real RunFollower. */
+/** A Transport over the fake server, through the real Subscriptions and RunFollower. */
 export class FakeTransport implements Transport {
   private conn: ConnectionInfo = { state: 'live' };
   private retryAt = 0;
   private readonly infoListeners = new Set<(i: ConnectionInfo) => void>();
-  private readonly subs = new Map<string, { f: RunFollower; listeners: Set<RunListener> }>();
+  private readonly subs = new Subscriptions({ send: frame => this.answer(frame), unsubscribe: false });
   private backlog: Envelope[] = [];
   executor: FakeExecutor | null = null;
 
@@ -465,14 +465,14 @@ export class FakeTransport implements Transport {
   }
 
   follow(runId: string, listener: RunListener): () => void {
-    const sub = { f: new RunFollower(runId), listeners: new Set([listener]) };
-    this.subs.set(runId, sub);
-    // The first frame is a snapshot, a moment later (the view shows "connecting" meanwhile).
-    setTimeout(() => {
-      const u = sub.f.onSnapshot(this.server.snapshot());
-      for (const cb of sub.listeners) cb(u);
-    }, 120);
-    return () => this.subs.delete(runId);
+    return this.subs.follow(runId, listener);
+  }
+
+  /** The fake server's side: a subscription gets a snapshot, a moment later (the view shows "connecting" meanwhile). */
+  private answer(frame: SubscriptionFrame): void {
+    if (frame.type === 'subscribe' || frame.type === 'request_state') {
+      setTimeout(() => this.subs.receive(this.server.snapshot()), 120);
+    }
   }
 
   private deliver(events: Envelope[]): void {
@@ -480,10 +480,7 @@ export class FakeTransport implements Transport {
       this.backlog.push(...events);
       return;
     }
-    for (const [runId, sub] of this.subs) {
-      const u = sub.f.onEvents({ type: 'events', run_id: runId, events: events as any });
-      if (u.events.length || u.snapshot) for (const cb of sub.listeners) cb(u);
-    }
+    for (const runId of this.subs.runIds()) this.subs.receive({ type: 'events', run_id: runId, events });
   }
 
   /** Drop the connection for `ms`; come back replaying the backlog, or with a snapshot. */
@@ -494,10 +491,9 @@ export class FakeTransport implements Transport {
       this.setConn({ state: 'live' });
       const backlog = this.backlog;
       this.backlog = [];
-      for (const [, sub] of this.subs) {
-        const u = resume === 'snapshot' ? sub.f.onSnapshot(this.server.snapshot())
-          : sub.f.onEvents({ type: 'events', run_id: sub.f.runId, events: backlog as any });
-        for (const cb of sub.listeners) cb(u);
+      for (const runId of this.subs.runIds()) {
+        this.subs.receive(resume === 'snapshot' ? this.server.snapshot()
+          : { type: 'events', run_id: runId, events: backlog });
       }
     }, ms);
   }

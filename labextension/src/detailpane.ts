@@ -2,8 +2,7 @@
 // last agent message, metrics, result and files. Each section is rebuilt only when
 // what it shows changed, so an open traceback or a loaded image survives updates.
 import type { FileInfo, NodeInfo, RunInfo } from './protocol';
-import { button, el } from './dom';
-import { glyphIcon } from './dagview';
+import { button, el, glyphIcon } from './dom';
 import { formatCost } from './runlist';
 import { COMMAND_NODE_STATES } from './states';
 import {

@@ -2,7 +2,7 @@
 // bookkeeping that shows each seq at most once, across snapshots, with a visible
 // marker where events were skipped (the view never pretends it saw everything).
 import type { ErrorInfo } from './protocol';
-import type { Envelope, EventOf, WorkflowEvent } from './state';
+import { Envelope, EventOf, isWorkflowEvent, WorkflowEvent } from './state';
 import { baseName } from './status';
 
 export type Tone = 'info' | 'ok' | 'warn' | 'error' | 'muted' | 'state';
@@ -112,6 +112,7 @@ function describeRetry(ev: EventOf<'step_retry_started'>): LogEntry {
  * churn the graph and the header show.
  */
 export function describeEvent(ev: Envelope): LogEntry | null {
+  if (isWorkflowEvent(ev)) return describeWorkflow(ev);
   switch (ev.event_type) {
     case 'agent_message':
       return describeMessage(ev);
@@ -146,14 +147,6 @@ export function describeEvent(ev: Envelope): LogEntry | null {
     }
     case 'error_occurred':
       return entry(ev, ev.data.node_id ?? null, { tone: 'error', text: `${ev.data.code}: ${ev.data.message}` });
-    case 'workflow_started':
-    case 'workflow_state_changed':
-    case 'workflow_paused':
-    case 'workflow_resumed':
-    case 'workflow_completed':
-    case 'workflow_failed':
-    case 'workflow_cancelled':
-      return describeWorkflow(ev);
     case 'step_started':
     case 'step_progress':
     case 'step_completed':

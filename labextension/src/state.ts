@@ -14,12 +14,25 @@ export type EventType = Envelope['event_type'];
 export type EventOf<T extends EventType> = Extract<Envelope, { event_type: T }>;
 
 /** The events of a workflow transition: each carries the old and the new state. */
-export type WorkflowEvent = EventOf<
-  'workflow_started' | 'workflow_state_changed' | 'workflow_paused' | 'workflow_resumed' |
-  'workflow_completed' | 'workflow_failed' | 'workflow_cancelled'>;
+const WORKFLOW_EVENTS = [
+  'workflow_started', 'workflow_state_changed', 'workflow_paused', 'workflow_resumed',
+  'workflow_completed', 'workflow_failed', 'workflow_cancelled'
+] as const satisfies readonly EventType[];
+export type WorkflowEvent = EventOf<typeof WORKFLOW_EVENTS[number]>;
+
 /** The events of a node transition: each carries the old and the new status. */
-export type NodeTransition = EventOf<
-  'step_started' | 'step_completed' | 'step_failed' | 'step_retry_started' | 'dag_node_status_changed'>;
+const NODE_TRANSITIONS = [
+  'step_started', 'step_completed', 'step_failed', 'step_retry_started', 'dag_node_status_changed'
+] as const satisfies readonly EventType[];
+type NodeTransition = EventOf<typeof NODE_TRANSITIONS[number]>;
+
+export function isWorkflowEvent(ev: Envelope): ev is WorkflowEvent {
+  return (WORKFLOW_EVENTS as readonly string[]).includes(ev.event_type);
+}
+
+function isNodeTransition(ev: Envelope): ev is NodeTransition {
+  return (NODE_TRANSITIONS as readonly string[]).includes(ev.event_type);
+}
 
 export interface RunState {
   runId: string;
@@ -95,22 +108,12 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
   st.seq = ev.seq;
   const ts = ev.timestamp;
   st.run.updated_at = ts;
+  if (isWorkflowEvent(ev)) {
+    applyWorkflow(st.run, ev.data, ts);
+    return null;
+  }
+  if (isNodeTransition(ev)) return applyNode(st, ev.data, ts);
   switch (ev.event_type) {
-    case 'workflow_started':
-    case 'workflow_state_changed':
-    case 'workflow_paused':
-    case 'workflow_resumed':
-    case 'workflow_completed':
-    case 'workflow_failed':
-    case 'workflow_cancelled':
-      applyWorkflow(st.run, ev.data, ts);
-      return null;
-    case 'step_started':
-    case 'step_completed':
-    case 'step_failed':
-    case 'step_retry_started':
-    case 'dag_node_status_changed':
-      return applyNode(st, ev.data, ts);
     case 'dag_created':
       addNodes(st, ev.data.nodes, ev.data.edges);
       return null;

@@ -2,6 +2,7 @@
 // (engine/states.py, engine/executor.py) and records events, and a Transport that
 // feeds them through the real Subscriptions and RunFollower, with simulated disconnects.
 import type { ConnectionInfo, Transport } from '../src/connection';
+import type { RunFollower } from '../src/follower';
 import { RunListener, Subscriptions, SubscriptionFrame } from '../src/subscriptions';
 import type { Ack, EdgeInfo, NodeSpec, NodeState, SnapshotMsg, WorkflowState } from '../src/protocol';
 import { applyEvent, Envelope, fromSnapshot, RunState, toSnapshot } from '../src/state';
@@ -466,6 +467,11 @@ export class FakeTransport implements Transport {
 
   follow(runId: string, listener: RunListener): () => void {
     return this.subs.follow(runId, listener);
+  }
+
+  /** The follower of a followed run: what benchmarks/widget_render.py probes. */
+  follower(runId: string): RunFollower | undefined {
+    return this.subs.follower(runId);
   }
 
   /** The fake server's side: a subscription gets a snapshot, a moment later (the view shows "connecting" meanwhile). */

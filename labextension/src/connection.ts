@@ -329,7 +329,7 @@ export class Connection implements Transport {
 
   /** Stats of a followed run (tests and diagnostics). */
   stats(runId: string) {
-    return this.subs.stats(runId);
+    return this.subs.follower(runId)?.stats;
   }
 
   command(runId: string, action: string, nodeId?: string | null,

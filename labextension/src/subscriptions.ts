@@ -87,9 +87,9 @@ export class Subscriptions {
     if (sub) this.tell(sub, update(sub.follower.state, { error }));
   }
 
-  /** Counts of a followed run's follower (tests and diagnostics). */
-  stats(runId: string): RunFollower['stats'] | undefined {
-    return this.subs.get(runId)?.follower.stats;
+  /** The follower of a followed run (tests, diagnostics, benchmarks). */
+  follower(runId: string): RunFollower | undefined {
+    return this.subs.get(runId)?.follower;
   }
 
   private tell(sub: Sub, u: Update): void {

@@ -51,8 +51,7 @@ new PerformanceObserver(l => { for (const e of l.getEntries())
 """
 
 # What the page's follower and renderer did (the follower lives in the fake transport).
-PROBE = """() => { const h = window.__harness, sub = [...h.transport.subs.values()][0];
-  const f = sub ? sub.f : null;
+PROBE = """() => { const h = window.__harness, f = h.transport.follower(h.server.runId) ?? null;
   return { t: performance.now(), emitted: h.server.emitted, serverSeq: h.server.st.seq,
            seq: f && f.state ? f.state.seq : 0, stats: f ? {...f.stats} : null,
            state: h.server.st.run.state, done: h.server.st.run.done, total: h.server.st.run.total,
@@ -123,7 +122,7 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
                    loaf: window.__loaf.filter(e => e.start >= %f && e.start < t) }; }"""
                               % (before["t"], before["t"]))
         m1 = measure.cpu_metrics(cdp)
-        page.wait_for_function("""() => { const h = window.__harness, f = [...h.transport.subs.values()][0].f;
+        page.wait_for_function("""() => { const h = window.__harness, f = h.transport.follower(h.server.runId);
           return f.state && f.state.seq >= h.server.st.seq; }""", timeout=10000, polling=50)
         page.evaluate(NEXT_FRAMES)
         final = page.evaluate(PROBE)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from engine.events import AnyEvent
 from engine.snapshot import EdgeInfo, Layout, NodeInfo, RunInfo
+from engine import states
 from engine.states import COMMAND_ACTIONS, WorkflowState
 
 PROTOCOL_VERSION = 1
@@ -274,7 +275,13 @@ def validate_server_frame(frame: str | bytes) -> BaseModel:
 
 
 def wire_schema() -> dict:
-    """JSON Schema of the whole protocol: ``ServerMessage`` and ``ClientMessage``."""
+    """JSON Schema of the whole protocol: ``ServerMessage`` and ``ClientMessage``.
+
+    ``x-states`` carries the state machine's public facts (``engine.states.contract()``:
+    every state, the final and settled sets, the states each command is legal in), so
+    clients read them from the schema instead of copying them; the front end's
+    ``src/states.ts`` is generated from it.
+    """
     from pydantic.json_schema import models_json_schema
 
     _, defs = models_json_schema([], ref_template="#/$defs/{model}")
@@ -290,6 +297,7 @@ def wire_schema() -> dict:
                        "(server to client) or a ClientMessage (client to server).",
         "protocol": PROTOCOL_VERSION,
         "oneOf": [{"$ref": "#/$defs/ServerMessage"}, {"$ref": "#/$defs/ClientMessage"}],
+        "x-states": states.contract(),
         "$defs": all_defs,
     }
 

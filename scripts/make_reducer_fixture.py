@@ -1,8 +1,10 @@
-"""Record a run that exercises every kind of event, for the reducer cross-check.
+"""Record runs that together exercise every event type, for the reducer cross-check.
 
-Writes labextension/test/fixtures/run-log.json: {"events": [...], "snapshot": {...}}.
-The TypeScript reducer (labextension/src/state.ts) replays the events and must reach
-the snapshot; tests/engine/test_reducer_fixture.py checks Python's reducer the same way.
+Writes labextension/test/fixtures/run-log.json:
+{"runs": [{"title": ..., "events": [...], "snapshot": {...}}, ...]}. The TypeScript
+reducer (labextension/src/state.ts) replays each run's events and must reach its
+snapshot, and a test there fails when an event type of the schema occurs in none of
+them; tests/test_contracts.py checks Python's reducer the same way.
 
     python scripts/make_reducer_fixture.py
 """
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from engine import Workflow, open_store
+from engine.store import close_store
 
 OUT = Path(__file__).resolve().parent.parent / "labextension" / "test" / "fixtures" / "run-log.json"
 
@@ -25,10 +28,10 @@ def wait_for(predicate, timeout=30.0):
         time.sleep(0.01)
 
 
-def main() -> None:
-    tmp = Path(tempfile.mkdtemp())
-    store = open_store(str(tmp / "fixture.sqlite"))
-    wf = Workflow("fixture", description="every event type once or more")
+def completed_run(store, tmp: Path) -> str:
+    """Planned, extended at run time, a step retried, a failed one retried by hand,
+    paused while waiting for an approval, approved, resumed, completed."""
+    wf = Workflow("fixture", description="retries, a plan extended at run time, an approval")
     attempts = {"flaky": 0}
     broken = {"yes": True}
 
@@ -83,8 +86,63 @@ def main() -> None:
     run.approve(comment="looks good")
     run.resume()
     run.wait(30)
-    OUT.write_text(json.dumps({"events": run.events().dicts(), "snapshot": run.snapshot()}, indent=1))
-    print(f"wrote {OUT}: {len(run.events())} events, final state {run.state.value}")
+    return run.id
+
+
+def cancelled_run(store) -> str:
+    """Cancelled while a step waits at a checkpoint and another has not started."""
+    wf = Workflow("fixture cancelled", description="cancelled while running")
+
+    @wf.step()
+    def long(ctx):
+        while True:
+            ctx.checkpoint()
+            time.sleep(0.01)
+
+    @wf.step(deps=["long"])
+    def after(ctx, long):
+        return long
+
+    run = wf.start(store=store)
+    wait_for(lambda: run.snapshot()["nodes"][0]["status"] == "running")
+    run.cancel()
+    run.wait(30)
+    return run.id
+
+
+def lost_run(store) -> str:
+    """Failed, then its executor went away (the store it ran on closed): a retry is
+    no longer possible, which the run records as error_occurred."""
+    wf = Workflow("fixture lost", description="failed, then its executor went away")
+
+    @wf.step()
+    def boom(ctx):
+        raise RuntimeError("boom")
+
+    run = wf.start(store=store)
+    wait_for(lambda: run.state == "failed")
+    return run.id
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp())
+    url = str(tmp / "fixture.sqlite")
+    store = open_store(url)
+    titles = {
+        completed_run(store, tmp): "completed after a retry, a pause and an approval",
+        cancelled_run(store): "cancelled while running",
+        lost_run(store): "failed, then its executor was lost",
+    }
+    close_store(url)  # the lost run's executor goes with it
+    store = open_store(url)
+    runs = []
+    for run_id, title in titles.items():
+        run = store.run(run_id)
+        runs.append({"title": title, "events": run.events().dicts(), "snapshot": run.snapshot()})
+    OUT.write_text(json.dumps({"runs": runs}, indent=1))
+    types = {e["event_type"] for r in runs for e in r["events"]}
+    print(f"wrote {OUT}: {len(runs)} runs, {sum(len(r['events']) for r in runs)} events, "
+          f"{len(types)} event types")
 
 
 if __name__ == "__main__":

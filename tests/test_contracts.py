@@ -32,8 +32,9 @@ def test_typescript_types_are_generated_from_the_schema():
 
 
 def test_python_reducer_replays_the_cross_language_fixture():
-    """The same recorded log the TypeScript reducer's test replays (labextension/test)."""
+    """The same recorded logs the TypeScript reducer's test replays (labextension/test)."""
     fixture = json.loads((LAB / "test" / "fixtures" / "run-log.json").read_text())
-    events = fixture["events"]
-    view = RunState.replay(events[0]["run_id"], events)
-    assert view.snapshot() == fixture["snapshot"]
+    for run in fixture["runs"]:
+        events = run["events"]
+        view = RunState.replay(events[0]["run_id"], events)
+        assert view.snapshot() == run["snapshot"], run["title"]

@@ -1,11 +1,14 @@
 // A fake server for the harness: a small executor that follows the engine's rules
 // (engine/states.py, engine/executor.py) and records events, and a Transport that
-// feeds them through the real RunFollower, with simulated disconnects.
-import type { ConnectionInfo, RunListener, Transport } from '../src/connection';
-import { RunFollower } from '../src/follower';
+// feeds them through the real Subscriptions and RunFollower, with simulated disconnects.
+import type { ConnectionInfo, Transport } from '../src/connection';
+import type { RunFollower } from '../src/follower';
+import { RunListener, Subscriptions, SubscriptionFrame } from '../src/subscriptions';
 import type { Ack, EdgeInfo, NodeSpec, NodeState, SnapshotMsg, WorkflowState } from '../src/protocol';
 import { applyEvent, Envelope, fromSnapshot, RunState, toSnapshot } from '../src/state';
-import { NODE_STATUSES } from '../src/status';
+import {
+  ACTIVE_NODE_STATES, COMMAND_NODE_STATES, COMMAND_RUN_STATES, CommandAction, NODE_STATES
+} from '../src/states';
 
 class Cancelled extends Error {}
 
@@ -46,7 +49,7 @@ export class FakeServer {
   constructor(readonly runId: string, name: string, description: string, readonly batchMs = 50) {
     const now = new Date().toISOString();
     const counts: Record<string, number> = {};
-    for (const s of NODE_STATUSES) counts[s] = 0;
+    for (const s of NODE_STATES) counts[s] = 0;
     const snap: SnapshotMsg = {
       type: 'snapshot', run_id: runId, seq: 0, edges: [], nodes: [], layout: { generations: [] },
       run: {
@@ -86,8 +89,6 @@ export class FakeServer {
     return clone(toSnapshot(this.st));
   }
 }
-
-const ACTIVE: NodeState[] = ['running', 'paused', 'waiting_approval'];
 
 /** The executor's scheduling and command rules, in a page. */
 export class FakeExecutor {
@@ -178,7 +179,7 @@ export class FakeExecutor {
       return;
     }
     if (state !== 'executing' && state !== 'waiting_approval') return;
-    let free = this.width - ACTIVE.reduce((s, k) => s + (counts[k] ?? 0), 0);
+    let free = this.width - [...ACTIVE_NODE_STATES].reduce((s, k) => s + (counts[k] ?? 0), 0);
     while (this.ready.length && free > 0) {
       const id = this.ready.shift()!;
       if (this.status(id) !== 'pending') continue;
@@ -233,7 +234,7 @@ export class FakeExecutor {
       this.setNode(id, 'completed', { result_preview: result });
     } catch (err) {
       if (err instanceof Cancelled) {
-        if (ACTIVE.includes(this.status(id))) this.setNode(id, 'cancelled', { reason: 'run cancelled' });
+        if (ACTIVE_NODE_STATES.has(this.status(id))) this.setNode(id, 'cancelled', { reason: 'run cancelled' });
       } else {
         await this.attemptFailed(id, step, err as Error);
         return;
@@ -334,16 +335,9 @@ export class FakeExecutor {
 
   command(action: string, nodeId: string | null, payload: Record<string, unknown> | null): string | null {
     const s = this.st.run.state;
-    const legal: Record<string, WorkflowState[]> = {
-      pause: ['planning', 'executing', 'waiting_approval'],
-      resume: ['pausing', 'paused'],
-      cancel: ['draft', 'planning', 'executing', 'pausing', 'paused', 'waiting_approval'],
-      retry: ['executing', 'pausing', 'paused', 'waiting_approval', 'failed'],
-      approve: ['executing', 'pausing', 'paused', 'waiting_approval'],
-      reject: ['executing', 'pausing', 'paused', 'waiting_approval']
-    };
-    if (!legal[action]) return `unknown action '${action}'`;
-    if (!legal[action].includes(s)) return `cannot ${action} a run that is ${s}`;
+    const legal: readonly WorkflowState[] | undefined = COMMAND_RUN_STATES[action as CommandAction];
+    if (!legal) return `unknown action '${action}'`;
+    if (!legal.includes(s)) return `cannot ${action} a run that is ${s}`;
     if (action === 'pause') this.setRun('pausing');
     else if (action === 'resume') this.setRun('executing');
     else if (action === 'cancel') this.setRun('cancelling');
@@ -361,7 +355,9 @@ export class FakeExecutor {
   private retry(nodeId: string | null): string | null {
     if (!nodeId || !this.st.nodes.has(nodeId)) return `run has no node '${nodeId}'`;
     const status = this.status(nodeId);
-    if (status !== 'failed') return `cannot retry a node that is ${status}; only failed nodes can be retried`;
+    if (!COMMAND_NODE_STATES.retry?.includes(status)) {
+      return `cannot retry a node that is ${status}; only failed nodes can be retried`;
+    }
     if (this.st.run.state === 'failed') this.setRun('executing', { reason: `retrying ${nodeId}` });
     this.setNode(nodeId, 'retrying', { delay_s: 0, reason: 'retry requested' });
     this.reopenSkipped(nodeId);
@@ -441,12 +437,12 @@ function fakeTraceback(id: string, err: Error): string {
   ].join('\n');
 }
 
-/** A Transport over the fake server, through the real RunFollower. */
+/** A Transport over the fake server, through the real Subscriptions and RunFollower. */
 export class FakeTransport implements Transport {
   private conn: ConnectionInfo = { state: 'live' };
   private retryAt = 0;
   private readonly infoListeners = new Set<(i: ConnectionInfo) => void>();
-  private readonly subs = new Map<string, { f: RunFollower; listeners: Set<RunListener> }>();
+  private readonly subs = new Subscriptions({ send: frame => this.answer(frame), unsubscribe: false });
   private backlog: Envelope[] = [];
   executor: FakeExecutor | null = null;
 
@@ -470,14 +466,19 @@ export class FakeTransport implements Transport {
   }
 
   follow(runId: string, listener: RunListener): () => void {
-    const sub = { f: new RunFollower(runId), listeners: new Set([listener]) };
-    this.subs.set(runId, sub);
-    // The first frame is a snapshot, a moment later (the view shows "connecting" meanwhile).
-    setTimeout(() => {
-      const u = sub.f.onSnapshot(this.server.snapshot());
-      for (const cb of sub.listeners) cb(u);
-    }, 120);
-    return () => this.subs.delete(runId);
+    return this.subs.follow(runId, listener);
+  }
+
+  /** The follower of a followed run: what benchmarks/widget_render.py probes. */
+  follower(runId: string): RunFollower | undefined {
+    return this.subs.follower(runId);
+  }
+
+  /** The fake server's side: a subscription gets a snapshot, a moment later (the view shows "connecting" meanwhile). */
+  private answer(frame: SubscriptionFrame): void {
+    if (frame.type === 'subscribe' || frame.type === 'request_state') {
+      setTimeout(() => this.subs.receive(this.server.snapshot()), 120);
+    }
   }
 
   private deliver(events: Envelope[]): void {
@@ -485,10 +486,7 @@ export class FakeTransport implements Transport {
       this.backlog.push(...events);
       return;
     }
-    for (const [runId, sub] of this.subs) {
-      const u = sub.f.onEvents({ type: 'events', run_id: runId, events: events as any });
-      if (u.events.length || u.snapshot) for (const cb of sub.listeners) cb(u);
-    }
+    for (const runId of this.subs.runIds()) this.subs.receive({ type: 'events', run_id: runId, events });
   }
 
   /** Drop the connection for `ms`; come back replaying the backlog, or with a snapshot. */
@@ -499,10 +497,9 @@ export class FakeTransport implements Transport {
       this.setConn({ state: 'live' });
       const backlog = this.backlog;
       this.backlog = [];
-      for (const [, sub] of this.subs) {
-        const u = resume === 'snapshot' ? sub.f.onSnapshot(this.server.snapshot())
-          : sub.f.onEvents({ type: 'events', run_id: sub.f.runId, events: backlog as any });
-        for (const cb of sub.listeners) cb(u);
+      for (const runId of this.subs.runIds()) {
+        this.subs.receive(resume === 'snapshot' ? this.server.snapshot()
+          : { type: 'events', run_id: runId, events: backlog });
       }
     }, ms);
   }

@@ -16,6 +16,7 @@ import { RunView } from '../src/runview';
 import type { Update } from '../src/follower';
 import type { NodeInfo } from '../src/protocol';
 import type { RunState } from '../src/state';
+import { SETTLED_WORKFLOW_STATES } from '../src/states';
 
 const params = new URLSearchParams(location.search);
 const big = Number(params.get('nodes') || 0);
@@ -163,7 +164,7 @@ function pace(server: FakeServer, executor: FakeExecutor, target: number): void 
   const seen: Array<[number, number]> = [];
   const timer = setInterval(() => {
     const state = server.st.run.state;
-    if (['completed', 'failed', 'cancelled'].includes(state)) {
+    if (SETTLED_WORKFLOW_STATES.has(state)) {
       clearInterval(timer);
       return;
     }

@@ -2,8 +2,8 @@
 // the widget's own comm, fed by the kernel, speaking the same frames as the socket.
 // Browser-to-kernel messages wait while a cell runs, so controls act when it is idle.
 import type { Ack, ServerMessage } from './protocol';
-import { RunFollower, update } from './follower';
-import type { ConnectionInfo, RunListener, Transport } from './connection';
+import type { ConnectionInfo, Transport } from './connection';
+import { RunListener, Subscriptions } from './subscriptions';
 
 /** The part of an anywidget model this transport needs. */
 export interface CommModel {
@@ -16,13 +16,14 @@ let counter = 0;
 
 export class CommTransport implements Transport {
   readonly kind = 'comm' as const;
-  private readonly followers = new Map<string, { f: RunFollower; listeners: Set<RunListener> }>();
+  private readonly subs: Subscriptions;
   private readonly pending = new Map<string, (ack: Ack) => void>();
   private readonly infoListeners = new Set<(info: ConnectionInfo) => void>();
   private storeDownSince: string | undefined;
   private readonly handler = (msg: any) => this.onFrame(msg as ServerMessage);
 
   constructor(private readonly model: CommModel) {
+    this.subs = new Subscriptions({ send: frame => model.send(frame), unsubscribe: false });
     model.on('msg:custom', this.handler);
   }
 
@@ -36,16 +37,7 @@ export class CommTransport implements Transport {
   }
 
   follow(runId: string, listener: RunListener): () => void {
-    let entry = this.followers.get(runId);
-    if (!entry) {
-      entry = { f: new RunFollower(runId), listeners: new Set() };
-      this.followers.set(runId, entry);
-      this.model.send(entry.f.subscribeFrame());
-    }
-    entry.listeners.add(listener);
-    return () => {
-      entry!.listeners.delete(listener);
-    };
+    return this.subs.follow(runId, listener);
   }
 
   command(runId: string, action: string, nodeId?: string | null,
@@ -60,9 +52,7 @@ export class CommTransport implements Transport {
 
   private onFrame(msg: ServerMessage): void {
     if (msg.type === 'error' && msg.code === 'unknown_run' && msg.ref) {
-      const entry = this.followers.get(msg.ref);
-      const u = update(entry?.f.state ?? null, { error: { code: msg.code, message: msg.message } });
-      for (const cb of entry?.listeners ?? []) cb(u);
+      this.subs.refuse(msg.ref, { code: msg.code, message: msg.message });
       return;
     }
     if (msg.type === 'store_status') {
@@ -75,13 +65,7 @@ export class CommTransport implements Transport {
       this.pending.delete(msg.command_id);
       return;
     }
-    if (msg.type !== 'snapshot' && msg.type !== 'events' && msg.type !== 'reset') return;
-    const entry = this.followers.get(msg.run_id);
-    if (!entry) return;
-    const u = msg.type === 'snapshot' ? entry.f.onSnapshot(msg)
-      : msg.type === 'events' ? entry.f.onEvents(msg) : entry.f.onReset();
-    if (u.requestState) this.model.send({ type: 'request_state', run_id: msg.run_id });
-    if (u.snapshot || u.events.length) for (const cb of entry.listeners) cb(u);
+    if (msg.type === 'snapshot' || msg.type === 'events' || msg.type === 'reset') this.subs.receive(msg);
   }
 
   dispose(): void {

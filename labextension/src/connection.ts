@@ -3,8 +3,8 @@
 // (first try within a second, cap 30 s), at once when the tab becomes visible or the
 // browser comes back online, and resubscribes each run after its last applied seq.
 import type { Ack, RunInfo, ServerMessage } from './protocol';
-import { RunFollower, Update, update } from './follower';
 import type { Envelope } from './state';
+import { RunListener, Subscriptions } from './subscriptions';
 
 export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline';
 
@@ -22,7 +22,6 @@ export interface ConnectionInfo {
   storeDownSince?: string;
 }
 
-export type RunListener = (u: Update) => void;
 export type RunsListener = (runs: Map<string, RunInfo>, changed: RunInfo | null) => void;
 
 export interface Transport {
@@ -52,11 +51,6 @@ export interface ConnectionOptions {
   random?: () => number;
   /** Set false in tests: no window/document listeners. */
   listenToPage?: boolean;
-}
-
-interface Sub {
-  follower: RunFollower;
-  listeners: Set<RunListener>;
 }
 
 interface PendingCommand {
@@ -92,7 +86,7 @@ export class Connection implements Transport {
   private lastError: string | undefined;
   private storeDownSince: string | undefined;
   private readonly infoListeners = new Set<(i: ConnectionInfo) => void>();
-  private readonly subs = new Map<string, Sub>();
+  private readonly subs = new Subscriptions({ send: f => this.send(f), unsubscribe: true });
   private readonly runsListeners = new Set<RunsListener>();
   private readonly runs = new Map<string, RunInfo>();
   private readonly pending = new Map<string, PendingCommand>();
@@ -260,16 +254,14 @@ export class Connection implements Transport {
         this.lastError = undefined;
         this.setState('live');
         this.startHeartbeat();
-        for (const sub of this.subs.values()) this.send(sub.follower.subscribeFrame());
+        for (const frame of this.subs.subscribeFrames()) this.send(frame);
         if (this.runsListeners.size) this.send({ type: 'subscribe_runs' });
         for (const p of this.pending.values()) this.send(p.frame); // same command_id: applied once
         return;
       case 'snapshot':
-        return this.dispatch(msg.run_id, f => f.onSnapshot(msg));
       case 'events':
-        return this.dispatch(msg.run_id, f => f.onEvents(msg));
       case 'reset':
-        return this.dispatch(msg.run_id, f => f.onReset());
+        return this.subs.receive(msg);
       case 'store_status':
         this.storeDownSince = msg.available ? undefined : msg.since;
         return this.setState(this.state);
@@ -298,10 +290,8 @@ export class Connection implements Transport {
           clearTimeout(p.timer);
           p.resolve({ type: 'ack', command_id: msg.ref!, ok: false, error: msg.message, code: msg.code });
         }
-        const sub = msg.ref ? this.subs.get(msg.ref) : undefined;
-        if (sub && msg.code === 'unknown_run') {
-          const u = update(sub.follower.state, { error: { code: msg.code, message: msg.message } });
-          for (const cb of sub.listeners) cb(u);
+        if (msg.ref && msg.code === 'unknown_run') {
+          this.subs.refuse(msg.ref, { code: msg.code, message: msg.message });
         }
         return;
       }
@@ -310,40 +300,10 @@ export class Connection implements Transport {
     }
   }
 
-  private dispatch(runId: string, step: (f: RunFollower) => Update): void {
-    const sub = this.subs.get(runId);
-    if (!sub) return;
-    const u = step(sub.follower);
-    if (u.requestState) this.send({ type: 'request_state', run_id: runId });
-    if (u.snapshot || u.events.length) {
-      for (const cb of sub.listeners) cb(u);
-    }
-  }
-
   // -- API -----------------------------------------------------------------------------------
 
   follow(runId: string, listener: RunListener): () => void {
-    let sub = this.subs.get(runId);
-    if (!sub) {
-      sub = { follower: new RunFollower(runId), listeners: new Set() };
-      this.subs.set(runId, sub);
-      this.send(sub.follower.subscribeFrame());
-    } else if (sub.follower.state) {
-      // A late joiner gets the current state at once.
-      const st = sub.follower.state;
-      listener({ state: st, snapshot: true, events: [], nodes: new Set(), runChanged: true,
-                 requestState: false });
-    }
-    sub.listeners.add(listener);
-    return () => {
-      const s = this.subs.get(runId);
-      if (!s) return;
-      s.listeners.delete(listener);
-      if (!s.listeners.size) {
-        this.subs.delete(runId);
-        this.send({ type: 'unsubscribe', run_id: runId });
-      }
-    };
+    return this.subs.follow(runId, listener);
   }
 
   followRuns(listener: RunsListener): () => void {
@@ -369,7 +329,7 @@ export class Connection implements Transport {
 
   /** Stats of a followed run (tests and diagnostics). */
   stats(runId: string) {
-    return this.subs.get(runId)?.follower.stats;
+    return this.subs.follower(runId)?.stats;
   }
 
   command(runId: string, action: string, nodeId?: string | null,

@@ -3,25 +3,24 @@
 // pipeline reads at 100 % in a notebook cell and a wide DAG fits a panel. The SVG is
 // built once per layout (new nodes, a snapshot, a generation expanded); after that,
 // updates touch only the nodes that changed, batched into one animation frame, so
-// thousands of nodes and hundreds of events a second stay cheap.
+// thousands of nodes and hundreds of events a second stay cheap. Where things go is
+// dagmodel.ts's (pure geometry), what a node shows dagnode.ts's, and moving around the
+// graph (pan, zoom, keyboard focus) dagnavigation.ts's; this draws and selects.
 import type { Layout, NodeInfo, NodeState } from './protocol';
-import { el as html } from './dom';
-import type { RunState } from './state';
 import {
-  countsText, dominantStatus, glyphAt, GLYPHS, NODE_STATUSES, nodeSubtitle, STATUS_LABEL, truncate
-} from './status';
-import {
-  chooseOrientation, Direction, edgePath, fitView, GraphLayout, Item, layoutGraph, moreKey,
-  neighbour, NODE_H, NODE_W, Orientation, Placement, statusCounts, View, zoomAt
+  chooseOrientation, edgePath, GraphLayout, Item, layoutGraph, moreKey, Orientation,
+  Placement, statusCounts
 } from './dagmodel';
+import { DagNavigation } from './dagnavigation';
+import {
+  NODE_PARTS, NodeFitters, nodeFitters, NodeLook, nodeLook, nodeMarkup, PART, partsTemplate,
+  placeParts, setGlyph, TEXT_W
+} from './dagnode';
+import { el as html, glyphIcon, svg } from './dom';
+import type { RunState } from './state';
+import { NODE_STATES } from './states';
+import { countsText, dominantStatus, STATUS_LABEL } from './status';
 
-const SVG_NS = 'http://www.w3.org/2000/svg';
-/** Room for text in a node, right of the status disc (px). */
-const TEXT_W = NODE_W - 50;
-const LABEL_CHARS = 20;
-const SUB_CHARS = 25;
-/** Below this zoom, text is unreadable: hide it (and save the painting). */
-const LOD_ZOOM = 0.45;
 const CANVAS_MIN_H = 200;
 const CANVAS_MAX_H = 520;
 
@@ -66,172 +65,6 @@ interface MoreEls {
   sig: string;
 }
 
-function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, string | number> = {},
-                                                 cls?: string): SVGElementTagNameMap[K] {
-  const e = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  if (cls) e.setAttribute('class', cls);
-  return e;
-}
-
-
-/** A small inline SVG of a status glyph (legend, badges, detail pane). */
-export function glyphIcon(status: NodeState, size = 14): SVGSVGElement {
-  const s = svg('svg', { viewBox: '0 0 12 12', width: size, height: size, 'aria-hidden': 'true' },
-                'cr-icon');
-  const g = GLYPHS[status];
-  s.append(svg('path', { d: g.d }, g.fill ? 'cr-glyph-fill' : 'cr-glyph-stroke'));
-  return s;
-}
-
-/**
- * Cuts text to a pixel width, so labels never run out of their node whatever the
- * glyph widths. Widths are summed from per-character measurements (canvas, cached):
- * no DOM layout, and linear in the text's length. Kerning is ignored, hence a margin.
- * Falls back to a character count where canvas is missing (tests).
- */
-class TextFitter {
-  private readonly ctx: CanvasRenderingContext2D | null;
-  private readonly charW = new Map<string, number>();
-  private readonly cache = new Map<string, string>();
-  private readonly ellipsis: number;
-
-  constructor(font: string, private readonly width: number, private readonly chars: number) {
-    let ctx: CanvasRenderingContext2D | null = null;
-    try {
-      ctx = document.createElement('canvas').getContext('2d');
-    } catch {
-      ctx = null;
-    }
-    this.ctx = ctx;
-    if (ctx) ctx.font = font;
-    this.ellipsis = this.char('…');
-  }
-
-  private char(c: string): number {
-    let w = this.charW.get(c);
-    if (w === undefined) {
-      w = this.ctx ? this.ctx.measureText(c).width : 7;
-      this.charW.set(c, w);
-    }
-    return w;
-  }
-
-  fit(text: string): string {
-    if (!this.ctx) return truncate(text, this.chars);
-    let out = this.cache.get(text);
-    if (out !== undefined) return out;
-    const room = this.width - 2;
-    let w = 0;
-    let cut = -1; // the last index at which the text plus an ellipsis still fits
-    for (let i = 0; i < text.length; i++) {
-      if (w + this.ellipsis <= room) cut = i;
-      w += this.char(text[i]);
-    }
-    out = w <= room ? text : text.slice(0, Math.max(1, cut)).trimEnd() + '…';
-    if (this.cache.size > 5000) this.cache.clear();
-    this.cache.set(text, out);
-    return out;
-  }
-}
-
-/** The status glyph, centred in the disc of an item whose corner is (x, y). */
-function setGlyph(path: SVGPathElement, status: NodeState, x: number, y: number): void {
-  path.setAttribute('d', glyphAt(status, x + GLYPH_X, y + GLYPH_Y));
-  path.setAttribute('class', `cr-glyph ${GLYPHS[status].fill ? 'cr-glyph-fill' : 'cr-glyph-stroke'}`);
-}
-
-type Part = [keyof SVGElementTagNameMap, string, Record<string, number>];
-
-/**
- * A node's parts relative to its corner, in paint order. No part (nor the node) has
- * a transform: each would be a paint chunk of its own, and with thousands of nodes
- * the compositor's per-frame work grows with them.
- */
-const NODE_PARTS: Part[] = [
-  ['title', '', {}],
-  ['rect', 'cr-halo', { x: -4, y: -4, width: NODE_W + 8, height: NODE_H + 8, rx: 11 }],
-  ['rect', 'cr-card', { x: 0, y: 0, width: NODE_W, height: NODE_H, rx: 8 }],
-  ['rect', 'cr-tint', { x: 0, y: 0, width: NODE_W, height: NODE_H, rx: 8 }],
-  ['circle', 'cr-disc', { cx: 21, cy: 20, r: 11 }],
-  ['path', 'cr-glyph', {}],
-  ['text', 'cr-label', { x: 40, y: 21 }],
-  ['text', 'cr-sub', { x: 40, y: 36 }],
-  ['rect', 'cr-track', { x: 40, y: 42, width: TEXT_W - 2, height: 3, rx: 1.5 }],
-  ['rect', 'cr-fill', { x: 40, y: 42, width: 0, height: 3, rx: 1.5 }]
-];
-const GLYPH_X = 15;
-const GLYPH_Y = 14;
-const PART = { title: 0, glyph: 5, label: 6, sub: 7, fill: 9 };
-
-/** Parts moved to (x, y): positional attributes only, from the table (no DOM reads). */
-function placeParts(g: SVGGElement, parts: Part[], x: number, y: number): void {
-  const c = g.children;
-  parts.forEach(([, , attrs], i) => {
-    const el = c[i];
-    if ('x' in attrs) el.setAttribute('x', String(attrs.x + x));
-    if ('y' in attrs) el.setAttribute('y', String(attrs.y + y));
-    if ('cx' in attrs) el.setAttribute('cx', String(attrs.cx + x));
-    if ('cy' in attrs) el.setAttribute('cy', String(attrs.cy + y));
-  });
-}
-
-function partsTemplate(parts: Part[], cls: string): SVGGElement {
-  const g = svg('g', { tabindex: -1, role: 'button' }, cls);
-  for (const [tag, c, attrs] of parts) g.append(svg(tag, attrs, c || undefined));
-  return g;
-}
-
-/** Everything a node shows, computed once and applied either as markup or as DOM writes. */
-interface NodeLook {
-  sig: string;
-  status: NodeState;
-  progress: 'none' | 'value' | 'indeterminate';
-  glyph: string;
-  glyphClass: string;
-  label: string;
-  sub: string;
-  fillWidth: number;
-  title: string;
-  aria: string;
-}
-
-const ESC: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
-
-function esc(text: string): string {
-  return text.replace(/[&<>"']/g, c => ESC[c]);
-}
-
-/**
- * A node's markup at (x, y): the initial SVG is parsed from one string, several
- * times faster than ~35 DOM calls per node. Part order is NODE_PARTS'.
- */
-function nodeMarkup(id: string, x: number, y: number, look: NodeLook): string {
-  const parts = NODE_PARTS.map(([tag, cls, attrs]) => {
-    const at: string[] = cls ? [`class="${cls}"`] : [];
-    for (const [k, v] of Object.entries(attrs)) {
-      const off = k === 'x' || k === 'cx' ? x : k === 'y' || k === 'cy' ? y : 0;
-      const val = cls === 'cr-fill' && k === 'width' ? look.fillWidth : v + off;
-      at.push(`${k}="${val}"`);
-    }
-    if (tag === 'title') return `<title>${esc(look.title)}</title>`;
-    if (cls === 'cr-glyph') return `<path class="${look.glyphClass}" d="${look.glyph}"/>`;
-    if (cls === 'cr-label') return `<text ${at.join(' ')}>${esc(look.label)}</text>`;
-    if (cls === 'cr-sub') return `<text ${at.join(' ')}>${esc(look.sub)}</text>`;
-    return `<${tag} ${at.join(' ')}/>`;
-  });
-  const i = esc(id);
-  return `<g class="cr-item cr-node" tabindex="-1" role="button" data-node-id="${i}" data-key="${i}" ` +
-    `data-status="${look.status}" data-progress="${look.progress}" aria-label="${esc(look.aria)}">${parts.join('')}</g>`;
-}
-
-/** What the progress bar of a node shows, as a data attribute CSS styles. */
-function progressMode(n: NodeInfo): 'none' | 'value' | 'indeterminate' {
-  if (n.status === 'running') return n.progress === null ? 'indeterminate' : 'value';
-  if ((n.status === 'paused' || n.status === 'waiting_approval') && n.progress !== null) return 'value';
-  return 'none';
-}
-
 export class DagView {
   readonly element: HTMLDivElement;
   private readonly canvas: HTMLDivElement;
@@ -245,7 +78,7 @@ export class DagView {
   private readonly hiHead: SVGPathElement;
   private readonly nodeLayer: SVGGElement;
   private readonly message: HTMLDivElement;
-  private readonly hint: HTMLDivElement;
+  private readonly nav: DagNavigation;
   private readonly legend: HTMLUListElement;
   private readonly legendCounts = new Map<NodeState, HTMLElement>();
   private readonly resize: ResizeObserver | null;
@@ -261,15 +94,10 @@ export class DagView {
   private readonly dirty = new Set<string>();
   private rebuild = false;
   private frame = 0;
-  private view: View = { x: 0, y: 0, k: 1 };
-  private userMoved = false;
-  private engaged = false;
   private selected: string | null = null;
-  private focusKey: string | null = null;
-  private hintTimer: ReturnType<typeof setTimeout> | null = null;
   private resizeFrame = 0;
-  private labelFit: TextFitter | null = null;
-  private subFit: TextFitter | null = null;
+  private fitters: NodeFitters | null = null;
+  private fontFamily = '';
   /** Build and patch timings (ms) and counts, for the harness and benchmarks. */
   readonly timings = { build: 0, builds: 0, patch: 0, patched: 0, patches: 0, patchTotal: 0, patchMax: 0 };
 
@@ -294,12 +122,19 @@ export class DagView {
     this.viewport.append(this.nodeLayer);
     this.svgEl.append(this.viewport);
     this.message = html('div', 'cr-canvas-message');
-    this.hint = html('div', 'cr-canvas-hint', 'Ctrl + scroll (⌘ on a Mac) to zoom · drag to pan');
-    this.hint.hidden = true;
-    this.canvas.append(this.edgeSvg, this.svgEl, this.toolbar(), this.message, this.hint);
+    const host = {
+      layout: () => this.layout,
+      itemEl: (key: string) => this.itemEl(key),
+      activate: (key: string) => this.activate(key),
+      escape: () => {
+        if (this.selected) this.select(null);
+      }
+    };
+    const els = { canvas: this.canvas, surface: this.svgEl, layers: [this.viewport, this.edgeViewport] };
+    this.nav = new DagNavigation(host, els, opts.wheelZoom);
+    this.canvas.append(this.edgeSvg, this.svgEl, this.nav.toolbar, this.message, this.nav.hint);
     this.legend = this.buildLegend();
     this.element.append(this.canvas, this.legend);
-    this.listen();
     this.resize = typeof ResizeObserver !== 'undefined'
       ? new ResizeObserver(() => this.onResize()) : null;
     this.resize?.observe(this.canvas);
@@ -347,26 +182,10 @@ export class DagView {
     this.opts.onSelect?.(id);
   }
 
-  fit(): void {
-    if (!this.layout) return;
-    const { clientWidth: w, clientHeight: h } = this.canvas;
-    if (!w || !h) return;
-    this.view = fitView(this.layout.width, this.layout.height, w, h);
-    this.userMoved = false;
-    this.applyView();
-  }
-
-  zoom(factor: number): void {
-    const { clientWidth: w, clientHeight: h } = this.canvas;
-    this.view = zoomAt(this.view, factor, w / 2, h / 2);
-    this.userMoved = true;
-    this.applyView();
-  }
-
   dispose(): void {
     if (this.frame) cancelAnimationFrame(this.frame);
     if (this.resizeFrame) cancelAnimationFrame(this.resizeFrame);
-    if (this.hintTimer) clearTimeout(this.hintTimer);
+    this.nav.dispose();
     this.resize?.disconnect();
     this.element.remove();
   }
@@ -407,13 +226,10 @@ export class DagView {
     this.buildNodes(layout);
     this.drawEdges();
     this.canvas.classList.toggle('cr-many', layout.placed.size > 300);
-    if (this.focusKey && !layout.placed.has(this.focusKey)) this.focusKey = null;
-    this.setRoving(this.focusKey ?? layout.columns[0]?.[0]?.key ?? null, false);
     this.applySelection();
     const ch = this.sizeCanvas(vw, vh);
     // Fit from known sizes; the zoom (and level of detail) is set before the first paint.
-    if (!this.userMoved) this.view = fitView(layout.width, layout.height, vw, ch);
-    this.applyView();
+    this.nav.placeLayout(layout, vw, ch);
     this.setMessage(st.nodes.size ? null : 'No steps yet: the plan appears here as soon as it is made.');
     this.timings.build = performance.now() - t0;
     this.timings.builds++;
@@ -428,7 +244,7 @@ export class DagView {
     let markup = '';
     for (const p of placed) {
       if (p.item.kind !== 'node') continue;
-      const look = this.nodeLook(nodes.get(p.item.id)!, p.x, p.y);
+      const look = nodeLook(nodes.get(p.item.id)!, p.x, p.y, this.fitters!);
       markup += nodeMarkup(p.item.id, p.x, p.y, look);
       ids.push(p.item.id);
       looks.push(look);
@@ -501,13 +317,10 @@ export class DagView {
   /** Text is measured in the font the SVG really uses (the theme's UI font). */
   private makeFitters(): void {
     const family = getComputedStyle(this.svgEl).fontFamily || 'sans-serif';
-    if (this.labelFit && this.fontFamily === family) return;
+    if (this.fitters && this.fontFamily === family) return;
     this.fontFamily = family;
-    this.labelFit = new TextFitter(`600 12.5px ${family}`, TEXT_W, LABEL_CHARS);
-    this.subFit = new TextFitter(`11px ${family}`, TEXT_W, SUB_CHARS);
+    this.fitters = nodeFitters(family);
   }
-
-  private fontFamily = '';
 
   /** The viewport a layout must fit: the canvas, or in a cell, its width and maximum height. */
   private viewportSize(): [number, number] {
@@ -568,30 +381,8 @@ export class DagView {
     t.patchMax = Math.max(t.patchMax, ms);
   }
 
-  /** What `n` looks like drawn at (x, y). Pure apart from text measuring. */
-  private nodeLook(n: NodeInfo, x: number, y: number): NodeLook {
-    const sub = nodeSubtitle(n);
-    const mode = progressMode(n);
-    const pct = n.progress ?? 0;
-    const name = n.label === n.id ? n.label : `${n.label} (${n.id})`;
-    const said = STATUS_LABEL[n.status];
-    return {
-      sig: `${n.status}|${sub}|${mode}|${pct}|${n.label}`,
-      status: n.status,
-      progress: mode,
-      glyph: glyphAt(n.status, x + GLYPH_X, y + GLYPH_Y),
-      glyphClass: `cr-glyph ${GLYPHS[n.status].fill ? 'cr-glyph-fill' : 'cr-glyph-stroke'}`,
-      label: this.labelFit!.fit(n.label),
-      sub: this.subFit!.fit(sub),
-      // Indeterminate: a fixed-width segment that CSS slides along the track.
-      fillWidth: mode === 'indeterminate' ? 36 : Math.round((TEXT_W - 2) * Math.min(1, Math.max(0, pct))),
-      title: `${name}\n${said}${sub !== said ? ` — ${sub}` : ''}`,
-      aria: `${n.label}: ${sub}`
-    };
-  }
-
   private paintNode(els: NodeEls, n: NodeInfo): void {
-    const look = this.nodeLook(n, els.x, els.y);
+    const look = nodeLook(n, els.x, els.y, this.fitters!);
     if (look.sig === els.sig) return; // nothing visible changed (a cost update, say)
     els.sig = look.sig;
     const g = els.g;
@@ -614,7 +405,7 @@ export class DagView {
     const dom = dominantStatus(counts);
     els.g.dataset.status = dom;
     setGlyph(els.glyph, dom, els.x, els.y);
-    els.sub.textContent = this.subFit!.fit(text);
+    els.sub.textContent = this.fitters!.sub.fit(text);
     els.title.textContent = `${item.hidden.length} more steps in this generation — click to show them\n${text}`;
     els.g.setAttribute('aria-label', `${item.hidden.length} more steps: ${text}. Show them`);
     this.paintSegments(els, counts, item.hidden.length);
@@ -625,7 +416,7 @@ export class DagView {
     const width = TEXT_W - 2;
     let x = els.x + 40;
     const rects: SVGRectElement[] = [];
-    for (const s of NODE_STATUSES) {
+    for (const s of NODE_STATES) {
       const c = counts[s] ?? 0;
       if (!c) continue;
       const w = (width * c) / total;
@@ -642,7 +433,7 @@ export class DagView {
   private buildLegend(): HTMLUListElement {
     const ul = html('ul', 'cr-legend');
     ul.setAttribute('aria-label', 'Step statuses');
-    for (const s of NODE_STATUSES) {
+    for (const s of NODE_STATES) {
       const li = html('li', 'cr-legend-item cr-zero');
       li.dataset.status = s;
       const count = html('span', 'cr-legend-count', '0');
@@ -664,7 +455,7 @@ export class DagView {
     }
   }
 
-  // -- selection, focus, keyboard -------------------------------------------------------
+  // -- selection, activation --------------------------------------------------------
 
   private applySelection(): void {
     for (const el of this.nodeLayer.querySelectorAll('.cr-selected')) {
@@ -706,35 +497,7 @@ export class DagView {
       this.flush();
     }
     const q = this.layout?.placed.get(id);
-    if (q) this.ensureVisible(q);
-  }
-
-  private ensureVisible(p: Placement): void {
-    const { clientWidth: w, clientHeight: h } = this.canvas;
-    const v = this.view;
-    const x0 = p.x * v.k + v.x;
-    const y0 = p.y * v.k + v.y;
-    const x1 = (p.x + p.w) * v.k + v.x;
-    const y1 = (p.y + p.h) * v.k + v.y;
-    if (x0 >= 0 && y0 >= 0 && x1 <= w && y1 <= h) return;
-    this.view = { ...v, x: w / 2 - (p.x + p.w / 2) * v.k, y: h / 2 - (p.y + p.h / 2) * v.k };
-    this.userMoved = true;
-    this.applyView();
-  }
-
-  /** Roving tabindex: one item is in the tab order; arrows move between items. */
-  private setRoving(key: string | null, focus: boolean): void {
-    const prev = this.focusKey ? this.itemEl(this.focusKey) : null;
-    prev?.setAttribute('tabindex', '-1');
-    this.focusKey = key;
-    const el = key ? this.itemEl(key) : null;
-    if (!el) return;
-    el.setAttribute('tabindex', '0');
-    if (focus) {
-      el.focus({ preventScroll: true });
-      const p = this.layout?.placed.get(key!);
-      if (p) this.ensureVisible(p);
-    }
+    if (q) this.nav.ensureVisible(q);
   }
 
   private itemEl(key: string): SVGGElement | null {
@@ -745,7 +508,7 @@ export class DagView {
   private activate(key: string): void {
     const p = this.layout?.placed.get(key);
     if (!p) return;
-    this.setRoving(key, false);
+    this.nav.focus(key, false);
     if (p.item.kind === 'node') {
       this.select(p.item.id);
     } else {
@@ -757,141 +520,19 @@ export class DagView {
       this.flush();
       const col = this.layout?.columns[p.col];
       const next = p.item.kind === 'more' ? col?.[p.row]?.key : col?.[col.length - 1]?.key;
-      if (next) this.setRoving(next, true);
+      if (next) this.nav.focus(next, true);
     }
-  }
-
-  private onKey(ev: KeyboardEvent): void {
-    const item = (ev.target as Element).closest?.('[data-key]') as SVGGElement | null;
-    const dirs: Record<string, Direction> = {
-      ArrowLeft: 'left', ArrowRight: 'right', ArrowUp: 'up', ArrowDown: 'down'
-    };
-    if (item && (ev.key === 'Enter' || ev.key === ' ')) {
-      ev.preventDefault();
-      this.activate(item.dataset.key!);
-    } else if (item && dirs[ev.key] && this.layout) {
-      ev.preventDefault();
-      const next = neighbour(this.layout, item.dataset.key!, dirs[ev.key]);
-      if (next) this.setRoving(next, true);
-    } else if (ev.key === 'Escape' && this.selected) {
-      this.select(null);
-    } else if (ev.key === '+' || ev.key === '=') {
-      this.zoom(1.25);
-    } else if (ev.key === '-') {
-      this.zoom(0.8);
-    } else if (ev.key === '0') {
-      this.fit();
-    }
-  }
-
-  // -- zoom and pan -------------------------------------------------------------------
-
-  private toolbar(): HTMLDivElement {
-    const bar = html('div', 'cr-zoombar');
-    const button = (text: string, label: string, fn: () => void) => {
-      const b = html('button', 'cr-zoom-btn', text);
-      b.type = 'button';
-      b.title = label;
-      b.setAttribute('aria-label', label);
-      b.addEventListener('click', fn);
-      return b;
-    };
-    bar.append(button('−', 'Zoom out (-)', () => this.zoom(0.8)),
-               button('+', 'Zoom in (+)', () => this.zoom(1.25)),
-               button('Fit', 'Fit the whole graph in view (0)', () => this.fit()));
-    return bar;
-  }
-
-  private applyView(): void {
-    const v = this.view;
-    const t = `translate(${v.x.toFixed(1)} ${v.y.toFixed(1)}) scale(${v.k.toFixed(4)})`;
-    this.viewport.setAttribute('transform', t);
-    this.edgeViewport.setAttribute('transform', t);
-    this.canvas.classList.toggle('cr-lod', v.k < LOD_ZOOM);
   }
 
   /** Keep the whole graph in view while the reader has not zoomed or panned. */
   private onResize(): void {
-    if (!this.layout || this.userMoved || this.resizeFrame) return;
+    if (!this.layout || this.nav.moved || this.resizeFrame) return;
     this.resizeFrame = requestAnimationFrame(() => {
       this.resizeFrame = 0;
       if (!this.layout || !this.state) return;
       if (this.orientation() !== this.layout.orient) this.build();
-      else this.fit();
+      else this.nav.fit();
     });
-  }
-
-  private listen(): void {
-    const el = this.svgEl;
-    el.addEventListener('keydown', ev => this.onKey(ev));
-    el.addEventListener('click', ev => {
-      if (this.dragged) return;
-      const item = (ev.target as Element).closest?.('[data-key]') as SVGGElement | null;
-      if (item) this.activate(item.dataset.key!);
-    });
-    el.addEventListener('wheel', ev => this.onWheel(ev), { passive: false });
-    el.addEventListener('pointerdown', ev => this.onPointerDown(ev));
-    this.canvas.addEventListener('pointerleave', () => {
-      this.engaged = false;
-    });
-  }
-
-  private onWheel(ev: WheelEvent): void {
-    const always = this.opts.wheelZoom === 'always';
-    if (!always && !ev.ctrlKey && !ev.metaKey && !this.engaged) {
-      this.showHint();
-      return; // let the page scroll
-    }
-    ev.preventDefault();
-    const r = this.svgEl.getBoundingClientRect();
-    const factor = Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015));
-    this.view = zoomAt(this.view, factor, ev.clientX - r.left, ev.clientY - r.top);
-    this.userMoved = true;
-    this.applyView();
-  }
-
-  private showHint(): void {
-    this.hint.hidden = false;
-    if (this.hintTimer) clearTimeout(this.hintTimer);
-    this.hintTimer = setTimeout(() => {
-      this.hint.hidden = true;
-    }, 1600);
-  }
-
-  private dragged = false;
-
-  private onPointerDown(ev: PointerEvent): void {
-    if (ev.button !== 0) return;
-    this.engaged = true;
-    this.dragged = false;
-    const start = { x: ev.clientX, y: ev.clientY, vx: this.view.x, vy: this.view.y };
-    const el = this.svgEl;
-    const move = (e: PointerEvent) => {
-      const dx = e.clientX - start.x;
-      const dy = e.clientY - start.y;
-      if (!this.dragged && Math.hypot(dx, dy) < 4) return; // a click, not a drag
-      if (!this.dragged) {
-        this.dragged = true;
-        el.setPointerCapture(ev.pointerId);
-        el.classList.add('cr-panning');
-      }
-      this.view = { ...this.view, x: start.vx + dx, y: start.vy + dy };
-      this.userMoved = true;
-      this.applyView();
-    };
-    const up = () => {
-      el.removeEventListener('pointermove', move);
-      el.removeEventListener('pointerup', up);
-      el.removeEventListener('pointercancel', up);
-      el.classList.remove('cr-panning');
-      // The click that follows a drag must not select; clear the flag after it.
-      setTimeout(() => {
-        this.dragged = false;
-      }, 0);
-    };
-    el.addEventListener('pointermove', move);
-    el.addEventListener('pointerup', up);
-    el.addEventListener('pointercancel', up);
   }
 }
 

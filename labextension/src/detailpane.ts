@@ -2,9 +2,9 @@
 // last agent message, metrics, result and files. Each section is rebuilt only when
 // what it shows changed, so an open traceback or a loaded image survives updates.
 import type { FileInfo, NodeInfo, RunInfo } from './protocol';
-import { button, el } from './dom';
-import { glyphIcon } from './dagview';
+import { button, el, glyphIcon } from './dom';
 import { formatCost } from './runlist';
+import { COMMAND_NODE_STATES } from './states';
 import {
   baseName, clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, STATUS_LABEL
 } from './status';
@@ -71,7 +71,7 @@ export class DetailPane {
   // -- sections: each returns [signature, builder] ---------------------------------------
 
   private head: Section = (n, { run }) => {
-    const canRetry = n.status === 'failed';
+    const canRetry = COMMAND_NODE_STATES.retry?.includes(n.status) ?? false;
     const busy = this.opts.busy(`retry:${n.id}`);
     // A retry runs in the executor's process; when that is gone, say so instead of offering it.
     const lost = run?.reason === 'executor_lost';

@@ -1,4 +1,8 @@
 // Tiny DOM helpers for the run view (no framework: the widget bundle stays small).
+import type { NodeState } from './protocol';
+import { GLYPHS } from './status';
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
 
 export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls?: string,
                                                          text?: string): HTMLElementTagNameMap[K] {
@@ -21,4 +25,22 @@ export function button(cls: string, label: string, ariaLabel: string, icon?: Ele
 /** Set text only when it differs: cheap to call on every update, no needless DOM writes. */
 export function setText(node: Element, text: string): void {
   if (node.textContent !== text) node.textContent = text;
+}
+
+/** An SVG element with attributes and a class. */
+export function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, string | number> = {},
+                                                 cls?: string): SVGElementTagNameMap[K] {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (cls) e.setAttribute('class', cls);
+  return e;
+}
+
+/** A small inline SVG of a status glyph (legend, badges, detail pane). */
+export function glyphIcon(status: NodeState, size = 14): SVGSVGElement {
+  const s = svg('svg', { viewBox: '0 0 12 12', width: size, height: size, 'aria-hidden': 'true' },
+                'cr-icon');
+  const g = GLYPHS[status];
+  s.append(svg('path', { d: g.d }, g.fill ? 'cr-glyph-fill' : 'cr-glyph-stroke'));
+  return s;
 }

@@ -2,15 +2,8 @@
 // bookkeeping that shows each seq at most once, across snapshots, with a visible
 // marker where events were skipped (the view never pretends it saw everything).
 import type { ErrorInfo } from './protocol';
-import type { Envelope } from './state';
+import { Envelope, EventOf, isWorkflowEvent, WorkflowEvent } from './state';
 import { baseName } from './status';
-
-export const LOGGED_TYPES = new Set([
-  'agent_message', 'agent_thinking', 'agent_tool_call', 'file_created', 'file_updated',
-  'step_failed', 'step_retry_started', 'approval_requested', 'approval_received',
-  'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
-  'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled'
-]);
 
 export type Tone = 'info' | 'ok' | 'warn' | 'error' | 'muted' | 'state';
 
@@ -43,12 +36,10 @@ export type LogRow = LogEntry | GapEntry;
 
 const LONG_MESSAGE = 360;
 
-function entry(ev: Envelope, patch: Partial<LogEntry>): LogEntry {
-  const d: any = ev.data;
+function entry(ev: Envelope, nodeId: string | null, patch: Partial<LogEntry>): LogEntry {
   return {
     kind: 'event', seq: ev.seq, timestamp: ev.timestamp, type: ev.event_type,
-    nodeId: d?.node_id ?? null, agent: d?.agent ?? null, text: '', body: null, bodyLabel: 'more',
-    tone: 'info', file: null, ...patch
+    nodeId, agent: null, text: '', body: null, bodyLabel: 'more', tone: 'info', file: null, ...patch
   };
 }
 
@@ -77,69 +68,102 @@ export function callSummary(tool: string, args: Record<string, unknown>, max = 9
   return `${tool}(${inner.length > max ? inner.slice(0, max - 1) + '…' : inner})`;
 }
 
-function describeWorkflow(ev: Envelope, d: any): LogEntry {
+function describeWorkflow(ev: WorkflowEvent): LogEntry {
+  const d = ev.data;
   const tone: Tone = d.new_state === 'completed' ? 'ok' : d.new_state === 'failed' ? 'error'
     : d.new_state === 'cancelled' ? 'muted' : 'state';
   const reason = d.reason ? ` (${d.reason})` : '';
-  const failed = d.failed_nodes?.length ? ` — failed: ${d.failed_nodes.join(', ')}` : '';
-  return entry(ev, { tone, text: `run ${words(d.old_state)} → ${words(d.new_state)}${reason}${failed}` });
+  const failedNodes = 'failed_nodes' in d ? d.failed_nodes : undefined;
+  const failed = failedNodes?.length ? ` — failed: ${failedNodes.join(', ')}` : '';
+  return entry(ev, null, { tone, text: `run ${words(d.old_state)} → ${words(d.new_state)}${reason}${failed}` });
 }
 
-function describeMessage(ev: Envelope, d: any): LogEntry {
+function describeMessage(ev: EventOf<'agent_message'>): LogEntry {
+  const d = ev.data;
   const msg = String(d.message ?? '');
-  if (msg.length <= LONG_MESSAGE) return entry(ev, { text: msg });
-  return entry(ev, { text: msg.slice(0, LONG_MESSAGE).trimEnd() + '…', body: msg, bodyLabel: 'full message' });
+  const who = { agent: d.agent ?? null };
+  if (msg.length <= LONG_MESSAGE) return entry(ev, d.node_id, { ...who, text: msg });
+  return entry(ev, d.node_id, { ...who, text: msg.slice(0, LONG_MESSAGE).trimEnd() + '…', body: msg,
+                                bodyLabel: 'full message' });
 }
 
-function describeToolCall(ev: Envelope, d: any): LogEntry {
+function describeToolCall(ev: EventOf<'agent_tool_call'>): LogEntry {
+  const d = ev.data;
   const parts = [`arguments: ${JSON.stringify(d.arguments ?? {}, null, 2)}`];
   if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
-  return entry(ev, {
+  return entry(ev, d.node_id, {
+    agent: d.agent ?? null,
     text: `called ${callSummary(String(d.tool), d.arguments ?? {})}`,
     body: parts.join('\n'), bodyLabel: 'arguments and result'
   });
 }
 
-/** The log entry of an event, or null for events the log does not list. */
+function describeRetry(ev: EventOf<'step_retry_started'>): LogEntry {
+  const d = ev.data;
+  const wait = d.delay_s ? ` in ${d.delay_s < 10 ? d.delay_s.toFixed(1) : Math.round(d.delay_s)} s` : '';
+  const why = d.reason ? ` — ${d.reason}` : '';
+  const err = d.error ? `: ${errorLine(d.error)}` : '';
+  return entry(ev, d.node_id, { tone: 'warn', text: `will retry${wait}${why}${err}`,
+                                body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
+}
+
+/**
+ * The log entry of an event, or null for the events the log does not list: the status
+ * churn the graph and the header show.
+ */
 export function describeEvent(ev: Envelope): LogEntry | null {
-  if (!LOGGED_TYPES.has(ev.event_type)) return null;
-  const d: any = ev.data;
+  if (isWorkflowEvent(ev)) return describeWorkflow(ev);
   switch (ev.event_type) {
     case 'agent_message':
-      return describeMessage(ev, d);
+      return describeMessage(ev);
     case 'agent_thinking':
-      return entry(ev, { text: 'thinking…', body: String(d.content ?? ''), bodyLabel: 'thoughts',
-                         tone: 'muted' });
+      return entry(ev, ev.data.node_id, { agent: ev.data.agent ?? null, text: 'thinking…',
+                                          body: String(ev.data.content ?? ''), bodyLabel: 'thoughts',
+                                          tone: 'muted' });
     case 'agent_tool_call':
-      return describeToolCall(ev, d);
+      return describeToolCall(ev);
     case 'file_created':
     case 'file_updated': {
+      const d = ev.data;
       const verb = ev.event_type === 'file_created' ? 'wrote' : 'updated';
       const desc = d.description ? ` — ${d.description}` : '';
-      return entry(ev, { text: `${verb} ${baseName(d.path)}${desc}`,
-                         file: { path: d.path, mime: d.mime ?? null } });
+      return entry(ev, d.node_id, { text: `${verb} ${baseName(d.path)}${desc}`,
+                                    file: { path: d.path, mime: d.mime ?? null } });
     }
-    case 'step_failed':
-      return entry(ev, { tone: 'error', text: `failed (attempt ${d.attempt}): ${errorLine(d.error)}`,
-                         body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
-    case 'step_retry_started': {
-      const wait = d.delay_s ? ` in ${d.delay_s < 10 ? d.delay_s.toFixed(1) : Math.round(d.delay_s)} s` : '';
-      const why = d.reason ? ` — ${d.reason}` : '';
-      const err = d.error ? `: ${errorLine(d.error)}` : '';
-      return entry(ev, { tone: 'warn', text: `will retry${wait}${why}${err}`,
-                         body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
+    case 'step_failed': {
+      const d = ev.data;
+      return entry(ev, d.node_id, { tone: 'error', text: `failed (attempt ${d.attempt}): ${errorLine(d.error)}`,
+                                    body: d.error?.traceback ?? null, bodyLabel: 'traceback' });
     }
+    case 'step_retry_started':
+      return describeRetry(ev);
     case 'approval_requested':
-      return entry(ev, { tone: 'warn', text: `asks for approval: ${d.prompt}` });
+      return entry(ev, ev.data.node_id, { tone: 'warn', text: `asks for approval: ${ev.data.prompt}` });
     case 'approval_received': {
+      const d = ev.data;
       const comment = d.comment ? `: “${d.comment}”` : '';
-      return entry(ev, { tone: d.approved ? 'ok' : 'error', text: `${d.approved ? 'approved' : 'rejected'}${comment}` });
+      return entry(ev, d.node_id, { tone: d.approved ? 'ok' : 'error',
+                                    text: `${d.approved ? 'approved' : 'rejected'}${comment}` });
     }
     case 'error_occurred':
-      return entry(ev, { tone: 'error', text: `${d.code}: ${d.message}` });
+      return entry(ev, ev.data.node_id ?? null, { tone: 'error', text: `${ev.data.code}: ${ev.data.message}` });
+    case 'step_started':
+    case 'step_progress':
+    case 'step_completed':
+    case 'dag_created':
+    case 'dag_updated':
+    case 'dag_node_status_changed':
+    case 'cost_update':
+    case 'metric_update':
+      return null;
     default:
-      return describeWorkflow(ev, d);
+      return notListed(ev);
   }
+}
+
+/** An event type this client does not know (a newer server's); `never`: each known one has a case. */
+function notListed(_ev: never): null {
+  return null;
 }
 
 export interface LogChange {

@@ -151,7 +151,6 @@ export interface AgentMessageData {
   agent: string;
   message: string;
   role?: string;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -182,7 +181,6 @@ export interface AgentThinkingData {
   node_id: string;
   agent: string;
   content: string;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -219,7 +217,6 @@ export interface AgentToolCallData {
   result?: {
     [k: string]: unknown;
   };
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -252,7 +249,6 @@ export interface ApprovalReceivedData {
   approved: boolean;
   comment?: string | null;
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -283,7 +279,6 @@ export interface ApprovalRequestedData {
   node_id: string;
   approval_id: string;
   prompt: string;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -380,7 +375,6 @@ export interface CostUpdateData {
   input_tokens?: number;
   output_tokens?: number;
   usd?: number;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -411,7 +405,6 @@ export interface DagCreatedData {
   run: RunMeta;
   nodes: NodeSpec[];
   edges: Edge[];
-  [k: string]: unknown;
 }
 /**
  * Who and what the run is (recorded once, at seq 1)
@@ -475,7 +468,6 @@ export interface DagNodeStatusChangedData {
   attempt: number;
   reason?: string | null;
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -509,7 +501,6 @@ export interface DagUpdatedData {
    * The step that added them
    */
   by_node?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -576,7 +567,6 @@ export interface ErrorOccurredData {
    */
   code: string;
   node_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -673,7 +663,6 @@ export interface WorkflowStartedData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -711,7 +700,6 @@ export interface WorkflowStateChangedData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -749,7 +737,6 @@ export interface WorkflowPausedData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -787,7 +774,6 @@ export interface WorkflowResumedData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -825,7 +811,6 @@ export interface WorkflowCompletedData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -864,7 +849,6 @@ export interface WorkflowFailedData {
    */
   command_id?: string | null;
   failed_nodes?: string[];
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -902,7 +886,6 @@ export interface WorkflowCancelledData {
    * The command that caused it, if any
    */
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -939,7 +922,6 @@ export interface StepStartedData {
   attempt: number;
   reason?: string | null;
   command_id?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -970,7 +952,6 @@ export interface StepProgressData {
   node_id: string;
   progress?: number | null;
   message?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1011,7 +992,6 @@ export interface StepCompletedData {
    * repr() of the result, shortened
    */
   result_preview?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1049,7 +1029,6 @@ export interface StepFailedData {
   reason?: string | null;
   command_id?: string | null;
   error: ErrorInfo;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1091,7 +1070,6 @@ export interface StepRetryStartedData {
    * The failure being retried
    */
   error?: ErrorInfo | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1124,7 +1102,6 @@ export interface MetricUpdateData {
   value: number;
   step?: number | null;
   unit?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1160,7 +1137,6 @@ export interface FileCreatedData {
   size?: number | null;
   mime?: string | null;
   description?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1196,7 +1172,6 @@ export interface FileUpdatedData {
   size?: number | null;
   mime?: string | null;
   description?: string | null;
-  [k: string]: unknown;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

@@ -2,13 +2,14 @@
 // header (state, progress, time, cost, connection, controls), what needs the
 // reader (approvals, a lost executor, a broken connection), the DAG, the selected
 // step and the activity log. Updates are batched into one animation frame.
+import { ApprovalCards } from './approvals';
 import type { ConnectionInfo, Transport } from './connection';
 import type { Update } from './follower';
 import type { Ack, NodeInfo, PendingApproval, RunInfo } from './protocol';
 import type { RunState } from './state';
-import { DagView, glyphIcon } from './dagview';
+import { DagView } from './dagview';
 import { DetailPane } from './detailpane';
-import { button, el, setText } from './dom';
+import { button, el, glyphIcon, setText } from './dom';
 import { LogBook } from './eventlog';
 import { LogView } from './logview';
 import { formatCost, formatDuration, runDuration } from './runlist';
@@ -55,14 +56,6 @@ const ACTION_GLYPH: Record<RunAction, 'paused' | 'running' | 'cancelled'> = {
   pause: 'paused', resume: 'running', cancel: 'cancelled'
 };
 
-interface ApprovalCard {
-  el: HTMLElement;
-  approve: HTMLButtonElement;
-  reject: HTMLButtonElement;
-  error: HTMLElement;
-  node: HTMLButtonElement;
-}
-
 export class RunView {
   readonly element: HTMLElement;
   private readonly opts: RunViewOptions;
@@ -102,10 +95,9 @@ export class RunView {
   private readonly alert = el('div', 'cr-banner cr-banner-error');
   private readonly stale = el('div', 'cr-banner cr-banner-warn cr-stale');
   private readonly storeDown = el('div', 'cr-banner cr-banner-warn cr-store');
-  private readonly approvals = el('div', 'cr-approvals');
+  private readonly approvals: ApprovalCards;
   private readonly attentionEl = el('div', 'cr-attention');
   private alertSig = '';
-  private readonly cards = new Map<string, ApprovalCard>();
 
   constructor(host: HTMLElement, opts: RunViewOptions) {
     this.opts = opts;
@@ -130,6 +122,12 @@ export class RunView {
       fileUrl: opts.fileUrl,
       retry: (id, b, err) => void this.send(`retry:${id}`, b, err, 'retry', id),
       busy: key => this.busyKeys.has(key)
+    });
+    this.approvals = new ApprovalCards({
+      answer: (a, action, b, err, comment) =>
+        void this.send(approvalKey(a), b, err, action, a.node_id, { comment }),
+      busy: a => this.busyKeys.has(approvalKey(a)),
+      showStep: id => this.dag.select(id, true)
     });
     this.log = new LogView(this.book, {
       fileUrl: opts.fileUrl,
@@ -231,7 +229,7 @@ export class RunView {
     this.storeDown.hidden = true;
     this.storeDown.title = 'The Jupyter server cannot reach the run store (its database). Events, '
       + 'snapshots and commands wait for it; nothing is lost, and nothing needs doing.';
-    wrap.append(this.alert, this.stale, this.storeDown, this.approvals);
+    wrap.append(this.alert, this.stale, this.storeDown, this.approvals.element);
     return wrap;
   }
 
@@ -284,7 +282,7 @@ export class RunView {
     const sel = this.dag.selectedId;
     if (this.dirtyRun) {
       this.renderRun(st.run);
-      this.renderApprovals(st);
+      this.approvals.render(st);
       this.updateAttention();
     }
     if (this.dirtyRun || (sel && this.dirtyNodes.has(sel))) this.renderDetail();
@@ -395,74 +393,6 @@ export class RunView {
     this.renderDetail();
   }
 
-  // -- approvals ------------------------------------------------------------------------
-
-  private renderApprovals(st: RunState): void {
-    const pending = st.run.pending_approvals;
-    const ids = new Set(pending.map(a => a.approval_id));
-    for (const [id, card] of this.cards) {
-      if (!ids.has(id)) {
-        card.el.remove();
-        this.cards.delete(id);
-      }
-    }
-    for (const a of pending) {
-      let card = this.cards.get(a.approval_id);
-      if (!card) {
-        card = this.approvalCard(a);
-        this.cards.set(a.approval_id, card);
-        this.approvals.append(card.el);
-      }
-      const label = st.nodes.get(a.node_id)?.label ?? a.node_id;
-      setText(card.node, label);
-      const busy = this.busyKeys.has(`approval:${a.approval_id}`);
-      card.approve.disabled = busy;
-      card.reject.disabled = busy;
-    }
-    this.approvals.hidden = !pending.length;
-  }
-
-  private approvalCard(a: PendingApproval): ApprovalCard {
-    const card = el('div', 'cr-banner cr-banner-warn cr-approval');
-    card.dataset.approvalId = a.approval_id;
-    card.dataset.approvalNode = a.node_id; // not data-node-id: that names graph nodes only
-    card.setAttribute('role', 'group');
-    const head = el('div', 'cr-approval-head');
-    const node = el('button', 'cr-link', a.node_id);
-    node.type = 'button';
-    node.title = `Show step ${a.node_id}`;
-    node.addEventListener('click', () => this.dag.select(a.node_id, true));
-    head.append(glyphIcon('waiting_approval', 14), el('strong', '', 'Approval needed'),
-                el('span', 'cr-muted', ' · step '), node,
-                el('span', 'cr-muted', ` · asked ${clockTime(a.requested_at)}`));
-    const prompt = el('div', 'cr-approval-prompt', a.prompt);
-    const form = el('div', 'cr-approval-form');
-    const comment = el('input', 'cr-input');
-    comment.type = 'text';
-    comment.placeholder = 'Comment (optional)';
-    comment.setAttribute('aria-label', `Comment on the approval for ${a.node_id}`);
-    const error = el('div', 'cr-cmd-error');
-    error.setAttribute('role', 'alert');
-    error.hidden = true;
-    const answer = (action: 'approve' | 'reject', b: HTMLButtonElement) => {
-      const text = comment.value.trim();
-      void this.send(`approval:${a.approval_id}`, b, error, action, a.node_id, { comment: text || null });
-    };
-    const approve = button('cr-btn cr-btn-primary', 'Approve', `Approve: ${a.prompt}`, glyphIcon('completed', 12));
-    approve.dataset.action = 'approve';
-    approve.addEventListener('click', () => answer('approve', approve));
-    const reject = button('cr-btn cr-btn-danger', 'Reject', `Reject: ${a.prompt}`, glyphIcon('failed', 12));
-    reject.dataset.action = 'reject';
-    reject.addEventListener('click', () => answer('reject', reject));
-    comment.addEventListener('keydown', ev => {
-      if (ev.key === 'Enter' && !approve.disabled) answer('approve', approve);
-    });
-    form.append(comment, approve, reject);
-    card.setAttribute('aria-label', `Approval needed for step ${a.node_id}`);
-    card.append(head, prompt, form, error);
-    return { el: card, approve, reject, error, node };
-  }
-
   // -- commands -------------------------------------------------------------------------
 
   /**
@@ -501,7 +431,7 @@ export class RunView {
     const st = this.state;
     if (!st) return;
     if ((RUN_ACTIONS as string[]).includes(key)) this.renderControls(st.run);
-    else if (key.startsWith('approval:')) this.renderApprovals(st);
+    else if (key.startsWith('approval:')) this.approvals.render(st);
     else if (key.startsWith('retry:')) this.renderDetail();
   }
 
@@ -556,7 +486,7 @@ export class RunView {
   /** The attention area takes no room when nothing in it is shown. */
   private updateAttention(): void {
     this.attentionEl.hidden = this.alert.hidden && this.stale.hidden && this.storeDown.hidden
-      && this.approvals.hidden;
+      && this.approvals.element.hidden;
   }
 
   private tick(): void {
@@ -566,4 +496,9 @@ export class RunView {
     const node = sel ? this.state?.nodes.get(sel) : undefined;
     if (node?.started_at && !node.finished_at) this.renderDetail(); // its duration ticks
   }
+}
+
+/** The busy key of an answer to an approval request (one answer in flight per request). */
+function approvalKey(a: PendingApproval): string {
+  return `approval:${a.approval_id}`;
 }

@@ -1,14 +1,23 @@
 // The "Workflow runs" sidebar: every run in the store, live, newest first.
 import { Widget } from '@lumino/widgets';
 import type { Connection, ConnectionInfo } from './connection';
-import type { RunInfo } from './protocol';
+import type { RunInfo, WorkflowState } from './protocol';
 import { el } from './dom';
 import { formatCost, formatDuration, RunFilter, runDuration, visibleRuns } from './runlist';
 import { connectionAttr, connectionLabel } from './runview';
+import { WORKFLOW_STATES } from './states';
 import { storeDownText } from './status';
 
-const STATES = ['executing', 'waiting_approval', 'pausing', 'paused', 'cancelling', 'completed',
-                'failed', 'cancelled', 'planning', 'draft'];
+/**
+ * Where each state sits in the filter menu: runs at work first, then how runs ended,
+ * then runs not started. Presentation only: the states are the generated ones, and a
+ * state added to the engine fails to compile here until it has a place.
+ */
+const MENU_RANK: Record<WorkflowState, number> = {
+  executing: 0, waiting_approval: 1, pausing: 2, paused: 3, cancelling: 4,
+  completed: 5, failed: 6, cancelled: 7, planning: 8, draft: 9
+};
+const MENU_STATES = [...WORKFLOW_STATES].sort((a, b) => MENU_RANK[a] - MENU_RANK[b]);
 
 export interface RunsPanelOptions {
   connection: Connection;
@@ -49,7 +58,7 @@ export class RunsPanel extends Widget {
     });
     const state = el('select', 'cmbagent-runs-state');
     state.setAttribute('aria-label', 'Filter runs by state');
-    state.append(new Option('All states', ''), ...STATES.map(s => new Option(s.replace('_', ' '), s)));
+    state.append(new Option('All states', ''), ...MENU_STATES.map(s => new Option(s.replace('_', ' '), s)));
     state.addEventListener('change', () => {
       this.filter = { ...this.filter, state: state.value };
       this.render();

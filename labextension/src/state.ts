@@ -1,11 +1,38 @@
 // A run's state on the client: a snapshot, moved forward one event at a time.
-// This is the TypeScript twin of engine/snapshot.py's RunView.apply; a test
-// replays a log recorded by Python and compares with Python's snapshot.
+// This is the TypeScript twin of engine/snapshot.py's RunState.apply; a test
+// replays logs recorded by Python and compares with Python's snapshots.
 import type {
-  EdgeInfo, EventsMsg, Layout, NodeInfo, PendingApproval, RunInfo, SnapshotMsg
+  Edge, EdgeInfo, EventsMsg, FileInfo, Layout, NodeInfo, NodeSpec, PendingApproval, RunInfo,
+  SnapshotMsg
 } from './protocol';
+import { FINAL_NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
 
+/** One event of a run's log: a union discriminated by `event_type`. */
 export type Envelope = EventsMsg['events'][number];
+export type EventType = Envelope['event_type'];
+/** The envelope of one event type, with its data's own type. */
+export type EventOf<T extends EventType> = Extract<Envelope, { event_type: T }>;
+
+/** The events of a workflow transition: each carries the old and the new state. */
+const WORKFLOW_EVENTS = [
+  'workflow_started', 'workflow_state_changed', 'workflow_paused', 'workflow_resumed',
+  'workflow_completed', 'workflow_failed', 'workflow_cancelled'
+] as const satisfies readonly EventType[];
+export type WorkflowEvent = EventOf<typeof WORKFLOW_EVENTS[number]>;
+
+/** The events of a node transition: each carries the old and the new status. */
+const NODE_TRANSITIONS = [
+  'step_started', 'step_completed', 'step_failed', 'step_retry_started', 'dag_node_status_changed'
+] as const satisfies readonly EventType[];
+type NodeTransition = EventOf<typeof NODE_TRANSITIONS[number]>;
+
+export function isWorkflowEvent(ev: Envelope): ev is WorkflowEvent {
+  return (WORKFLOW_EVENTS as readonly string[]).includes(ev.event_type);
+}
+
+function isNodeTransition(ev: Envelope): ev is NodeTransition {
+  return (NODE_TRANSITIONS as readonly string[]).includes(ev.event_type);
+}
 
 export interface RunState {
   runId: string;
@@ -17,14 +44,6 @@ export interface RunState {
 }
 
 const DONE = ['completed', 'skipped', 'cancelled'];
-const FINAL_NODE = ['completed', 'skipped', 'cancelled', 'failed'];
-const WORKFLOW_EVENTS = new Set([
-  'workflow_started', 'workflow_state_changed', 'workflow_paused', 'workflow_resumed',
-  'workflow_completed', 'workflow_failed', 'workflow_cancelled'
-]);
-const NODE_EVENTS = new Set([
-  'step_started', 'step_completed', 'step_failed', 'step_retry_started', 'dag_node_status_changed'
-]);
 
 export function fromSnapshot(s: SnapshotMsg): RunState {
   return {
@@ -37,7 +56,7 @@ export function fromSnapshot(s: SnapshotMsg): RunState {
   };
 }
 
-function newNode(spec: any, position: number): NodeInfo {
+function newNode(spec: NodeSpec, position: number): NodeInfo {
   return {
     id: spec.id, label: spec.label || spec.id, description: spec.description ?? '',
     deps: [...(spec.deps ?? [])], retries: spec.retries ?? 0, position,
@@ -87,66 +106,40 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
     throw new Error(`event seq ${ev.seq} applied after ${st.seq}`);
   }
   st.seq = ev.seq;
-  const d: any = ev.data;
   const ts = ev.timestamp;
-  const run = st.run;
-  run.updated_at = ts;
-  const t = ev.event_type;
-  if (WORKFLOW_EVENTS.has(t)) {
-    run.state = d.new_state;
-    run.reason = d.reason ?? null;
-    if (d.new_state === 'executing' && run.started_at === null) run.started_at = ts;
-    if (['completed', 'failed', 'cancelled'].includes(d.new_state)) run.finished_at = ts;
-    else if (d.old_state === 'failed') run.finished_at = null;
+  st.run.updated_at = ts;
+  if (isWorkflowEvent(ev)) {
+    applyWorkflow(st.run, ev.data, ts);
     return null;
   }
-  if (NODE_EVENTS.has(t)) {
-    const node = st.nodes.get(d.node_id)!;
-    const oldS = d.old_status, newS = d.new_status;
-    node.status = newS;
-    node.attempt = d.attempt;
-    const counts = { ...run.counts };
-    counts[oldS] = (counts[oldS] ?? 0) - 1;
-    counts[newS] = (counts[newS] ?? 0) + 1;
-    setCounts(run, counts);
-    const fresh = newS === 'running' && (oldS === 'pending' || oldS === 'retrying');
-    if (fresh) {
-      node.started_at = ts;
-      node.finished_at = null;
-      node.progress = null;
-      node.progress_message = null;
-    }
-    if (FINAL_NODE.includes(newS)) node.finished_at = ts;
-    if ('error' in d) node.error = d.error;
-    else if (fresh) node.error = null;
-    if (newS === 'completed') {
-      node.progress = 1.0;
-      node.result_preview = d.result_preview ?? null;
-    }
-    if (oldS === 'waiting_approval' && newS !== 'running' && newS !== 'paused') dropApproval(st, node);
-    return node.id;
-  }
-  switch (t) {
+  if (isNodeTransition(ev)) return applyNode(st, ev.data, ts);
+  switch (ev.event_type) {
     case 'dag_created':
-      addNodes(st, d.nodes, d.edges);
+      addNodes(st, ev.data.nodes, ev.data.edges);
       return null;
     case 'dag_updated':
-      addNodes(st, d.added_nodes, d.added_edges);
+      addNodes(st, ev.data.added_nodes, ev.data.added_edges);
       return null;
     case 'step_progress': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       if (d.progress !== undefined && d.progress !== null) node.progress = d.progress;
       if (d.message !== undefined && d.message !== null) node.progress_message = d.message;
       return node.id;
     }
     case 'agent_message': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       node.last_message = { agent: d.agent, message: d.message, timestamp: ts };
       return node.id;
     }
+    case 'agent_thinking':
+    case 'agent_tool_call':
+      return ev.data.node_id; // nothing kept in the state: the activity log shows them
     case 'cost_update': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
-      for (const doc of [node, run] as any[]) {
+      for (const doc of [node, st.run]) {
         doc.cost_usd += d.usd ?? 0;
         doc.input_tokens += d.input_tokens ?? 0;
         doc.output_tokens += d.output_tokens ?? 0;
@@ -154,42 +147,95 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       return node.id;
     }
     case 'metric_update': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       node.metrics = { ...node.metrics, [d.name]: d.value };
       return node.id;
     }
     case 'file_created':
     case 'file_updated': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
-      const entry: any = {};
-      for (const k of ['path', 'size', 'mime', 'description']) {
-        if (d[k] !== undefined && d[k] !== null) entry[k] = d[k];
-      }
-      entry.timestamp = ts;
+      // Only the facts the event has, in Python's key order.
+      const entry: FileInfo = {
+        path: d.path,
+        ...(d.size !== undefined && d.size !== null && { size: d.size }),
+        ...(d.mime !== undefined && d.mime !== null && { mime: d.mime }),
+        ...(d.description !== undefined && d.description !== null && { description: d.description }),
+        timestamp: ts
+      };
       node.files = [...node.files.filter(f => f.path !== d.path), entry];
       return node.id;
     }
     case 'approval_requested': {
+      const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       const pending: PendingApproval = {
         approval_id: d.approval_id, node_id: node.id, prompt: d.prompt, requested_at: ts
       };
       node.approval = pending;
-      run.pending_approvals = [...run.pending_approvals, pending];
+      st.run.pending_approvals = [...st.run.pending_approvals, pending];
       return node.id;
     }
     case 'approval_received': {
-      const node = st.nodes.get(d.node_id)!;
+      const node = st.nodes.get(ev.data.node_id)!;
       dropApproval(st, node);
       return node.id;
     }
-    case 'error_occurred':
+    case 'error_occurred': {
+      const d = ev.data;
       // The run's reason stays what it was (e.g. step_failed): the error is an extra fact.
-      run.last_error = { code: d.code, message: d.message, timestamp: ts };
+      st.run.last_error = { code: d.code, message: d.message, timestamp: ts };
       return d.node_id ?? null;
+    }
     default:
-      return d?.node_id ?? null;
+      return unknownEvent(ev);
   }
+}
+
+function applyWorkflow(run: RunInfo, d: WorkflowEvent['data'], ts: string): void {
+  run.state = d.new_state;
+  run.reason = d.reason ?? null;
+  if (d.new_state === 'executing' && run.started_at === null) run.started_at = ts;
+  if (SETTLED_WORKFLOW_STATES.has(d.new_state)) run.finished_at = ts;
+  else if (d.old_state === 'failed') run.finished_at = null;
+}
+
+function applyNode(st: RunState, d: NodeTransition['data'], ts: string): string {
+  const run = st.run;
+  const node = st.nodes.get(d.node_id)!;
+  const oldS = d.old_status, newS = d.new_status;
+  node.status = newS;
+  node.attempt = d.attempt;
+  const counts = { ...run.counts };
+  counts[oldS] = (counts[oldS] ?? 0) - 1;
+  counts[newS] = (counts[newS] ?? 0) + 1;
+  setCounts(run, counts);
+  const fresh = newS === 'running' && (oldS === 'pending' || oldS === 'retrying');
+  if (fresh) {
+    node.started_at = ts;
+    node.finished_at = null;
+    node.progress = null;
+    node.progress_message = null;
+  }
+  if (FINAL_NODE_STATES.has(newS)) node.finished_at = ts;
+  if ('error' in d) node.error = d.error ?? null;
+  else if (fresh) node.error = null;
+  if (newS === 'completed') {
+    node.progress = 1.0;
+    node.result_preview = 'result_preview' in d ? d.result_preview ?? null : null;
+  }
+  if (oldS === 'waiting_approval' && newS !== 'running' && newS !== 'paused') dropApproval(st, node);
+  return node.id;
+}
+
+/**
+ * An event type this client does not know (a newer server's): nothing to apply. The
+ * `never` makes every known type need its case above.
+ */
+function unknownEvent(ev: never): string | null {
+  const nodeId = (ev as { data?: { node_id?: unknown } }).data?.node_id;
+  return typeof nodeId === 'string' ? nodeId : null;
 }
 
 function setCounts(run: RunInfo, counts: Record<string, number>): void {
@@ -197,7 +243,7 @@ function setCounts(run: RunInfo, counts: Record<string, number>): void {
   run.done = DONE.reduce((s, k) => s + (counts[k] ?? 0), 0);
 }
 
-function addNodes(st: RunState, specs: any[], edges: EdgeInfo[]): void {
+function addNodes(st: RunState, specs: NodeSpec[], edges: Edge[]): void {
   for (const spec of specs) st.nodes.set(spec.id, newNode(spec, st.nodes.size));
   const counts = { ...st.run.counts };
   counts.pending = (counts.pending ?? 0) + specs.length;
@@ -212,7 +258,7 @@ function dropApproval(st: RunState, node: NodeInfo): void {
   st.run.pending_approvals = st.run.pending_approvals.filter(a => a.node_id !== node.id);
 }
 
-/** The wire snapshot of a state (what Python's RunView.snapshot() returns). */
+/** The wire snapshot of a state (what Python's RunState.snapshot() returns). */
 export function toSnapshot(st: RunState): SnapshotMsg {
   return {
     type: 'snapshot',

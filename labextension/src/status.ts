@@ -1,11 +1,7 @@
 // Statuses, their glyphs and words, which run commands are legal when, and small
 // formatters: pure, shared by the DAG view and the run view (and unit-tested).
 import type { NodeInfo, NodeState, WorkflowState } from './protocol';
-
-export const NODE_STATUSES: NodeState[] = [
-  'pending', 'running', 'paused', 'waiting_approval', 'retrying',
-  'completed', 'failed', 'skipped', 'cancelled'
-];
+import { CommandAction, COMMAND_RUN_STATES, NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
 
 /** Words a human reads (the data-status attribute keeps the machine name). */
 export const STATUS_LABEL: Record<NodeState, string> = {
@@ -69,23 +65,18 @@ export const RUN_STATE_LOOK: Record<WorkflowState, NodeState> = {
   cancelled: 'cancelled'
 };
 
+/** The commands that act on the whole run: the run view's and the sidebar's buttons. */
 export type RunAction = 'pause' | 'resume' | 'cancel';
 export const RUN_ACTIONS: RunAction[] = ['pause', 'resume', 'cancel'];
 
-/** The run states each run command is legal in (engine/states.py, _COMMAND_RUN_STATES). */
-export const LEGAL_IN: Record<RunAction, readonly WorkflowState[]> = {
-  pause: ['planning', 'executing', 'waiting_approval'],
-  resume: ['pausing', 'paused'],
-  cancel: ['draft', 'planning', 'executing', 'pausing', 'paused', 'waiting_approval']
-};
-
-export function isLegal(action: RunAction, state: WorkflowState | null | undefined): boolean {
-  return !!state && LEGAL_IN[action].includes(state);
+/** Whether the engine accepts `action` for a run in `state` (the generated command table). */
+export function isLegal(action: CommandAction, state: WorkflowState | null | undefined): boolean {
+  return !!state && COMMAND_RUN_STATES[action].includes(state);
 }
 
 /** Settled runs stop the elapsed clock (a failed run may still be reopened by a retry). */
 export function isSettled(state: WorkflowState): boolean {
-  return state === 'completed' || state === 'failed' || state === 'cancelled';
+  return SETTLED_WORKFLOW_STATES.has(state);
 }
 
 /** Attention first: the status a group of nodes (a collapsed generation) is shown with. */
@@ -100,7 +91,7 @@ export function dominantStatus(counts: Partial<Record<NodeState, number>>): Node
 
 /** "12 completed · 3 running" for the statuses present, in legend order. */
 export function countsText(counts: Partial<Record<NodeState, number>>): string {
-  return NODE_STATUSES.filter(s => (counts[s] ?? 0) > 0)
+  return NODE_STATES.filter(s => (counts[s] ?? 0) > 0)
     .map(s => `${counts[s]} ${STATUS_LABEL[s]}`).join(' · ');
 }
 

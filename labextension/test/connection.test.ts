@@ -1,10 +1,8 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { backoffDelay, Connection, sharedConnection } from '../src/connection';
+import { beforeFirstEvent, MAIN } from './recorded';
 
-const fixture = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'run-log.json'), 'utf8'));
-const runId: string = fixture.events[0].run_id;
+const runId: string = MAIN.events[0].run_id;
 
 /** A scripted stand-in for the browser's WebSocket. */
 class FakeSocket {
@@ -100,16 +98,14 @@ describe('Connection', () => {
     const seen: number[] = [];
     conn.follow(runId, u => seen.push(...u.events.map(e => e.seq)));
     expect(latest().sent).toContainEqual({ type: 'subscribe', run_id: runId });
-    latest().push({ type: 'snapshot', ...fixture.snapshot, seq: 0, nodes: [], edges: [],
-                    run: { ...fixture.snapshot.run, counts: Object.fromEntries(
-                      Object.keys(fixture.snapshot.run.counts).map(k => [k, 0])), total: 0 } });
-    latest().push({ type: 'events', run_id: runId, events: fixture.events.slice(0, 7) });
+    latest().push(beforeFirstEvent(MAIN));
+    latest().push({ type: 'events', run_id: runId, events: MAIN.events.slice(0, 7) });
     latest().drop();
     vi.advanceTimersByTime(1000);
     latest().accept();
     expect(latest().sent).toEqual([{ type: 'subscribe', run_id: runId, after_seq: 7 }]);
     // The server replays from 8; an overlap is dropped as duplicates.
-    latest().push({ type: 'events', run_id: runId, events: fixture.events.slice(5, 10) });
+    latest().push({ type: 'events', run_id: runId, events: MAIN.events.slice(5, 10) });
     expect(seen).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     expect(conn.stats(runId)!.duplicates).toBe(2);
     conn.close();
@@ -119,10 +115,8 @@ describe('Connection', () => {
     const conn = connect();
     latest().accept();
     conn.follow(runId, () => undefined);
-    latest().push({ type: 'snapshot', ...fixture.snapshot, seq: 0, nodes: [], edges: [],
-                    run: { ...fixture.snapshot.run, counts: Object.fromEntries(
-                      Object.keys(fixture.snapshot.run.counts).map(k => [k, 0])), total: 0 } });
-    latest().push({ type: 'events', run_id: runId, events: [fixture.events[0], fixture.events[2]] });
+    latest().push(beforeFirstEvent(MAIN));
+    latest().push({ type: 'events', run_id: runId, events: [MAIN.events[0], MAIN.events[2]] });
     expect(latest().sent).toContainEqual({ type: 'request_state', run_id: runId });
     conn.close();
   });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { callSummary, describeEvent, LogBook, LOGGED_TYPES } from '../src/eventlog';
+import { callSummary, describeEvent, LogBook } from '../src/eventlog';
 import type { Envelope } from '../src/state';
+import { EVENT_TYPES } from './schema';
 
 function ev(seq: number, event_type: string, data: Record<string, unknown> = {}): Envelope {
   return { run_id: 'r', seq, id: `id${seq}`, event_type, timestamp: '2024-05-01T12:00:00+00:00', data } as any;
@@ -14,12 +15,17 @@ describe('which events the log lists', () => {
     expect(describeEvent(ev(1, 'step_progress', { node_id: 'n', progress: 0.5 }))).toBeNull();
     expect(describeEvent(ev(1, 'step_started', { node_id: 'n' }))).toBeNull();
     expect(describeEvent(ev(1, 'cost_update', { node_id: 'n' }))).toBeNull();
-    for (const t of LOGGED_TYPES) {
-      const d = { node_id: 'n', agent: 'a', message: 'x', content: 'x', tool: 't', path: '/p/f.png', prompt: 'p',
-                  approved: true, code: 'c', old_state: 'executing', new_state: 'paused', attempt: 1,
-                  error: { type: 'E', message: 'boom', traceback: 'tb' } };
-      expect(describeEvent(ev(1, t, d)), t).not.toBeNull();
-    }
+    const listed = [
+      'agent_message', 'agent_thinking', 'agent_tool_call', 'file_created', 'file_updated',
+      'step_failed', 'step_retry_started', 'approval_requested', 'approval_received',
+      'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
+      'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled'
+    ];
+    const d = { node_id: 'n', agent: 'a', message: 'x', content: 'x', tool: 't', path: '/p/f.png', prompt: 'p',
+                approved: true, code: 'c', old_state: 'executing', new_state: 'paused', attempt: 1,
+                error: { type: 'E', message: 'boom', traceback: 'tb' } };
+    for (const t of EVENT_TYPES) expect(describeEvent(ev(1, t, d)) !== null, t).toBe(listed.includes(t));
+    expect(describeEvent(ev(1, 'from_a_newer_server', d))).toBeNull();
   });
 
   it('words entries readably', () => {

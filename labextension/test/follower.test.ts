@@ -1,20 +1,14 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RunFollower } from '../src/follower';
 import { applyEvent, fromSnapshot, toSnapshot } from '../src/state';
+import { beforeFirstEvent, MAIN } from './recorded';
 
-const fixture = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'run-log.json'), 'utf8'));
-const events = fixture.events;
+const events = MAIN.events;
 const runId = events[0].run_id;
 
-/** The snapshot as of seq n, built from the fixture. */
+/** The snapshot as of seq n, built from the recorded run. */
 function snapshotAt(n: number) {
-  const st = fromSnapshot({ ...fixture.snapshot, seq: 0, nodes: [], edges: [],
-    run: { ...fixture.snapshot.run, counts: Object.fromEntries(
-      Object.keys(fixture.snapshot.run.counts).map(k => [k, 0])), total: 0, done: 0,
-      cost_usd: 0, input_tokens: 0, output_tokens: 0, state: 'draft', pending_approvals: [],
-      started_at: null, finished_at: null } });
+  const st = fromSnapshot(beforeFirstEvent(MAIN));
   for (const ev of events.slice(0, n)) applyEvent(st, ev);
   return toSnapshot(st);
 }
@@ -67,7 +61,7 @@ describe('RunFollower (the client rules)', () => {
     for (let i = 1; i <= events.length; i += 3) {
       f.onEvents(batch(Math.max(1, i - 2), Math.min(events.length, i + 3)));
     }
-    expect(JSON.parse(JSON.stringify(toSnapshot(f.state!)))).toEqual({ type: 'snapshot', ...fixture.snapshot });
+    expect(JSON.parse(JSON.stringify(toSnapshot(f.state!)))).toEqual({ type: 'snapshot', ...MAIN.snapshot });
   });
 
   it('a reset waits for the snapshot that follows', () => {

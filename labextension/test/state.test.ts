@@ -1,48 +1,38 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { applyEvent, fromSnapshot, generations, RunState, toSnapshot } from '../src/state';
+import { applyEvent, fromSnapshot, generations, toSnapshot } from '../src/state';
+import { beforeFirstEvent, MAIN, RECORDED } from './recorded';
+import { EVENT_TYPES } from './schema';
 
-// Recorded by scripts/make_reducer_fixture.py: a run's whole log and Python's snapshot.
-const fixture = JSON.parse(readFileSync(join(__dirname, 'fixtures', 'run-log.json'), 'utf8'));
-
-function emptyState(): RunState {
-  const first = fixture.events[0];
-  const meta = first.data.run;
-  return fromSnapshot({
-    type: 'snapshot', run_id: first.run_id, seq: 0, edges: [], nodes: [],
-    layout: { generations: [] },
-    run: {
-      id: first.run_id, name: meta.name, description: meta.description, owner: meta.owner,
-      state: 'draft', reason: null, created_at: first.timestamp, started_at: null,
-      finished_at: null, updated_at: first.timestamp, cost_usd: 0, input_tokens: 0,
-      output_tokens: 0,
-      counts: Object.fromEntries(['pending', 'running', 'paused', 'waiting_approval', 'retrying',
-        'completed', 'failed', 'skipped', 'cancelled'].map(s => [s, 0])),
-      total: 0, done: 0, pending_approvals: [], last_error: null
-    }
-  });
-}
+/** A JSON round trip: what a snapshot looks like on the wire. */
+const wire = <T>(v: T): T => JSON.parse(JSON.stringify(v));
 
 describe('the TypeScript reducer', () => {
-  it('replays the Python-recorded log to exactly Python\'s snapshot', () => {
-    const st = emptyState();
-    for (const ev of fixture.events) applyEvent(st, ev);
-    expect(JSON.parse(JSON.stringify(toSnapshot(st)))).toEqual({ type: 'snapshot', ...fixture.snapshot });
+  for (const rec of RECORDED) {
+    it(`replays a Python-recorded log to exactly Python's snapshot: ${rec.title}`, () => {
+      const st = fromSnapshot(beforeFirstEvent(rec));
+      for (const ev of rec.events) applyEvent(st, ev);
+      expect(wire(toSnapshot(st))).toEqual({ type: 'snapshot', ...rec.snapshot });
+    });
+  }
+
+  it('is checked against every event type of the schema', () => {
+    const recorded = new Set<string>(RECORDED.flatMap(r => r.events.map(e => e.event_type)));
+    expect(EVENT_TYPES.filter(t => !recorded.has(t)),
+           'event types no recorded run has: make scripts/make_reducer_fixture.py record them').toEqual([]);
   });
 
   it('continues from a mid-run snapshot like from the start', () => {
-    const st = emptyState();
-    const half = Math.floor(fixture.events.length / 2);
-    for (const ev of fixture.events.slice(0, half)) applyEvent(st, ev);
-    const resumed = fromSnapshot(JSON.parse(JSON.stringify(toSnapshot(st))));
-    for (const ev of fixture.events.slice(half)) applyEvent(resumed, ev);
-    expect(JSON.parse(JSON.stringify(toSnapshot(resumed)))).toEqual({ type: 'snapshot', ...fixture.snapshot });
+    const st = fromSnapshot(beforeFirstEvent(MAIN));
+    const half = Math.floor(MAIN.events.length / 2);
+    for (const ev of MAIN.events.slice(0, half)) applyEvent(st, ev);
+    const resumed = fromSnapshot(wire(toSnapshot(st)));
+    for (const ev of MAIN.events.slice(half)) applyEvent(resumed, ev);
+    expect(wire(toSnapshot(resumed))).toEqual({ type: 'snapshot', ...MAIN.snapshot });
   });
 
   it('refuses an event that is not the next one', () => {
-    const st = emptyState();
-    expect(() => applyEvent(st, fixture.events[1])).toThrow(/seq 2 applied after 0/);
+    const st = fromSnapshot(beforeFirstEvent(MAIN));
+    expect(() => applyEvent(st, MAIN.events[1])).toThrow(/seq 2 applied after 0/);
   });
 
   it('layers a diamond by topological generation in declaration order', () => {

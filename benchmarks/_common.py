@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import multiprocessing as mp
 import os
 import pstats
 import sqlite3
@@ -26,6 +27,9 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: How benchmarks start helper processes (writers, client fleets): fresh interpreters,
+#: not forks of a parent that holds threads, a store and an event loop.
+SPAWN = mp.get_context("spawn")
 
 try:  # the installed (editable) engine, or whatever PYTHONPATH puts first
     import engine  # noqa: F401

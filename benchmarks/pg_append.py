@@ -33,7 +33,7 @@ import psycopg
 
 import _common
 from _common import bench_dir, emit, maybe_profile, note, postgres_server, postgres_settings
-from _server_common import Writer
+from _load import Writer
 from event_append import append_rate
 
 TARGET_RATE = 50_000.0

@@ -26,7 +26,7 @@ import time
 
 import _common
 from _common import bench_dir, emit, note
-from _server_common import paced_comparison
+from _paced import paced_comparison
 
 P99_MS = 250.0
 

@@ -33,7 +33,7 @@ import time
 
 import _common
 from _common import bench_dir, emit, note, open_store, progress_workflow, run_to_completion, wait_stopped
-from _server_common import paced_comparison
+from _paced import paced_comparison
 
 P50_MS, P99_MS = 10.0, 30.0
 

@@ -34,7 +34,11 @@ import time
 
 import _common
 from _common import bench_dir, emit, note
-from _server_common import BaselineServer, Fleet, JupyterServer, Profiler, RssSampler, Writer, delivery_summary
+from _fleet import Fleet
+from _load import Writer
+from _probes import Profiler, RssSampler
+from _servers import BaselineServer, JupyterServer
+from _stats import delivery_summary
 
 TARGET_MB = 50.0
 MB = 2**20

@@ -31,7 +31,10 @@ import orjson
 
 import _common
 from _common import bench_dir, emit, note, open_store, progress_workflow, run_to_completion, wait_stopped
-from _server_common import BaselineServer, Fleet, JupyterServer, Profiler, delivery_summary
+from _fleet import Fleet
+from _probes import Profiler
+from _servers import BaselineServer, JupyterServer
+from _stats import delivery_summary
 
 TARGET_S = 0.5
 

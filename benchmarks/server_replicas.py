@@ -33,7 +33,8 @@ import time
 
 import _common
 from _common import bench_dir, emit, note, postgres_server, postgres_settings
-from _server_common import JupyterServer, paced_engine
+from _paced import paced_engine
+from _servers import JupyterServer
 
 P99_MS = 50.0
 

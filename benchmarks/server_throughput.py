@@ -28,7 +28,6 @@ receipt of the last.
 from __future__ import annotations
 
 import os
-import sqlite3
 import statistics
 import time
 
@@ -36,8 +35,11 @@ import numpy as np
 
 import _common
 from _common import bench_dir, emit, note, open_store, progress_workflow, run_to_completion, wait_stopped
-from _server_common import (BaselineServer, Fleet, JupyterServer, Profiler, Replayer, Writer, commit_times,
-                            delivery_summary, event_table, hold_back, tsmap_array)
+from _fleet import Fleet
+from _load import Replayer, Writer, hold_back
+from _probes import Profiler
+from _servers import BaselineServer, JupyterServer
+from _stats import commit_times, delivery_summary, event_table, tsmap_array
 
 TARGET = 100_000.0
 

@@ -201,10 +201,8 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
                           heartbeat_interval=app.heartbeat_interval, buffer_cap=app.client_buffer_bytes,
                           run_filter=lambda doc: app.visible(doc, user),
                           root_dir=os.path.abspath(os.path.expanduser(app.serverapp.root_dir)))
-        self.conn = conn = Connection(session, self._write_frame, self.close)
-        session.watcher = hub.watcher(conn)
-        hub.attach(conn)
-        conn.open(app.gateway.down_since)
+        self.conn = hub.connect(session, self._write_frame, self.close)
+        self.conn.open(app.gateway.down_since)
         # The hub's commit cursor comes before this session's first read of the log, so
         # nothing committed after that read escapes the hub (client frames wait for it).
         await hub.start()
@@ -213,10 +211,8 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
         await self.conn.receive(message)
 
     def on_close(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            self.extensionapp.hub.detach(conn)
-            conn.close()
+        if self.conn is not None:
+            self.extensionapp.hub.disconnect(self.conn)
 
     def _write_frame(self, frame: bytes) -> None:
         try:

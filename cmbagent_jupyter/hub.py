@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 import orjson
 
 from engine.store.base import Store, envelope_json
 
+from .connection import Connection
 from .gateway import StoreGateway
 from .session import MAX_EVENTS_PER_FRAME, RowCache, Session
 
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 FAILED_POLL_RETRY_S = 1.0
 
 
-class Connection(Protocol):
-    """What the hub needs of a connection (``connection.Connection``)."""
+class Listener(Protocol):
+    """What the hub needs of a connection (a ``connection.Connection``; tests give fakes)."""
 
     session: Session
 
@@ -45,7 +46,7 @@ class Connection(Protocol):
 class _ConnWatcher:
     """The hub, as seen by one session."""
 
-    def __init__(self, hub: "EventHub", conn: Connection):
+    def __init__(self, hub: "EventHub", conn: Listener):
         self.hub, self.conn = hub, conn
 
     def watch(self, run_id: str) -> None:
@@ -73,9 +74,9 @@ class EventHub:
         self.tail_interval = tail_interval
         self.reap_interval = reap_interval
         self.recheck_interval = recheck_interval
-        self.by_run: dict[str, set[Connection]] = {}
-        self.run_watchers: set[Connection] = set()
-        self.connections: set[Connection] = set()
+        self.by_run: dict[str, set[Listener]] = {}
+        self.run_watchers: set[Listener] = set()
+        self.connections: set[Listener] = set()
         self.cursor = 0
         self._started: Optional[asyncio.Future] = None
         self._tasks: list[asyncio.Task] = []
@@ -84,15 +85,26 @@ class EventHub:
         self._stopping = False
         gateway.add_listener(self._store_status)
 
-    def watcher(self, conn: Connection) -> _ConnWatcher:
+    def watcher(self, conn: Listener) -> _ConnWatcher:
+        """How ``conn``'s session tells this hub which runs it follows."""
         return _ConnWatcher(self, conn)
 
-    def attach(self, conn: Connection) -> None:
-        """A new connection: it hears of the store's availability from now on."""
+    def connect(self, session: Session, write: Callable[[bytes], None],
+                close: Callable[[int, str], None]) -> Connection:
+        """A connection driving ``session`` for a transport (``Connection``'s ``write`` and
+        ``close``): the hub hears what it follows and tells it the store's availability
+        from now on. The transport then calls ``conn.open(gateway.down_since)`` (it writes
+        the hello: ``write`` may need the connection already) and, when it is gone,
+        ``disconnect``."""
+        conn = Connection(session, write, close)
+        session.watcher = self.watcher(conn)
         self.connections.add(conn)
+        return conn
 
-    def detach(self, conn: Connection) -> None:
+    def disconnect(self, conn: Connection) -> None:
+        """The transport is gone: the connection leaves the hub and stops."""
         self.connections.discard(conn)
+        conn.close()
 
     def _store_status(self, available: bool, since: str) -> None:
         for conn in list(self.connections):
@@ -203,7 +215,7 @@ class EventHub:
             if got:
                 rid = orjson.dumps(run_id)
                 cache.put(run_id, got[0][0], [envelope_json(rid, r) for r in got])
-        targets: dict[Connection, dict[str, int]] = {}
+        targets: dict[Listener, dict[str, int]] = {}
         for run_id, last_seq in changes.items():
             for conn in self.by_run.get(run_id, ()):
                 targets.setdefault(conn, {})[run_id] = last_seq

@@ -22,7 +22,6 @@ import traitlets
 import engine
 from engine.store.base import Store
 
-from .connection import Connection
 from .gateway import StoreGateway
 from .hub import EventHub
 from .session import Session
@@ -99,9 +98,7 @@ class _CommLink:
         self.hub = EventHub(self.gateway, tail_interval=COMM_POLL_S, reap_interval=None,
                             recheck_interval=COMM_RESYNC_S)
         session = Session(self.gateway, server_id="kernel", heartbeat_interval=0)
-        self.conn = Connection(session, self._write, self._refuse)
-        session.watcher = self.hub.watcher(self.conn)
-        self.hub.attach(self.conn)
+        self.conn = self.hub.connect(session, self._write, self._refuse)
         self.conn.open(self.gateway.down_since)
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.serving = asyncio.ensure_future(self._serve())
@@ -128,7 +125,7 @@ class _CommLink:
 
     async def _stop(self) -> None:
         self.serving.cancel()
-        self.conn.close()
+        self.hub.disconnect(self.conn)
         await self.hub.stop()
         self.gateway.close()
         self.loop.stop()

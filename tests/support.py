@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sqlite3
@@ -14,23 +15,51 @@ from engine import Workflow
 from engine.executor import close_executors
 
 
+class _Poll:
+    """The one meaning of waiting in the tests: ``predicate`` until it returns something
+    truthy, failing after ``timeout`` seconds with what was awaited, the last value seen
+    and, if given, ``context()`` (e.g. the run's state and nodes)."""
+
+    def __init__(self, predicate: Callable[[], Any], timeout: float, what: str,
+                 context: Optional[Callable[[], Any]]):
+        self.predicate, self.timeout, self.what, self.context = predicate, timeout, what, context
+        self.deadline = time.monotonic() + timeout
+        self.value: Any = None
+
+    def done(self) -> bool:
+        """Ask once: True when the predicate holds (its value in ``value``); fails the test
+        when it does not and the time is up."""
+        self.value = self.predicate()
+        if self.value:
+            return True
+        if time.monotonic() > self.deadline:
+            extra = f"\ncontext: {self.context()!r}" if self.context else ""
+            pytest.fail(f"timed out after {self.timeout} s waiting for {self.what or self.predicate!r}; "
+                        f"last value: {self.value!r}{extra}")
+        return False
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "",
                interval: float = 0.005, context: Optional[Callable[[], Any]] = None) -> Any:
     """Poll ``predicate`` until it returns something truthy; return that value.
 
     Fails the test after ``timeout`` seconds, saying what it waited for, the last
     value seen and, if given, ``context()`` (e.g. the run's state and nodes).
+    ``wait_until_async`` is the same for coroutines (it yields to the event loop).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\ncontext: {context()!r}" if context else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate!r}; "
-                        f"last value: {value!r}{extra}")
+    poll = _Poll(predicate, timeout, what, context)
+    while not poll.done():
         time.sleep(interval)
+    return poll.value
+
+
+async def wait_until_async(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "",
+                           interval: float = 0.005, context: Optional[Callable[[], Any]] = None) -> Any:
+    """``wait_until`` in a coroutine: the event loop runs between the polls."""
+    poll = _Poll(predicate, timeout, what, context)
+    while not poll.done():
+        await asyncio.sleep(interval)
+    return poll.value
 
 
 def under_ci() -> bool:

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from cmbagent_jupyter.client import (Backoff, Marker, RunFollower, Stats, http_base_url,
-                                     view_from_snapshot, ws_url)
+                                     state_from_snapshot, ws_url)
 from engine.snapshot import RunState
 
 from client_support import small_wf
@@ -28,8 +28,8 @@ def batch(run_id, evs):
     return {"type": "events", "run_id": run_id, "events": evs}
 
 
-def delivered(step):
-    return [i["seq"] for i in step.items if isinstance(i, dict)]
+def delivered(update):
+    return [i["seq"] for i in update.items if isinstance(i, dict)]
 
 
 def test_snapshot_then_consecutive_events(log):
@@ -39,12 +39,12 @@ def test_snapshot_then_consecutive_events(log):
     assert f.awaiting == "subscribe" and not f.synced
     # events before the first snapshot are ignored (the snapshot covers them)
     assert f.receive(batch(run_id, events[:2])).items == []
-    step = f.receive(snap(3))
-    assert step.items == [Marker("snapshot", run_id, 3, None, {k: v for k, v in snap(3).items() if k != "type"})]
+    update = f.receive(snap(3))
+    assert update.items == [Marker("snapshot", run_id, 3, None, {k: v for k, v in snap(3).items() if k != "type"})]
     assert f.synced and f.last == 3
-    step = f.receive(batch(run_id, events[3:]))
-    assert delivered(step) == list(range(4, len(events) + 1)) and step.send == []
-    assert f.view.snapshot() == RunState.replay(run_id, events).snapshot()
+    update = f.receive(batch(run_id, events[3:]))
+    assert delivered(update) == list(range(4, len(events) + 1)) and update.send == []
+    assert f.state.snapshot() == RunState.replay(run_id, events).snapshot()
     assert f.stats.events_applied == len(events) - 3
 
 
@@ -52,31 +52,31 @@ def test_duplicates_dropped_and_counted(log):
     run_id, events, snap = log
     f = RunFollower(run_id)
     f.receive(snap(5))
-    step = f.receive(batch(run_id, events[2:8]))  # seq 3..8: 3,4,5 are duplicates
-    assert delivered(step) == [6, 7, 8]
+    update = f.receive(batch(run_id, events[2:8]))  # seq 3..8: 3,4,5 are duplicates
+    assert delivered(update) == [6, 7, 8]
     assert f.stats.duplicates_dropped == 3
-    step = f.receive(batch(run_id, events[5:9]))  # 6,7,8 again, then 9
-    assert delivered(step) == [9]
+    update = f.receive(batch(run_id, events[5:9]))  # 6,7,8 again, then 9
+    assert delivered(update) == [9]
     assert f.stats.duplicates_dropped == 6 and f.last == 9
-    assert f.view.snapshot() == RunState.replay(run_id, events[:9]).snapshot()
+    assert f.state.snapshot() == RunState.replay(run_id, events[:9]).snapshot()
 
 
 def test_gap_requests_state_once_and_ignores_until_snapshot(log):
     run_id, events, snap = log
     f = RunFollower(run_id)
     f.receive(snap(4))
-    step = f.receive(batch(run_id, [events[4], events[6], events[7]]))  # 5, then 7 and 8: gap
-    assert delivered(step) == [5]
-    assert step.send == [{"type": "request_state", "run_id": run_id}]
+    update = f.receive(batch(run_id, [events[4], events[6], events[7]]))  # 5, then 7 and 8: gap
+    assert delivered(update) == [5]
+    assert update.send == [{"type": "request_state", "run_id": run_id}]
     assert f.stats.gaps == 1 and f.awaiting == "gap" and f.last == 5
     # more events while waiting: ignored, no second request
-    step = f.receive(batch(run_id, events[8:10]))
-    assert step.items == [] and step.send == []
-    step = f.receive(snap(9))
-    assert [type(i) for i in step.items] == [Marker] and f.last == 9 and f.synced
-    step = f.receive(batch(run_id, events[8:12]))  # 9 is a duplicate, 10.. apply
-    assert delivered(step) == [10, 11, 12]
-    assert f.view.snapshot() == RunState.replay(run_id, events[:12]).snapshot()
+    update = f.receive(batch(run_id, events[8:10]))
+    assert update.items == [] and update.send == []
+    update = f.receive(snap(9))
+    assert [type(i) for i in update.items] == [Marker] and f.last == 9 and f.synced
+    update = f.receive(batch(run_id, events[8:12]))  # 9 is a duplicate, 10.. apply
+    assert delivered(update) == [10, 11, 12]
+    assert f.state.snapshot() == RunState.replay(run_id, events[:12]).snapshot()
 
 
 def test_reset_then_snapshot_replaces_state(log):
@@ -84,13 +84,13 @@ def test_reset_then_snapshot_replaces_state(log):
     f = RunFollower(run_id)
     f.receive(snap(3))
     f.receive(batch(run_id, events[3:6]))
-    step = f.receive({"type": "reset", "run_id": run_id, "reason": "trimmed"})
-    assert step.items == [Marker("reset", run_id, 6, "trimmed")] and step.send == []
+    update = f.receive({"type": "reset", "run_id": run_id, "reason": "trimmed"})
+    assert update.items == [Marker("reset", run_id, 6, "trimmed")] and update.send == []
     assert f.stats.resets == 1 and f.awaiting == "reset"
     assert f.receive(batch(run_id, events[6:8])).items == []  # ignored until the snapshot
     f.receive(snap(10))
-    assert f.last == 10 and f.view.seq == 10
-    assert f.view.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
+    assert f.last == 10 and f.state.seq == 10
+    assert f.state.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
     assert delivered(f.receive(batch(run_id, events[10:11]))) == [11]
 
 
@@ -101,9 +101,9 @@ def test_older_snapshot_replays_without_delivering_twice(log):
     assert delivered(f.receive(batch(run_id, events[2:8]))) == [3, 4, 5, 6, 7, 8]
     f.receive(snap(5))  # the state goes back to seq 5...
     assert f.last == 5
-    step = f.receive(batch(run_id, events[5:10]))  # ...6..8 are applied again, not delivered again
-    assert delivered(step) == [9, 10]
-    assert f.view.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
+    update = f.receive(batch(run_id, events[5:10]))  # ...6..8 are applied again, not delivered again
+    assert delivered(update) == [9, 10]
+    assert f.state.snapshot() == RunState.replay(run_id, events[:10]).snapshot()
 
 
 def test_snapshot_state_is_a_copy(log):
@@ -113,7 +113,7 @@ def test_snapshot_state_is_a_copy(log):
     f.receive(s)
     f.receive(batch(run_id, events[3:]))
     assert s == snap(3)  # applying events did not mutate the snapshot we were given
-    assert view_from_snapshot(s).snapshot() == RunState.replay(run_id, events[:3]).snapshot()
+    assert state_from_snapshot(s).snapshot() == RunState.replay(run_id, events[:3]).snapshot()
 
 
 def test_resubscribe_cursor(log):
@@ -138,7 +138,7 @@ def test_explicit_cursor_without_state(log):
     f = RunFollower(run_id, after_seq=5)
     assert f.subscribe_frame() == {"type": "subscribe", "run_id": run_id, "after_seq": 5}
     assert delivered(f.receive(batch(run_id, events[3:8]))) == [6, 7, 8]
-    assert f.view is None and f.last == 8 and f.stats.duplicates_dropped == 2
+    assert f.state is None and f.last == 8 and f.stats.duplicates_dropped == 2
     f.receive(snap(8))
     assert f.synced
     with pytest.raises(ValueError):
@@ -150,11 +150,11 @@ def test_unappliable_event_requests_state(log):
     f = RunFollower(run_id)
     f.receive(snap(3))
     bad = {**events[3], "event_type": "step_progress", "data": {"node_id": "nope", "progress": 0.5}}
-    step = f.receive(batch(run_id, [bad]))
-    assert step.items == [] and step.send == [{"type": "request_state", "run_id": run_id}]
-    assert f.view is None and f.last == 3
+    update = f.receive(batch(run_id, [bad]))
+    assert update.items == [] and update.send == [{"type": "request_state", "run_id": run_id}]
+    assert f.state is None and f.last == 3
     f.receive(snap(4))
-    assert f.synced and f.view.seq == 4
+    assert f.synced and f.state.seq == 4
 
 
 def test_shared_stats():

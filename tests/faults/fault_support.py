@@ -16,9 +16,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from support import free_port  # noqa: F401  (re-exported)
+from support import free_port, wait_until_async  # noqa: F401  (free_port re-exported)
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 HERE = Path(__file__).resolve().parent
@@ -34,19 +34,6 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as exc:
         return f"({exc})"
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-                     interval: float = 0.01) -> Any:
-    """Poll ``predicate`` (yielding to the event loop) until truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 class ServerProc:
@@ -188,7 +175,7 @@ class WriterProc:
                 raise AssertionError(f"writer exited ({self.proc.returncode}):\n{tail(self.out)}")
             return path.exists() and path.read_text()
 
-        return await wait_until(ready, timeout, "the writer's run id")
+        return await wait_until_async(ready, timeout, "the writer's run id")
 
     def go(self) -> None:
         (self.workdir / "go").touch()
@@ -198,8 +185,8 @@ class WriterProc:
 
     async def finished(self, timeout: float = 120.0) -> dict:
         """Wait for the writer to exit; its final JSON line (state completed) is returned."""
-        await wait_until(lambda: self.proc.poll() is not None, timeout, "the writer to finish",
-                         interval=0.05)
+        await wait_until_async(lambda: self.proc.poll() is not None, timeout, "the writer to finish",
+                               interval=0.05)
         lines = self.out.read_text(errors="replace").strip().splitlines()
         assert self.proc.returncode == 0 and lines, \
             f"writer failed ({self.proc.returncode}):\n{tail(self.out)}"

@@ -28,7 +28,8 @@ import pytest
 from checker import assert_clean, check
 from cmbagent_jupyter.client import Client
 from engine.snapshot import RunState
-from fault_support import App, ServerProc, wait_until
+from fault_support import App, ServerProc
+from support import wait_until_async
 
 RATE = 600  # events/s, until the test tells the writer to stop
 BACKLOG = 1500  # events in the log before the clients subscribe
@@ -92,8 +93,8 @@ async def pause_and_resume(store, members: list[Member], run_id: str, pause_via,
     t0 = time.monotonic()
     ack = await send(pause_via, run_id, "pause")
     assert ack["ok"], f"pause via {describe(pause_via)} refused: {ack}"
-    await wait_until(lambda: store.run_doc(run_id)["state"] == "paused", 30,
-                     f"the run to be paused (pause via {describe(pause_via)})", interval=0.02)
+    await wait_until_async(lambda: store.run_doc(run_id)["state"] == "paused", 30,
+                           f"the run to be paused (pause via {describe(pause_via)})", interval=0.02)
     t_paused = time.monotonic()
     paused_seq = store.bounds(run_id)[1]
     [ev] = store.events(run_id, paused_seq - 1, 1).dicts()
@@ -111,8 +112,8 @@ async def pause_and_resume(store, members: list[Member], run_id: str, pause_via,
     t1 = time.monotonic()
     ack = await send(resume_via, run_id, "resume")
     assert ack["ok"], f"resume via {describe(resume_via)} refused: {ack}"
-    await wait_until(lambda: store.bounds(run_id)[1] > paused_seq + 50, 30,
-                     f"the run to emit again (resume via {describe(resume_via)})", interval=0.02)
+    await wait_until_async(lambda: store.bounds(run_id)[1] > paused_seq + 50, 30,
+                           f"the run to emit again (resume via {describe(resume_via)})", interval=0.02)
     t_resumed = time.monotonic()
     after = store.events(run_id, paused_seq, 50).dicts()
     assert after[0]["event_type"] == "workflow_resumed", after[0]
@@ -156,8 +157,8 @@ async def test_replica_killed_mid_run_clients_move_to_the_others(spawn, open_db,
     commands: list[dict] = []
     try:
         writer.go()
-        await wait_until(lambda: store.bounds(run_id)[1] >= BACKLOG, 60,
-                         f"{BACKLOG} events in the log", interval=0.02)
+        await wait_until_async(lambda: store.bounds(run_id)[1] >= BACKLOG, 60,
+                               f"{BACKLOG} events in the log", interval=0.02)
         mid = store.bounds(run_id)[1] // 2
         cursors = {"0": 0, "mid": mid, "live": None}
         for i, home in enumerate(replicas):

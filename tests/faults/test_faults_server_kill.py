@@ -12,7 +12,8 @@ import time
 
 from checker import assert_clean, check
 from cmbagent_jupyter.client import Client
-from fault_support import App, wait_until
+from fault_support import App
+from support import wait_until_async
 
 KILLS = 2
 RATE = 500  # events/s, until the test tells the writer to stop
@@ -50,8 +51,8 @@ async def test_server_killed_and_restarted_mid_run(spawn, open_db, seed):
             t_kill = time.monotonic()
             await client.wait_for(lambda: client.connection_state != "live", 10)
             # the run goes on without any server
-            await wait_until(lambda: store.bounds(run_id)[1] >= log_at_kill + WHILE_DOWN, 30,
-                             f"{WHILE_DOWN} events committed while the server is down")
+            await wait_until_async(lambda: store.bounds(run_id)[1] >= log_at_kill + WHILE_DOWN, 30,
+                                   f"{WHILE_DOWN} events committed while the server is down")
             assert client.stats.reconnects == k and client.connection_state != "live"
 
             server.start()  # same port, same store, a new process

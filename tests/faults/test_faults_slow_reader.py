@@ -18,7 +18,6 @@ import time
 import psutil
 
 from engine import Workflow
-from fault_support import wait_until
 
 CAP = 2 * 2**20
 #: What the server may grow by besides the cap: one snapshot in the making and the

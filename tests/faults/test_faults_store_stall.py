@@ -20,7 +20,8 @@ import pytest
 
 from checker import assert_clean, check
 from cmbagent_jupyter.client import Client
-from fault_support import App, StatusProbe, tail, wait_until
+from fault_support import App, StatusProbe, tail
+from support import wait_until_async
 
 RATE = 300  # events/s, until the test tells the writer to stop
 STALL_S = 20.0
@@ -89,7 +90,7 @@ async def test_a_hung_store_never_freezes_the_server(spawn, open_db, own_pg_clus
         # The run's own fate is the engine's (its process may not survive the stall yet:
         # Run.wait() in it reads the store); what is asserted is the server's behaviour
         # and that every client ends with exactly the log, whatever it holds.
-        await wait_until(lambda: writer.proc.poll() is not None, 120, "the writer to exit")
+        await wait_until_async(lambda: writer.proc.poll() is not None, 120, "the writer to exit")
         outcome = tail(writer.out, 1)
         snapshots = [await app.catch_up(60) for app in apps]
         stats = [c.stats for c in clients]

@@ -1,36 +1,22 @@
-"""Helpers for the server tests: workflows to watch and steer, waiting on conditions
-without blocking the event loop, a snapshot of everything a store holds, and the
-schema check every test socket applies to what it receives."""
+"""Helpers for the server tests: workflows to watch and steer, a snapshot of everything
+a store holds, and the schema check every test socket applies to what it receives.
+(Waiting on conditions without blocking the event loop: ``support.wait_until_async``.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from jsonschema import Draft202012Validator, validators
 
 from engine import Workflow
 from engine.executor import close_executors
-from support import finished_run, raw_rows  # noqa: F401  (finished_run re-exported)
+from support import finished_run, raw_rows, wait_until  # noqa: F401  (finished_run re-exported)
 
 #: Events the tests open at teardown, so no step thread outlives its test.
 RELEASES: list[threading.Event] = []
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll ``predicate`` (yielding to the loop in between) until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; "
-                                 f"last value {value!r}")
-        await asyncio.sleep(0.005)
 
 
 def node_status(store, run_id: str, node_id: str) -> str:
@@ -40,7 +26,7 @@ def node_status(store, run_id: str, node_id: str) -> str:
 def gated_run(store, progress: int = 20, name: str = "gated", owner: Optional[str] = None):
     """A run whose first step, once started, waits for ``gate`` and then reports progress.
 
-    The caller waits (``await wait_for(...)``) for the step's start to be committed."""
+    The caller waits (``await wait_until_async(...)``) for the step's start to be committed."""
     gate = threading.Event()
     RELEASES.append(gate)
     wf = Workflow(name)
@@ -79,10 +65,7 @@ def steerable_run(store, name: str = "steerable", owner: Optional[str] = None):
 
 def cancelled_run(store):
     run, release = steerable_run(store, name="cancelled")
-    deadline = time.monotonic() + 10
-    while node_status(store, run.id, "work") != "running":
-        assert time.monotonic() < deadline, "step never started"
-        time.sleep(0.005)
+    wait_until(lambda: node_status(store, run.id, "work") == "running", 10, "the step to start")
     run.cancel()
     assert run.wait(10) == "cancelled"
     return run

@@ -2,7 +2,8 @@
 
 import json
 
-from server_support import node_status, steerable_run, wait_for
+from server_support import node_status, steerable_run
+from support import wait_until_async
 
 
 def transitions(store, run_id, new_state):
@@ -12,7 +13,7 @@ def transitions(store, run_id, new_state):
 
 async def started_steerable(store):
     run, release = steerable_run(store)
-    await wait_for(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
+    await wait_until_async(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
     return run, release
 
 
@@ -30,7 +31,7 @@ async def test_duplicate_command_same_ack_applied_once(store, ws_connect, jp_fet
     body = {k: v for k, v in cmd.items() if k not in ("type", "run_id")}
     r = await jp_fetch("cmbagent", "api", "runs", run.id, "commands", method="POST", body=json.dumps(body))
     assert r.code == 200 and json.loads(r.body) == first
-    await wait_for(lambda: run.state == "paused", what="the run to pause")
+    await wait_until_async(lambda: run.state == "paused", what="the run to pause")
     # once more after it was applied: still the same ack, and no second pause
     (late,) = await ws.request(cmd)
     assert late == first
@@ -41,9 +42,9 @@ async def test_duplicate_command_same_ack_applied_once(store, ws_connect, jp_fet
     r2 = await jp_fetch("cmbagent", "api", "runs", run.id, "commands", method="POST", body=json.dumps(body))
     (ws_ack,) = await ws.request({"type": "command", "run_id": run.id, **body})
     assert json.loads(r1.body) == json.loads(r2.body) == ws_ack and ws_ack["ok"] is True
-    await wait_for(lambda: run.state == "executing", what="the run to resume")
+    await wait_until_async(lambda: run.state == "executing", what="the run to resume")
     release.set()
-    await wait_for(lambda: run.state == "completed", what="the run to complete")
+    await wait_until_async(lambda: run.state == "completed", what="the run to complete")
     assert len(transitions(store, run.id, "pausing")) == 1
     assert len(transitions(store, run.id, "paused")) == 1
     assert len([e for e in store.events(run.id).dicts() if e["event_type"] == "workflow_resumed"]) == 1
@@ -57,13 +58,13 @@ async def test_command_id_reused_for_another_command_is_refused(store, ws_connec
     assert ok["ok"] is True
     (clash,) = await ws.request({"type": "command", "command_id": "c1", "run_id": run.id, "action": "cancel"})
     assert clash["type"] == "ack" and clash["ok"] is False and clash["code"] == "command_id_reused"
-    await wait_for(lambda: run.state == "paused", what="the run to pause")
+    await wait_until_async(lambda: run.state == "paused", what="the run to pause")
     assert run.state == "paused"  # not cancelled
     (resumed,) = await ws.request({"type": "command", "command_id": "c2", "run_id": run.id,
                                    "action": "resume"})
     assert resumed["ok"] is True
     release.set()
-    await wait_for(lambda: run.state == "completed", what="the run to complete")
+    await wait_until_async(lambda: run.state == "completed", what="the run to complete")
 
 
 async def test_refused_commands_are_acked_with_a_code(store, ws_connect, jp_fetch):
@@ -86,7 +87,7 @@ async def test_refused_commands_are_acked_with_a_code(store, ws_connect, jp_fetc
         assert store.command_status(f"ws-{i}") is None and store.command_status(f"rest-{i}") is None
     assert run.state == "executing"
     release.set()
-    await wait_for(lambda: run.state == "completed", what="the run to complete")
+    await wait_until_async(lambda: run.state == "completed", what="the run to complete")
 
 
 async def test_commands_steer_a_run_seen_live(store, ws_connect):
@@ -134,4 +135,4 @@ async def test_a_store_failure_refuses_the_command_and_keeps_the_socket(store, w
     monkeypatch.undo()
     (ack,) = await ws.request({"type": "command", "command_id": "c-ok", "run_id": run.id, "action": "cancel"})
     assert ack["ok"] is True
-    await wait_for(lambda: run.state == "cancelled", what="the run to be cancelled")
+    await wait_until_async(lambda: run.state == "cancelled", what="the run to be cancelled")

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 from jupyter_server.auth.identity import IdentityProvider, LegacyIdentityProvider, PasswordIdentityProvider
-from server_support import finished_run, gated_run, node_status, steerable_run, wait_for
+from server_support import finished_run, gated_run, node_status, steerable_run
+from support import wait_until_async
 from two_users import TwoUsers, auth
 
 from engine.owners import default_owner
@@ -102,7 +103,7 @@ async def test_rest_and_socket_commands_reach_only_the_owners_runs(store, jp_fet
     for user in ("alice", "bob"):
         runs[user], _ = steerable_run(store, name=f"{user}s", owner=user)
     for user, run in runs.items():
-        await wait_for(lambda: node_status(store, run.id, "work") == "running", what=f"{user}'s step")
+        await wait_until_async(lambda: node_status(store, run.id, "work") == "running", what=f"{user}'s step")
         assert store.run_doc(run.id)["owner"] == user
     for user, other in (("alice", "bob"), ("bob", "alice")):
         mine, theirs = runs[user], runs[other]
@@ -120,7 +121,7 @@ async def test_rest_and_socket_commands_reach_only_the_owners_runs(store, jp_fet
     r = await rest(jp_fetch, "bob", "runs", runs["bob"].id, "commands", method="POST",
                    body=json.dumps({"command_id": "bob-pause", "action": "pause"}))
     assert r.code == 200 and json.loads(r.body)["ok"] is True
-    await wait_for(lambda: runs["bob"].state == "paused", what="bob's run to pause")
+    await wait_until_async(lambda: runs["bob"].state == "paused", what="bob's run to pause")
     assert runs["alice"].state == "executing"
     ws = await connect(ws_connect, "alice")
     (ack,) = await ws.request({"type": "command", "command_id": "alice-cancel", "run_id": runs["alice"].id,
@@ -139,7 +140,8 @@ async def test_sockets_list_stream_and_obey_only_the_owner(store, ws_connect):
     runs, gates = {}, {}
     for user in ("alice", "bob"):
         runs[user], gates[user] = gated_run(store, progress=5, name=f"{user}s", owner=user)
-        await wait_for(lambda: node_status(store, runs[user].id, "a") == "running", what=f"{user}'s step")
+        await wait_until_async(lambda: node_status(store, runs[user].id, "a") == "running",
+                               what=f"{user}'s step")
     sockets = {user: await connect(ws_connect, user) for user in ("alice", "bob")}
     for user, ws in sockets.items():
         other = "bob" if user == "alice" else "alice"

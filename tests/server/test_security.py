@@ -8,7 +8,8 @@ from http.cookies import SimpleCookie
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from server_support import finished_run, node_status, steerable_run, wait_for
+from server_support import finished_run, node_status, steerable_run
+from support import wait_until_async
 
 FOREIGN = "http://evil.example.com"
 
@@ -107,7 +108,7 @@ async def test_rest_without_credentials_is_refused(store, jp_fetch):
 
 async def test_rest_cookie_get_works_post_needs_xsrf(store, jp_fetch, jp_http_port):
     run, release = steerable_run(store)
-    await wait_for(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
+    await wait_until_async(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
     cookie = await login_cookie(jp_fetch, jp_http_port)
     no_token = {"Authorization": "", "Cookie": cookie}
     r = await jp_fetch("cmbagent", "api", "runs", headers=dict(no_token))
@@ -128,11 +129,11 @@ async def test_rest_cookie_get_works_post_needs_xsrf(store, jp_fetch, jp_http_po
     assert r.code == 200, r.body
     ack = json.loads(r.body)
     assert ack["type"] == "ack" and ack["ok"] is True and ack["command_id"] == "by-cookie-with-xsrf"
-    await wait_for(lambda: run.state == "paused", what="the run to pause")
+    await wait_until_async(lambda: run.state == "paused", what="the run to pause")
     # the token alone: works (resume, so the run can finish)
     r = await jp_fetch("cmbagent", "api", "runs", run.id, "commands", method="POST",
                        body=json.dumps({"command_id": "by-token", "action": "resume"}))
     assert r.code == 200 and json.loads(r.body)["ok"] is True
-    await wait_for(lambda: run.state == "executing", what="the run to resume")
+    await wait_until_async(lambda: run.state == "executing", what="the run to resume")
     release.set()
-    await wait_for(lambda: run.state == "completed", what="the run to complete")
+    await wait_until_async(lambda: run.state == "completed", what="the run to complete")

@@ -6,7 +6,8 @@ import json
 
 import engine
 import pytest
-from server_support import FrameValidator, finished_run, gated_run, node_status, steerable_run, wait_for
+from server_support import FrameValidator, finished_run, gated_run, node_status, steerable_run
+from support import wait_until_async
 
 
 def seqs(frames, run_id=None):
@@ -42,7 +43,7 @@ async def test_ping_pong(ws_connect):
 
 async def test_subscribe_without_cursor_snapshot_then_live_until_completed(store, ws_connect):
     run, gate = gated_run(store, progress=30)
-    await wait_for(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
+    await wait_until_async(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
     ws = await ws_connect()
     await ws.expect("hello")
     await ws.send({"type": "subscribe", "run_id": run.id})
@@ -75,7 +76,7 @@ async def test_subscribe_with_cursor_gets_exactly_the_events_after_it(store, ws_
 async def test_subscribe_with_cursor_then_live(store, ws_connect):
     """A cursor in the middle of a live run: the backlog, then live, nothing twice."""
     run, gate = gated_run(store, progress=50)
-    await wait_for(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
+    await wait_until_async(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
     ws = await ws_connect()
     await ws.expect("hello")
     after = 2
@@ -87,7 +88,7 @@ async def test_subscribe_with_cursor_then_live(store, ws_connect):
 
 async def test_two_sockets_get_the_same_stream(store, ws_connect):
     run, gate = gated_run(store, progress=40)
-    await wait_for(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
+    await wait_until_async(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
     sockets = [await ws_connect() for _ in range(2)]
     for ws in sockets:
         await ws.expect("hello")
@@ -116,7 +117,7 @@ async def test_unusable_cursor_gets_reset_then_snapshot(store, ws_connect, curso
 
 async def test_trimmed_cursor_gets_reset_then_snapshot_then_live(store, db_url, ws_connect):
     run, release = steerable_run(store)
-    await wait_for(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
+    await wait_until_async(lambda: node_status(store, run.id, "work") == "running", what="the step to start")
     for _ in range(3):  # some history to trim
         run.pause()
         run.resume()
@@ -143,7 +144,7 @@ async def test_trimmed_cursor_gets_reset_then_snapshot_then_live(store, db_url, 
 
 async def test_unsubscribe_stops_the_stream(store, ws_connect, cmbagent_app):
     run, gate = gated_run(store, progress=5)
-    await wait_for(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
+    await wait_until_async(lambda: node_status(store, run.id, "a") == "running", what="step a to start")
     ws = await ws_connect()
     await ws.expect("hello")
     frames = await ws.request({"type": "subscribe", "run_id": run.id})
@@ -151,9 +152,9 @@ async def test_unsubscribe_stops_the_stream(store, ws_connect, cmbagent_app):
     assert await ws.request({"type": "unsubscribe", "run_id": run.id}) == [
         {"type": "unsubscribed", "run_id": run.id}]
     gate.set()
-    await wait_for(lambda: run.state == "completed", what="the run to complete")
+    await wait_until_async(lambda: run.state == "completed", what="the run to complete")
     hub = cmbagent_app.hub
-    await wait_for(lambda: hub.cursor >= store.change_cursor(), what="the hub to see every commit")
+    await wait_until_async(lambda: hub.cursor >= store.change_cursor(), what="the hub to see every commit")
     # the hub sends what it wakes a socket for before its next tick; a round trip later,
     # nothing of the run came
     await ws.send({"type": "ping", "id": "after"})

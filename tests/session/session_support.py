@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from typing import Optional
 
 import orjson
@@ -140,7 +139,7 @@ class StreamError(AssertionError):
 
 
 class Client:
-    """The client rules of DESIGN.md, strictly: a snapshot sets ``last``; every event
+    """The protocol's client rules (docs/architecture.md), strictly: a snapshot sets ``last``; every event
     must be exactly ``last + 1`` (a duplicate or a gap is an error, not something to
     skip); after a ``reset`` the next frame about that run must be its snapshot."""
 

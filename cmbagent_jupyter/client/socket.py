@@ -1,36 +1,11 @@
-"""The Python client of wire protocol v1 (asyncio + tornado.websocket).
+"""``Client``: the socket. A reconnecting client of one server, any number of runs.
 
-    async with Client("http://127.0.0.1:8888/", token) as client:
-        client.subscribe(run_id)
-        async for item in client.events(run_id, markers=True):
-            if isinstance(item, Marker):        # a snapshot replaced the state, or a reset
-                ...
-            else:                               # an applied event envelope (a dict)
-                ...
-            view = client.state(run_id)         # engine.snapshot.RunState, as of the last applied seq
-
-Two layers, so the protocol rules can be tested without sockets:
-
-- ``RunFollower``: the cursor of one run, without I/O. It takes the server frames of
-  that run (``snapshot``, ``events``, ``reset``) and says what to hand to the
-  application and what to send back. It keeps DESIGN's client rules: apply an event
-  only if its seq is last+1; drop seq <= last (a duplicate); on a gap send
-  ``request_state`` and ignore events until the snapshot; after ``reset`` wait for the
-  snapshot; a snapshot replaces the state and sets last = its seq. The state is an
-  ``engine.snapshot.RunState`` (the engine's own reducer), so it is always exactly the
-  state as of ``last``.
-- ``Client``: the socket. It connects to ``{base_url}cmbagent/api/ws`` with an
-  ``Authorization: token T`` header, reconnects forever with full-jitter exponential
-  backoff (``Backoff``), pings every ``heartbeat_interval`` of the server's hello and
-  drops a connection whose pong is late, and after every (re)connection resubscribes
-  each run from its last applied seq, the run list, and every unacknowledged command
-  (same ``command_id``: the server applies a command id once).
-
-Delivery to the application (``Client.events``): every applied event exactly once, in
-seq order, as the envelope dict; with ``markers=True`` also ``Marker`` tuples where the
-state changed other than by an event: ``Marker("snapshot", ...)`` (the state was
-replaced; events between the old and the new seq are not delivered one by one) and
-``Marker("reset", ...)`` (the server could not honour the cursor; a snapshot follows).
+It connects to ``{base_url}cmbagent/api/ws`` with an ``Authorization: token T`` header,
+reconnects forever with full-jitter exponential backoff (``Backoff``), pings every
+``heartbeat_interval`` of the server's hello and drops a connection whose pong is late,
+and after every (re)connection resubscribes each run from its last applied seq, the run
+list, and every unacknowledged command (same ``command_id``: the server applies a
+command id once). The protocol rules of each run are its ``RunFollower``'s.
 """
 
 from __future__ import annotations
@@ -41,10 +16,9 @@ import random
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, Callable, Optional, Sequence, Union
+from urllib.parse import urlencode
 
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -52,299 +26,17 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from engine.snapshot import RunState
 
-from .protocol import PROTOCOL_VERSION, validate_server_frame
+from ..protocol import PROTOCOL_VERSION, validate_server_frame
+from .backoff import Backoff
+from .errors import ClientError, RunNotFound
+from .follower import Marker, RunFollower, Stats
+from .stream import EventStream
+from .urls import http_base_url, token_from_url, ws_url
 
 log = logging.getLogger(__name__)
 
-#: Workflow states after which a run changes no more (``failed`` only by a retry).
-SETTLED_STATES = frozenset({"completed", "failed", "cancelled"})
 #: ``Client.connection_state`` values.
 CONNECTION_STATES = ("connecting", "live", "reconnecting", "offline")
-
-__all__ = ["Client", "RunFollower", "Backoff", "Marker", "Stats", "Step", "EventStream",
-           "ClientError", "RunNotFound", "ws_url", "http_base_url", "SETTLED_STATES"]
-
-
-class ClientError(Exception):
-    """The client cannot do what was asked (closed, or the server refused it)."""
-
-
-class RunNotFound(ClientError):
-    """The server does not know the run (or this user may not see it)."""
-
-    def __init__(self, run_id: str, message: str = ""):
-        super().__init__(message or f"unknown run {run_id!r}")
-        self.run_id = run_id
-
-
-# -- plain data -----------------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    """Counters of one client (all runs together)."""
-
-    reconnects: int = 0  #: connections established (hello received) after the first
-    frames: int = 0  #: server frames received
-    events_applied: int = 0
-    duplicates_dropped: int = 0  #: events with seq <= last applied
-    gaps: int = 0  #: events with seq > last+1 (each gap answered by one request_state)
-    resets: int = 0  #: ``reset`` frames
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-class Marker(NamedTuple):
-    """A change of a run's state that is not one applied event."""
-
-    kind: str  #: "snapshot" (the state was replaced) or "reset" (a snapshot follows)
-    run_id: str
-    seq: Optional[int]  #: the snapshot's seq; for a reset, the last seq applied before it
-    reason: Optional[str] = None  #: a reset's reason (trimmed, ahead, malformed, slow_consumer)
-    snapshot: Optional[dict] = None  #: the snapshot's content (run, nodes, edges, layout, seq)
-
-
-class Step(NamedTuple):
-    """What a ``RunFollower`` makes of one frame."""
-
-    items: list  #: event dicts and Markers to deliver, in order
-    send: list  #: frames (dicts) to send to the server
-
-
-Item = Union[dict, Marker]
-
-
-class Backoff:
-    """Full-jitter exponential backoff: ``uniform(0, min(cap, first * 2**attempt))``.
-
-    ``attempt`` counts the failures since the last ``reset``: the first retry waits at
-    most ``first`` seconds, and no wait is longer than ``cap``.
-    """
-
-    def __init__(self, first: float = 1.0, cap: float = 30.0, rng: Optional[random.Random] = None):
-        if first <= 0 or cap <= 0:
-            raise ValueError("backoff first and cap must be > 0")
-        self.first, self.cap = float(first), float(cap)
-        self.rng = rng or random.Random()
-        self.attempt = 0
-
-    def ceiling(self) -> float:
-        """The upper bound of the next delay."""
-        return min(self.cap, self.first * 2.0 ** min(self.attempt, 64))
-
-    def next_delay(self) -> float:
-        delay = self.rng.uniform(0.0, self.ceiling())
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-# -- the protocol core of one run, without I/O --------------------------------------------
-
-
-def view_from_snapshot(snap: dict) -> RunState:
-    """A ``RunState`` holding a snapshot's state (its documents are copied, not shared)."""
-    nodes = {n["id"]: dict(n) for n in snap["nodes"]}
-    return RunState(dict(snap["run"]), nodes, [dict(e) for e in snap["edges"]], snap["seq"])
-
-
-class RunFollower:
-    """The client side of one run subscription: cursor, dedup, gaps, resets and the state.
-
-    ``last`` is the seq of the last event applied (None: nothing yet, a snapshot is
-    expected). ``view`` is a ``RunState`` as of ``last`` once a snapshot arrived; a
-    follower created with an explicit ``after_seq`` has no view until the server sends
-    a snapshot (it still delivers the events, in order, exactly once).
-    """
-
-    def __init__(self, run_id: str, after_seq: Optional[int] = None, stats: Optional[Stats] = None):
-        if after_seq is not None and (isinstance(after_seq, bool) or not isinstance(after_seq, int)
-                                      or after_seq < 0):
-            raise ValueError(f"after_seq must be an integer >= 0, not {after_seq!r}")
-        self.run_id = run_id
-        self.last: Optional[int] = after_seq
-        self.view: Optional[RunState] = None
-        #: Why events are ignored for now: "subscribe" (first snapshot), "gap", "reset" or None.
-        self.awaiting: Optional[str] = "subscribe" if after_seq is None else None
-        #: Highest seq ever delivered: an event is delivered at most once, even when a
-        #: snapshot older than it makes the state go back and replay it.
-        self.delivered = after_seq or 0
-        self.stats = stats if stats is not None else Stats()
-        self.error: Optional[str] = None
-
-    @property
-    def synced(self) -> bool:
-        """True when the state is usable: a snapshot arrived and no gap or reset is open."""
-        return self.view is not None and self.awaiting is None
-
-    def subscribe_frame(self) -> dict:
-        """The ``subscribe`` to send on every (re)connection: from the last applied seq.
-
-        A new connection replays exactly the events after ``last``, so a gap or reset
-        that was open on the old connection is closed by it.
-        """
-        frame = {"type": "subscribe", "run_id": self.run_id}
-        if self.last is None:
-            self.awaiting = "subscribe"
-        else:
-            frame["after_seq"] = self.last
-            self.awaiting = None
-        return frame
-
-    def receive(self, frame: dict) -> Step:
-        """Handle one server frame about this run (``snapshot``, ``events`` or ``reset``)."""
-        ftype = frame.get("type")
-        if ftype == "events":
-            return self.on_events(frame["events"])
-        if ftype == "snapshot":
-            return self.on_snapshot(frame)
-        if ftype == "reset":
-            return self.on_reset(frame.get("reason", ""))
-        return Step([], [])
-
-    def on_events(self, events: list[dict]) -> Step:
-        items: list = []
-        send: list = []
-        for ev in events:
-            seq = ev["seq"]
-            if self.awaiting is not None:
-                continue  # a snapshot is on its way and will cover it
-            if seq <= self.last:
-                self.stats.duplicates_dropped += 1
-                continue
-            if seq != self.last + 1:
-                self._gap(send)
-                continue
-            if self.view is not None:
-                try:
-                    self.view.apply(ev)
-                except Exception:  # the state cannot take it: start over from a snapshot
-                    log.warning("run %s: event %s could not be applied; requesting the state",
-                                self.run_id, seq, exc_info=True)
-                    self.view = None
-                    self._gap(send)
-                    continue
-            self.last = seq
-            self.stats.events_applied += 1
-            if seq > self.delivered:
-                self.delivered = seq
-                items.append(ev)
-        return Step(items, send)
-
-    def _gap(self, send: list) -> None:
-        self.stats.gaps += 1
-        self.awaiting = "gap"
-        send.append({"type": "request_state", "run_id": self.run_id})
-
-    def on_snapshot(self, snap: dict) -> Step:
-        content = {k: v for k, v in snap.items() if k != "type"}
-        self.view = view_from_snapshot(content)
-        self.last = content["seq"]
-        self.awaiting = None
-        self.delivered = max(self.delivered, self.last)
-        return Step([Marker("snapshot", self.run_id, self.last, None, content)], [])
-
-    def on_reset(self, reason: str) -> Step:
-        self.stats.resets += 1
-        self.awaiting = "reset"
-        return Step([Marker("reset", self.run_id, self.last, reason)], [])
-
-
-# -- delivery to the application ------------------------------------------------------------
-
-
-_END = object()
-
-
-class EventStream:
-    """``async for item in client.events(run_id)``: applied events (and markers), in order.
-
-    Registered when created, so nothing applied after ``client.events()`` returned is
-    missed. Ends when the client closes or the run is unsubscribed; raises
-    ``RunNotFound`` if the server does not know the run. ``await stream.next(timeout)``
-    is the same with a timeout (``asyncio.TimeoutError``; no item is lost by it).
-    """
-
-    def __init__(self, client: "Client", run_id: str, markers: bool):
-        self.client, self.run_id, self.markers = client, run_id, markers
-        self._items: deque = deque()
-        self._ready = asyncio.Event()
-        self._done = False
-
-    def _put(self, item: Any) -> None:
-        if self._done:
-            return
-        if isinstance(item, Marker) and not self.markers:
-            return
-        self._items.append(item)
-        self._ready.set()
-
-    def _end(self, exc: Optional[BaseException] = None) -> None:
-        if not self._done:
-            self._items.append(exc if exc is not None else _END)
-            self._ready.set()
-            self._done = True
-
-    def __aiter__(self) -> "EventStream":
-        return self
-
-    async def __anext__(self) -> Item:
-        return await self.next()
-
-    async def next(self, timeout: Optional[float] = None) -> Item:
-        while not self._items:
-            self._ready.clear()
-            if timeout is None:
-                await self._ready.wait()
-            else:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-        item = self._items[0]
-        if item is _END:
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        self._items.popleft()
-        return item
-
-    def pending(self) -> int:
-        """Items received and not taken yet."""
-        return sum(1 for i in self._items if i is not _END and not isinstance(i, BaseException))
-
-    def close(self) -> None:
-        """Stop receiving (the subscription itself stays)."""
-        self.client._streams.get(self.run_id, set()).discard(self)
-        self._end()
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-# -- URLs --------------------------------------------------------------------------------------
-
-
-def _split(url: str):
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    path = parts.path or "/"
-    if not path.endswith("/"):
-        path += "/"
-    return parts, path
-
-
-def http_base_url(url: str) -> str:
-    """``http(s)://host:port{base_url}`` of a server URL (ws/wss are mapped, query dropped)."""
-    parts, path = _split(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def ws_url(url: str) -> str:
-    """The protocol's socket URL, ``ws(s)://host:port{base_url}cmbagent/api/ws``, for a server URL."""
-    parts, path = _split(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, path + "cmbagent/api/ws", "", ""))
 
 
 def _clock(iso: Optional[str]) -> str:
@@ -353,14 +45,6 @@ def _clock(iso: Optional[str]) -> str:
         return datetime.fromisoformat(iso).astimezone().strftime("%H:%M:%S")
     except (TypeError, ValueError):
         return str(iso)
-
-
-def _token_from_url(url: str) -> Optional[str]:
-    parts = urlsplit(url)
-    return dict(parse_qsl(parts.query)).get("token")
-
-
-# -- the socket --------------------------------------------------------------------------------
 
 
 class Client:
@@ -437,7 +121,7 @@ class Client:
         url = self.url = self.urls[self._url_index]
         self.base_url = http_base_url(url)
         self.ws_url = ws_url(url)
-        self.token = self._token if self._token is not None else _token_from_url(url)
+        self.token = self._token if self._token is not None else token_from_url(url)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -516,7 +200,7 @@ class Client:
     def state(self, run_id: str) -> Optional[RunState]:
         """The run's state as of its last applied seq (None before the first snapshot)."""
         f = self._followers.get(run_id)
-        return f.view if f is not None else None
+        return f.state if f is not None else None
 
     def last_seq(self, run_id: str) -> Optional[int]:
         f = self._followers.get(run_id)
@@ -570,7 +254,7 @@ class Client:
             raise ClientError(f"not subscribed to run {run_id!r}")
         if f.error:
             raise RunNotFound(run_id, f.error)
-        return f.view  # type: ignore[return-value]
+        return f.state  # type: ignore[return-value]
 
     def _changed(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -626,8 +310,8 @@ class Client:
         if f.error:
             stream._end(RunNotFound(run_id, f.error))
             return stream
-        if markers and f.view is not None:
-            stream._put(Marker("snapshot", run_id, f.view.seq, None, f.view.snapshot()))
+        if markers and f.state is not None:
+            stream._put(Marker("snapshot", run_id, f.state.seq, None, f.state.snapshot()))
         self._streams.setdefault(run_id, set()).add(stream)
         return stream
 

@@ -1,6 +1,8 @@
 """Launch JupyterLab on the quickstart notebook (``./dev demo``).
 
-    python -m cmbagent_jupyter.demo [extra jupyter lab arguments]
+    python -m cmbagent_jupyter.launch [extra jupyter lab arguments]
+
+(The terminal demo workflow, no Jupyter, is ``python -m engine demo``.)
 """
 
 from __future__ import annotations

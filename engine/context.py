@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .errors import WorkflowDefinitionError
 from .events import as_json, escape_surrogates, loggable
-from .workflow import make_step
+from .workflow import definable, make_step
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -166,8 +166,7 @@ class StepContext:
         """
         step = make_step(fn, name=name, deps=deps, retries=retries, retry_delay=retry_delay,
                          label=label, description=description)
-        spec = step.spec()
-        if "\x00" in step.id or loggable(spec, "ctx.add_step") is not spec:
+        if "\x00" in step.id or not definable(step.spec()):
             raise WorkflowDefinitionError(
                 f"ctx.add_step: step {escape_surrogates(step.id)!r}: names, labels and descriptions "
                 "must be text without lone surrogates (and names without NUL characters)")

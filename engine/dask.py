@@ -100,7 +100,6 @@ import os
 import queue
 import threading
 import time
-import traceback
 import types
 import uuid
 from typing import Any, Optional
@@ -111,9 +110,8 @@ from distributed.scheduler import KilledWorker
 
 from . import states
 from .context import StepContext
-from .errors import Cancelled, EngineError, WorkerLost
+from .errors import Cancelled, EngineError, WorkerLost, error_info
 from .events import loggable
-from .executor import error_info
 
 logger = logging.getLogger(__name__)
 
@@ -727,8 +725,7 @@ class DaskRunner:
                 tb = a.future.traceback(timeout=5) if status == "error" else None
             except BaseException:  # noqa: BLE001
                 tb = None
-            return {"type": type(exc).__name__, "message": str(exc) or repr(exc),
-                    "traceback": "".join(traceback.format_exception(type(exc), exc, tb))}
+            return error_info(exc.with_traceback(tb))
         where = (f"the Dask worker {a.worker} (pid {a.pid})" if a.worker
                  else "the Dask worker it was sent to")
         if status in ("error", "finished"):

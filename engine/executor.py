@@ -25,7 +25,14 @@ import networkx as nx
 
 from . import runtime, states
 from .context import StepContext
-from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
+from .errors import (
+    Cancelled,
+    CommandRejected,
+    EngineError,
+    LeaseLost,
+    WorkflowDefinitionError,
+    error_info,
+)
 from .events import escape_surrogates, loggable, new_event, now_iso
 from .owners import default_owner
 from .snapshot import RunState, new_run_doc
@@ -692,12 +699,6 @@ class ThreadRunner:
     def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
-
-
-def error_info(exc: BaseException) -> dict:
-    """An exception as the log records a step's error: type, message, traceback."""
-    return {"type": type(exc).__name__, "message": str(exc) or repr(exc),
-            "traceback": "".join(traceback.format_exception(exc))}
 
 
 class _Pull:

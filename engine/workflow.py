@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Optional
 import networkx as nx
 
 from .errors import WorkflowDefinitionError
+from .events import escape_surrogates, loggable
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,15 @@ def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Itera
                 tuple(d for d in deps if takes_all or d in params))
 
 
+def definable(fields: dict) -> bool:
+    """Whether a definition's text (names, labels, descriptions) can be stored as it is.
+
+    A definition shapes the DAG rather than reports data: text with a lone surrogate is
+    refused (WorkflowDefinitionError) where a report would have it escaped.
+    """
+    return loggable(fields, "a definition") is fields
+
+
 class Workflow:
     """A named DAG of steps.
 
@@ -113,9 +123,19 @@ class Workflow:
         return step
 
     def validate(self) -> None:
-        """Refuse a workflow with no steps, an unknown dependency or a cycle."""
+        """Refuse a workflow with no steps, an unknown dependency, a cycle, or text the
+        store cannot hold in its definition."""
         if not self.steps:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no steps")
+        if not definable({"name": self.name, "description": self.description}):
+            raise WorkflowDefinitionError(
+                f"workflow {escape_surrogates(str(self.name))!r}: its name and description "
+                "must be text without lone surrogates")
+        for s in self.steps.values():
+            if not definable(s.spec()):
+                raise WorkflowDefinitionError(
+                    f"step {escape_surrogates(s.id)!r}: names, labels and descriptions must be "
+                    "text without lone surrogates")
         seen: set[str] = set()
         in_order = True  # steps are added dependencies-first, so this is the usual case
         for s in self.steps.values():

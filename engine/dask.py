@@ -781,8 +781,8 @@ class DaskRunner:
     def _on_state(self, state: str) -> None:
         if self.ex.view.run["state"] in states.SETTLED_WORKFLOW_STATES:
             return  # settled since: release_cluster let go of everything, nothing is held back
-        value = (_STOP if state in ("cancelling", "cancelled")
-                 else _HOLD if state in ("pausing", "paused") else _GO)
+        value = (_STOP if state in states.CANCELLED_WORKFLOW_STATES
+                 else _HOLD if state in states.PAUSED_WORKFLOW_STATES else _GO)
         # Tasks that have not started are dealt with before the running ones hear: a step
         # stopping at its checkpoint frees its worker thread, and a queued task would
         # otherwise start there before its claim is taken.
@@ -836,7 +836,7 @@ class DaskRunner:
         with ex.cond:
             if ex.stopped.is_set():
                 return
-            pausing = ex.view.run["state"] in ("pausing", "paused")
+            pausing = ex.view.run["state"] in states.PAUSED_WORKFLOW_STATES
             for a in held:
                 if not self._current(a):
                     continue
@@ -849,7 +849,7 @@ class DaskRunner:
     def _resume_parked(self) -> None:
         ex = self.ex
         with ex.cond:
-            if ex.stopped.is_set() or ex.view.run["state"] not in ("executing", "waiting_approval"):
+            if ex.stopped.is_set() or ex.view.run["state"] not in states.DISPATCHING_WORKFLOW_STATES:
                 return
             parked, self._parked = self._parked, []
             for a in parked:

@@ -30,6 +30,8 @@ from .errors import (
     CommandRejected,
     EngineError,
     LeaseLost,
+    LogConflict,
+    UnknownNode,
     WorkflowDefinitionError,
     error_info,
 )
@@ -37,7 +39,8 @@ from .events import escape_surrogates, loggable, new_event, now_iso
 from .owners import default_owner
 from .snapshot import RunState, new_run_doc
 from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
-from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
+from .store.base import Commit, Store
+from .store.leases import LEASE_RENEW_S, Lease, lost_run_events
 from .workflow import Step, Workflow
 
 #: How long the executor waits before reading the store again after a transient failure.
@@ -198,7 +201,7 @@ class Executor:
                     self._set_run("planning", reason="preparing the DAG")
                     self._set_run("executing")
             idle = self._loop()
-        except LeaseLost:
+        except (LeaseLost, LogConflict):
             self._lost = True  # another process recorded that this run was lost: write nothing more
         except BaseException:
             with self.cond:
@@ -216,7 +219,7 @@ class Executor:
             if self.run_id in self.store.journal.refused:
                 raise self.store.journal.refused[self.run_id]
             with self.cond:  # read under the lock: a final state here is already durable
-                finished = self.view.run["state"] in ("completed", "cancelled")
+                finished = self.view.run["state"] in states.FINAL_WORKFLOW_STATES
                 self._woken = False
             commands = self._outage_safe(self.store.pending_commands, self.run_id)
             if commands is None:  # the store is briefly unreachable: try again soon
@@ -277,7 +280,7 @@ class Executor:
         nothing more. True when the run has finished but its executor has a last step to
         take (refusing late commands, letting the lease go): see ``end_at_exit``."""
         with self.cond:
-            if not self.stopped.is_set() and self.view.run["state"] in ("completed", "cancelled"):
+            if not self.stopped.is_set() and self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
                 return True
             if not self.stopped.is_set():
                 try:
@@ -297,7 +300,7 @@ class Executor:
 
     def _abandon(self, reason: str, message: str) -> None:
         """Record that this executor stops without finishing (process exit, internal error)."""
-        if self.view.run["state"] in ("completed", "cancelled"):
+        if self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
             return
         for etype, data in lost_run_events(self.view, reason, message):
             self._record(etype, data)
@@ -383,7 +386,7 @@ class Executor:
         node = self.view.nodes[node_id]
         old = node["status"]
         states.check_node(old, new, f"node {node_id}")
-        attempt = node["attempt"] + (1 if new == "running" and old in ("pending", "retrying") else 0)
+        attempt = node["attempt"] + (1 if new == "running" and old in states.ATTEMPT_START_NODE_STATES else 0)
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
         self._record(states.node_event_type(old, new), data, command)
@@ -411,7 +414,7 @@ class Executor:
         if run_state == "cancelling":
             if counts["pending"] or counts["retrying"] or counts["skipped"]:
                 for nid, node in list(self.view.nodes.items()):
-                    if node["status"] in ("pending", "retrying", "skipped"):
+                    if node["status"] in states.IDLE_NODE_STATES:
                         self.retry_at.pop(nid, None)
                         self._set_node(nid, "cancelled", reason="run cancelled")
             if not (counts["running"] or counts["paused"] or counts["waiting_approval"]):
@@ -424,7 +427,7 @@ class Executor:
                 self._set_run("paused")
                 return
             # Nothing is left to pause: the run ends as it would have (below).
-        elif run_state not in ("executing", "waiting_approval"):
+        elif run_state not in states.DISPATCHING_WORKFLOW_STATES:
             return
         # A node is marked running only when a worker thread is free to run it: "running"
         # then means running, and a pause or cancel stops every node not yet started.
@@ -463,7 +466,7 @@ class Executor:
             for child in ([node_id] if new == "pending" else self.children[node_id]):
                 if self._status(child) == "pending" and self._deps_done(child):
                     self._ready.append(child)
-        elif new in ("failed", "skipped", "cancelled"):
+        elif new in states.BLOCKING_NODE_STATES:
             self._skip.extend(self.children[node_id])
 
     def _deps_done(self, node_id: str) -> bool:
@@ -540,7 +543,7 @@ class Executor:
                 if (self.stopped.is_set() or self.view.run["state"] == "cancelling"
                         or self._attempt_over(node_id, attempt)):
                     raise Cancelled()
-                if self.view.run["state"] in ("pausing", "paused"):
+                if self.view.run["state"] in states.PAUSED_WORKFLOW_STATES:
                     if self._status(node_id) == "running":
                         self._set_node(node_id, "paused", reason="run paused")
                     self.cond.wait()
@@ -598,7 +601,7 @@ class Executor:
             self._record("dag_updated", {
                 "added_nodes": [spec], "by_node": by_node,
                 "added_edges": [{"source": d, "target": step.id} for d in step.deps]})
-            if any(self._status(d) in ("failed", "skipped", "cancelled") for d in step.deps):
+            if any(self._status(d) in states.BLOCKING_NODE_STATES for d in step.deps):
                 self._skip.append(step.id)
             elif self._deps_done(step.id):
                 self._ready.append(step.id)
@@ -612,12 +615,9 @@ class Executor:
             return
         self._handled.add(cid)
         try:
-            if node_id is not None and node_id not in self.view.nodes:
-                raise CommandRejected(f"run {self.run_id} has no node {node_id!r}", "unknown_node")
-            status = self._status(node_id) if node_id is not None else None
-            node_id = check_command(self.view.run, status, action, node_id)
+            node_id = states.check_command(self.view.run, self.view.nodes, action, node_id)
             getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
-        except CommandRejected as exc:
+        except (CommandRejected, UnknownNode) as exc:
             self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         else:
@@ -646,7 +646,7 @@ class Executor:
         below = g.subgraph(nx.descendants(g, node_id))
         for nid in nx.lexicographical_topological_sort(below, key=lambda n: self.view.nodes[n]["position"]):
             if self._status(nid) == "skipped" and all(
-                    self._status(d) not in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
+                    self._status(d) not in states.BLOCKING_NODE_STATES for d in self.steps[nid].deps):
                 self._set_node(nid, "pending", command_id=cid, reason=f"{node_id} is retried")
 
     def _do_approve(self, cid: str, node_id: str, payload: dict, approved: bool = True) -> None:
@@ -657,7 +657,7 @@ class Executor:
         if comment is not None:
             data["comment"] = str(comment)
         self._record("approval_received", data)
-        paused = self.view.run["state"] in ("pausing", "paused")
+        paused = self.view.run["state"] in states.PAUSED_WORKFLOW_STATES
         self._set_node(node_id, "paused" if paused else "running", command_id=cid,
                        reason="approved" if approved else "rejected")
         if self.view.run["state"] == "waiting_approval":

@@ -25,9 +25,8 @@ import threading
 import time
 from typing import Any, Optional
 
-from .store.base import Store
+from .store.base import COMMANDS_CHANNEL, Store
 from .store.leases import LEASE_RENEW_S, Lease
-from .store.postgres import COMMANDS_CHANNEL
 
 #: How often the watcher of a store that does not push changes (SQLite) checks for
 #: commits by other connections, while this process holds leases there: often while

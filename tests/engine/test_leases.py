@@ -13,11 +13,33 @@ import pytest
 
 import engine
 from engine import ExecutorLost, Workflow
+from engine.errors import LeaseLost, LogConflict
+from engine.store import Commit
 from engine.executor import local_executor
 from engine.store.leases import CONFIRM_S, SLOW_PASS_S, Lease, LeaseJudge, holder_gone
 from engine_support import REMOTE_RUN, Script, check_log, raw, run_script, wait_node, wait_until
 
 # -- one lost lease ------------------------------------------------------------------------------
+
+
+def test_a_refused_commit_writes_nothing_and_says_why(store):
+    """A commit from a process that no longer holds the run is LeaseLost; one that does
+    not continue the log where it stands is a LogConflict. Neither leaves a gap."""
+    wf = Workflow("refused")
+    wf.step()(lambda: 1)
+    run = wf.run(store, timeout=10)
+    last = store.bounds(run.id)[1]
+    stray = {"run_id": run.id, "seq": last + 2, "id": "x" * 32, "event_type": "step_progress",
+             "timestamp": "2026-01-01T00:00:00.000000+00:00", "data": {"node_id": "<lambda>"}}
+    [(_, conflict)] = store.apply_commits([Commit(run.id, events=[stray])])
+    assert isinstance(conflict, LogConflict) and conflict.code == "log_conflict"
+    assert f"log is at seq {last}, commit starts at {last + 2}" in str(conflict)
+    ok = dict(stray, seq=last + 1)
+    [(_, lost)] = store.apply_commits([Commit(run.id, events=[ok], lease_owner="someone else")])
+    assert isinstance(lost, LeaseLost) and lost.code == "lease_lost"
+    assert store.bounds(run.id)[1] == last  # nothing written, last_seq unmoved
+    assert store.apply_commits([Commit(run.id, events=[ok])]) == []
+    assert [e.seq for e in store.events(run.id)][-2:] == [last, last + 1]
 
 
 def test_a_lost_lease_stops_its_run_and_no_other(store, db_url):

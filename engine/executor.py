@@ -35,13 +35,11 @@ from .errors import (
     WorkflowDefinitionError,
     error_info,
 )
-from .events import escape_surrogates, loggable, new_event, now_iso
-from .owners import default_owner
-from .snapshot import RunState, new_run_doc
-from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
+from .events import escape_surrogates, loggable, new_event
+from .snapshot import RunState
+from .step import Step
 from .store.base import Commit, Store
 from .store.leases import LEASE_RENEW_S, Lease, lost_run_events
-from .workflow import Step, Workflow
 
 #: How long the executor waits before reading the store again after a transient failure.
 OUTAGE_PAUSE_S = 0.1
@@ -50,44 +48,6 @@ OUTBOX_LIMIT = 2_000
 PREVIEW_CHARS = 200
 
 log = logging.getLogger(__name__)
-
-
-def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
-              owner: Optional[str] = None, run_id: Optional[str] = None, dask: Any = None):
-    """Create the run in ``store`` and start its executor in this process.
-
-    ``dask`` (a ``distributed.Client`` or a scheduler address) runs the step bodies on
-    that cluster (engine.dask); the executor, its lease and the log stay here.
-    """
-    from .run import Run
-
-    run_id = run_id or uuid.uuid4().hex
-    owner = owner or default_owner()
-    created = now_iso()
-    view = RunState(new_run_doc(run_id, wf.name, wf.description, owner, created))
-    specs = [s.spec() for s in wf.steps.values()]
-    edges = [{"source": d, "target": s["id"]} for s in specs for d in s["deps"]]
-    first = new_event(run_id, 1, "dag_created", {
-        "run": {"name": wf.name, "description": wf.description, "owner": owner},
-        "nodes": specs, "edges": edges})
-    first["timestamp"] = created
-    view.apply(first)
-    runner = None
-    if dask is not None:  # connect before the run exists: an unreachable cluster creates nothing
-        from .dask import DaskRunner
-
-        runner = DaskRunner(dask, run_id)
-        max_workers = max_workers or runner.default_width()
-    lease = Lease.mine()
-    try:
-        store.create_run(view, first, lease)
-    except BaseException:
-        if runner is not None:
-            runner.close()
-        raise
-    ex = Executor(store, view, dict(wf.steps), lease, max_workers, runner)
-    ex.start()
-    return Run(store, run_id)
 
 
 class Executor:
@@ -138,6 +98,11 @@ class Executor:
     # failed it waits for nothing but a command (a retry), so the thread ends: the
     # watcher (engine.runtime) keeps the lease and calls ``wake`` when a command comes,
     # which starts a new one. A completed or cancelled run lets its lease go and stops.
+
+    @property
+    def _journal(self):
+        """This process's journal for the run's store (engine.runtime)."""
+        return runtime.journal(self.store)
 
     def start(self) -> None:
         runtime.register(self)
@@ -216,8 +181,8 @@ class Executor:
         while not self.stopped.is_set():
             if self._lease_gone:
                 raise LeaseLost(f"run {self.run_id} is no longer held by this process")
-            if self.run_id in self.store.journal.refused:
-                raise self.store.journal.refused[self.run_id]
+            if self.run_id in self._journal.refused:
+                raise self._journal.refused[self.run_id]
             with self.cond:  # read under the lock: a final state here is already durable
                 finished = self.view.run["state"] in states.FINAL_WORKFLOW_STATES
                 self._woken = False
@@ -232,17 +197,17 @@ class Executor:
                 # Every command the store accepted came before the final state, so the
                 # read above saw it (and refused it): none is left waiting. Only now
                 # may the lease go, or those refusals would not be written.
-                self.store.journal.submit(self._release(), wait=True)
+                self._journal.submit(self._release(), wait=True)
                 break
             with self.cond:
                 self._settle()
                 if not self._woken:
-                    if self.view.run["state"] == "failed" and self.run_id not in self.store.journal.refused:
+                    if self.view.run["state"] == "failed" and self.run_id not in self._journal.refused:
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False
                         return True
                     self.cond.wait(self._idle_wait())
-        self.store.journal.flush()
+        self._journal.flush()
         return False
 
     def _finish(self) -> None:
@@ -306,7 +271,7 @@ class Executor:
             self._record(etype, data)
         self.stopped.set()
         try:
-            self.store.journal.submit(self._release(), wait=True)
+            self._journal.submit(self._release(), wait=True)
         except EngineError:
             pass
         self.cond.notify_all()
@@ -352,9 +317,9 @@ class Executor:
             wake = not self._pull_queued
             self._pull_queued = True
         if durable:
-            self.store.journal.submit(_Pull(self), wait=True)
+            self._journal.submit(_Pull(self), wait=True)
         elif wake:
-            self.store.journal.submit(_Pull(self))
+            self._journal.submit(_Pull(self))
 
     def drain(self) -> Commit:
         """Everything recorded so far, as one commit (called by the journal's writer)."""
@@ -618,10 +583,10 @@ class Executor:
             node_id = states.check_command(self.view.run, self.view.nodes, action, node_id)
             getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
         except (CommandRejected, UnknownNode) as exc:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
+            self._journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         else:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, None, self.view.run["state"])],
+            self._journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, None, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         self._settle()
 
@@ -699,6 +664,17 @@ class ThreadRunner:
     def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def dask_runner(dask: Any, run_id: str) -> Any:
+    """A runner of ``run_id``'s step bodies on the Dask cluster ``dask`` (a
+    ``distributed.Client`` or a scheduler address), connected now: an unreachable
+    cluster fails here, before the run exists."""
+    # The engine's one lazy import, on purpose: Dask is optional (the "dask" extra), and
+    # engine.dask imports distributed at its top. Nothing imports it unless dask= is given.
+    from .dask import DaskRunner
+
+    return DaskRunner(dask, run_id)
 
 
 class _Pull:

@@ -11,7 +11,7 @@ from typing import Any, Callable, NoReturn, Optional
 import pytest
 
 from engine import Workflow
-from engine.executor import close_executors
+from engine.runtime import close_executors
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "",

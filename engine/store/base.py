@@ -9,7 +9,6 @@ recording a lost executor — are written once, here, against those pieces.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -253,9 +252,8 @@ class Store(ABC):
         self.max_events_per_run = max_events_per_run
         self.max_event_age_s = max_event_age_s
         self._last_trim = 0.0
-        self._journal = None
-        self._journal_lock = threading.Lock()
         self._judge = LeaseJudge()
+        self._closing: list[Callable[[], None]] = []
         self.closed = False
 
     # -- runs ---------------------------------------------------------------------------
@@ -279,12 +277,15 @@ class Store(ABC):
     def snapshot(self, run_id: str) -> dict:
         return self.load_view(run_id).snapshot()
 
+    #: The class of the handles ``run()`` returns: engine.run.Run, which sets it when the
+    #: engine is imported. A handle starts, waits on and steers runs, which is above what
+    #: a store does: the store hands it out without importing it.
+    handle: Callable[["Store", str], Any]
+
     def run(self, run_id: str):
         """A ``Run`` handle for a run started anywhere (raises UnknownRun)."""
-        from ..run import Run
-
         self.run_doc(run_id)
-        return Run(self, run_id)
+        return Store.handle(self, run_id)
 
     # -- the log --------------------------------------------------------------------------
 
@@ -360,16 +361,6 @@ class Store(ABC):
     def redact(self, exc: BaseException) -> str:
         """The text of an error from this store, fit for logs: no password in it."""
         return redact_url(str(exc))
-
-    @property
-    def journal(self):
-        """This process's group committer for the store."""
-        with self._journal_lock:
-            if self._journal is None or not self._journal.alive():
-                from ..journal import Journal
-
-                self._journal = Journal(self)
-            return self._journal
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -531,13 +522,18 @@ class Store(ABC):
     def _command_added(self, c: Any, run_id: str) -> None:
         """The last step of a transaction that added a command for ``run_id``."""
 
-    def close(self) -> None:
-        from ..runtime import close_executors
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Have ``fn()`` called when the store closes, before its connections go (the
+        runtime stops this process's executors on it, and its journal)."""
+        self._closing.append(fn)
 
+    def close(self) -> None:
+        """Close the store: first whoever asked (``on_close``), then, in the backends,
+        its connections."""
         self.closed = True
-        close_executors(self)
-        if self._journal is not None:
-            self._journal.close()
+        hooks, self._closing = self._closing, []
+        for fn in hooks:
+            fn()
 
 
 class Refused(Exception):

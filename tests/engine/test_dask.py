@@ -20,7 +20,7 @@ cloudpickle = pytest.importorskip("cloudpickle")
 
 from engine import EngineError, Workflow, WorkflowDefinitionError  # noqa: E402
 from engine.dask import INLINE_RESULT_BYTES  # noqa: E402
-from engine.executor import local_executor  # noqa: E402
+from engine.runtime import local_executor  # noqa: E402
 from engine_support import (  # noqa: E402
     DASK_TIMEOUT,
     check_log,

@@ -15,7 +15,7 @@ import engine
 from engine import ExecutorLost, Workflow
 from engine.errors import LeaseLost, LogConflict
 from engine.store import Commit
-from engine.executor import local_executor
+from engine.runtime import local_executor
 from engine.store.leases import CONFIRM_S, SLOW_PASS_S, Lease, LeaseJudge, holder_gone
 from engine_support import REMOTE_RUN, Script, check_log, raw, run_script, wait_node, wait_until
 

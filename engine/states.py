@@ -114,7 +114,8 @@ def check_node(old: str, new: str, entity: str = "node") -> None:
 
 
 def workflow_event_type(old: str, new: str) -> str:
-    """The one event a workflow transition records (DESIGN.md, "Events")."""
+    """The one event a workflow transition records: the specific type where one exists,
+    else ``workflow_state_changed`` (docs/architecture.md, "Where each contract lives")."""
     new = W(new)
     if new is W.executing and W(old) in (W.draft, W.planning):
         return "workflow_started"

@@ -40,7 +40,7 @@ REAP_EVERY_S = 1.0
 
 def start_run(store: Store, name: str, steps: dict[str, Step], *, description: str = "",
               max_workers: Optional[int] = None, owner: Optional[str] = None,
-              run_id: Optional[str] = None, dask: Any = None) -> "Run":
+              run_id: Optional[str] = None, dask: Any = None) -> Run:
     """Create a run of the (validated) steps in ``store`` and start its executor in this
     process; return its handle (``Workflow.start``).
 

@@ -94,6 +94,8 @@ BLOCKING_NODE_STATES = frozenset({N.failed, N.skipped, N.cancelled})
 UNFINISHED_NODE_STATES = ACTIVE_NODE_STATES | {N.retrying}
 #: Node states with no step code running that a cancel ends at once.
 IDLE_NODE_STATES = frozenset({N.pending, N.retrying, N.skipped})
+#: Node states a run's progress counts as done (``done`` of ``total``).
+DONE_NODE_STATES = frozenset({N.completed, N.skipped, N.cancelled})
 
 
 # The tables as plain string pairs: checking a transition is one set lookup.

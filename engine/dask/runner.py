@@ -3,6 +3,7 @@ executor's process (engine.dask's notes)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -471,8 +472,6 @@ class DaskRunner:
 
     async def _take_claims(self, tokens: list[str]) -> list[Optional[str]]:
         """For each token, the id under which this runner took its claim (None: taken already)."""
-        import asyncio
-
         async def take(token: str) -> Optional[str]:
             claim = f"cmbagent-runner-{token}"
             try:  # what MultiLock.acquire(blocking=False) sends, many at once
@@ -569,8 +568,6 @@ class DaskRunner:
                 logger.exception("run %s: could not close the Dask client", self.run_id)
 
     async def _release_claims(self, claims: list[str]) -> None:
-        import asyncio
-
         for i in range(0, len(claims), 256):
             await asyncio.gather(*(self.client.scheduler.multi_lock_release(id=c)
                                    for c in claims[i:i + 256]), return_exceptions=True)

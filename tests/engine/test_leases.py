@@ -279,3 +279,31 @@ def test_a_host_whose_clock_is_ahead_reaps_no_live_run(pg_url, tmp_path, monkeyp
     finally:
         remote.stop()
     check_log(run)
+
+
+def test_closing_a_store_stops_this_processs_runs_on_it_and_records_them_lost(db_url):
+    """The runtime hears a store close (Store.on_close): its executors here stop first,
+    recording what they leave unfinished, then its journal writes that down."""
+    store = engine.open_store(db_url)
+    go = threading.Event()
+    wf = Workflow("closed under it")
+
+    @wf.step()
+    def waits(ctx):
+        while not go.is_set():
+            ctx.checkpoint()
+            time.sleep(0.01)
+
+    run = wf.start(store)
+    wait_until(lambda: run.info()["counts"]["running"] == 1, 10, "the step to start")
+    ex = local_executor(run.id)
+    store.close()
+    go.set()
+    assert ex.stopped.is_set()
+    reopened = engine.open_store(db_url)
+    assert reopened is not store
+    doc = reopened.run_doc(run.id)
+    assert (doc["state"], doc["reason"]) == ("failed", "executor_lost")
+    node = reopened.snapshot(run.id)["nodes"][0]
+    assert node["error"]["message"] == "the store was closed while the run was active"
+    check_log(reopened.run(run.id))

@@ -201,7 +201,7 @@ def run_to_completion(wf, store, timeout: float = 600.0):
 def wait_stopped(run, timeout: float = 30.0) -> None:
     """Wait for the run's executor thread to exit (after ``run.wait()``), so that closing
     the store does not race its last writes (the lease release)."""
-    from engine.executor import local_executor
+    from engine.runtime import local_executor
 
     ex = local_executor(run.id)
     if ex is not None:

@@ -27,7 +27,7 @@ from _common import bench_dir, emit, maybe_profile, median_time, open_store, tim
 import distributed
 
 from engine import Workflow
-from engine.executor import local_executor
+from engine.runtime import local_executor
 
 TARGET_RATIO = 2.0
 

@@ -72,6 +72,13 @@ class RunWidget(anywidget.AnyWidget):
         return f"RunWidget(run_id={self.run_id!r})"
 
 
+def display_run(run: engine.Run) -> RunWidget:
+    """How a ``Run`` displays in a notebook: as its live widget. The engine finds this
+    through the ``engine.run_display`` entry point (pyproject.toml): it imports no
+    Jupyter code itself."""
+    return RunWidget(run=run)
+
+
 class _CommLink:
     """The kernel side of one widget's comm: a thread running an event loop with a hub
     (tailing the store) and the connection of the widget's session. Frames from the comm

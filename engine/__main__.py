@@ -3,15 +3,14 @@ runs a small workflow in the terminal, printing its event stream."""
 
 import sys
 
+from .demo import main as demo
+from .events import main as schema
+
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["schema"]:
-        from .events import main as schema
-
         return schema(argv)
     if argv[:1] == ["demo"]:
-        from .demo import main as demo
-
         return demo(argv[1:])
     print("usage: python -m engine schema | python -m engine demo [--store URL]", file=sys.stderr)
     return 2

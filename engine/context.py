@@ -6,14 +6,11 @@ import math
 import mimetypes
 import os
 import reprlib
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 from .errors import WorkflowDefinitionError
 from .events import as_json, escape_surrogates, loggable
-from .workflow import make_step
-
-if TYPE_CHECKING:
-    from .executor import Executor
+from .step import Step, definable, make_step
 
 
 #: Tokens and money a single ``ctx.cost`` call may report: far beyond any real call (a
@@ -25,12 +22,37 @@ MAX_USD = 1e12
 MAX_SAFE_INT = 2 ** 53 - 1
 
 
+class RunLink(Protocol):
+    """The run, as a step's ``ctx`` reaches it: the run's executor (engine.executor) for a
+    step running in its process, or, for a step on a Dask worker, engine.dask's link back
+    to that executor. What ``ctx`` passes on has been checked (see ``StepContext``)."""
+
+    run_id: str
+
+    def record(self, etype: str, data: dict) -> None:
+        """Record one event of the step (progress, a message, a cost...)."""
+
+    def record_file(self, node_id: str, data: dict) -> None:
+        """Record a file the step wrote (``file_created``, then ``file_updated``)."""
+
+    def attempt_of(self, node_id: str) -> int:
+        """The node's current attempt: 1, then 2 on the first retry, ..."""
+
+    def checkpoint(self, node_id: str) -> None:
+        """Wait while the run is paused; raise ``Cancelled`` when it is cancelled."""
+
+    def request_approval(self, node_id: str, prompt: str) -> bool:
+        """Block until a human answers; True if approved."""
+
+    def add_step(self, step: Step, by_node: str) -> None:
+        """Add a step to the running workflow (WorkflowDefinitionError if it cannot be)."""
+
+
 class StepContext:
     """Passed to a step as its ``ctx`` parameter. Every call records one event.
 
-    ``executor`` is the run's Executor for a step running in its process, or, for a
-    step on a Dask worker, engine.dask's link back to it. Both offer the same calls:
-    record, record_file, attempt_of, checkpoint, request_approval, add_step.
+    ``run`` is how the step reaches its run (``RunLink``): the same calls whether the
+    step runs in the executor's process or on a Dask worker.
 
     What a call reports is checked and made loggable here, in the step's own thread,
     before it reaches the run (see engine.events.loggable): a number that a typed field
@@ -40,18 +62,18 @@ class StepContext:
     ``\\udcXX`` escape.
     """
 
-    def __init__(self, executor: "Executor", node_id: str):
-        self._ex = executor
+    def __init__(self, run: RunLink, node_id: str):
+        self._run = run
         self.node_id = node_id
-        self.run_id = executor.run_id
+        self.run_id = run.run_id
 
     @property
     def attempt(self) -> int:
         """1 on the first attempt, 2 on the first retry, ..."""
-        return self._ex.attempt_of(self.node_id)
+        return self._run.attempt_of(self.node_id)
 
     def _record(self, etype: str, data: dict[str, Any], where: str) -> None:
-        self._ex.record(etype, loggable(data, where))
+        self._run.record(etype, loggable(data, where))
 
     def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
         """Report progress in [0, 1] and/or a status line (``step_progress``)."""
@@ -138,12 +160,12 @@ class StepContext:
             data["mime"] = mime
         if description is not None:
             data["description"] = str(description)
-        self._ex.record_file(self.node_id, loggable(data, "ctx.file"))
+        self._run.record_file(self.node_id, loggable(data, "ctx.file"))
         return path
 
     def checkpoint(self) -> None:
         """A safe point: wait here while the run is paused; raise ``Cancelled`` on cancel."""
-        self._ex.checkpoint(self.node_id)
+        self._run.checkpoint(self.node_id)
 
     def approve(self, prompt: str) -> bool:
         """Ask a human; block until approved (True) or rejected (False).
@@ -154,7 +176,7 @@ class StepContext:
         prompt = escape_surrogates(str(prompt))
         if "\x00" in prompt:
             raise ValueError("ctx.approve: the prompt contains a NUL character")
-        return self._ex.request_approval(self.node_id, prompt)
+        return self._run.request_approval(self.node_id, prompt)
 
     def add_step(self, fn: Callable[..., Any], deps: Iterable[str] = (), *, name: Optional[str] = None,
                  retries: int = 0, retry_delay: float = 0.5, label: str = "",
@@ -166,12 +188,11 @@ class StepContext:
         """
         step = make_step(fn, name=name, deps=deps, retries=retries, retry_delay=retry_delay,
                          label=label, description=description)
-        spec = step.spec()
-        if "\x00" in step.id or loggable(spec, "ctx.add_step") is not spec:
+        if "\x00" in step.id or not definable(step.spec()):
             raise WorkflowDefinitionError(
                 f"ctx.add_step: step {escape_surrogates(step.id)!r}: names, labels and descriptions "
                 "must be text without lone surrogates (and names without NUL characters)")
-        self._ex.add_step(step, by_node=self.node_id)
+        self._run.add_step(step, by_node=self.node_id)
         return step.id
 
     def __repr__(self) -> str:

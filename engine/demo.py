@@ -10,6 +10,7 @@ import random
 import time
 
 from . import Workflow, open_store
+from .states import SETTLED_WORKFLOW_STATES
 
 
 def build() -> Workflow:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
                 print("     -> approving from the terminal (run.approve())")
                 run.approve(comment="approved by the demo script")
                 approved = True
-        if run.state in ("completed", "failed", "cancelled") and seq == run.snapshot()["seq"]:
+        if run.state in SETTLED_WORKFLOW_STATES and seq == run.snapshot()["seq"]:
             break
         time.sleep(0.05)
     print(f"final state: {run.state.value}; best model: degree {run.result('choose')}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -68,6 +70,13 @@ class LeaseLost(EngineError):
     code = "lease_lost"
 
 
+class LogConflict(EngineError):
+    """A commit does not continue the run's log where it stands (its first seq is not the
+    stored last seq + 1): someone else wrote to the log. Nothing of the commit is written."""
+
+    code = "log_conflict"
+
+
 class WorkerLost(EngineError):
     """A step's attempt was lost with the Dask worker running it (the worker died or was
     cut off from the scheduler). Recorded as that attempt's error; the step's retries apply."""
@@ -86,3 +95,25 @@ class Cancelled(BaseException):
 
     A BaseException so that a step's broad ``except Exception`` does not swallow it.
     """
+
+
+def error_info(exc: BaseException) -> dict:
+    """An exception as the log records a step's error: type, message, traceback.
+
+    Never raises: the exception is the step's, and so is its ``__str__``. One that
+    cannot be turned into text is recorded by its ``repr`` (or, failing that, by its
+    type), and the step fails all the same.
+    """
+    return {"type": type(exc).__name__, "message": _message(exc),
+            "traceback": "".join(traceback.format_exception(exc))}
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc) or repr(exc)
+    except Exception:
+        pass
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: str() failed>"

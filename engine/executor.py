@@ -25,13 +25,21 @@ import networkx as nx
 
 from . import runtime, states
 from .context import StepContext
-from .errors import Cancelled, CommandRejected, EngineError, LeaseLost, WorkflowDefinitionError
-from .events import escape_surrogates, loggable, new_event, now_iso
-from .owners import default_owner
-from .snapshot import RunState, new_run_doc
-from .runtime import close_executors, local_executor  # noqa: F401  (their home before engine.runtime)
-from .store.base import LEASE_RENEW_S, Commit, Lease, Store, check_command, lost_run_events
-from .workflow import Step, Workflow
+from .errors import (
+    Cancelled,
+    CommandRejected,
+    EngineError,
+    LeaseLost,
+    LogConflict,
+    UnknownNode,
+    WorkflowDefinitionError,
+    error_info,
+)
+from .events import escape_surrogates, loggable, new_event
+from .snapshot import RunState
+from .step import Step
+from .store.base import Commit, Store
+from .store.leases import LEASE_RENEW_S, Lease, lost_run_events
 
 #: How long the executor waits before reading the store again after a transient failure.
 OUTAGE_PAUSE_S = 0.1
@@ -40,44 +48,6 @@ OUTBOX_LIMIT = 2_000
 PREVIEW_CHARS = 200
 
 log = logging.getLogger(__name__)
-
-
-def start_run(wf: Workflow, store: Store, *, max_workers: Optional[int] = None,
-              owner: Optional[str] = None, run_id: Optional[str] = None, dask: Any = None):
-    """Create the run in ``store`` and start its executor in this process.
-
-    ``dask`` (a ``distributed.Client`` or a scheduler address) runs the step bodies on
-    that cluster (engine.dask); the executor, its lease and the log stay here.
-    """
-    from .run import Run
-
-    run_id = run_id or uuid.uuid4().hex
-    owner = owner or default_owner()
-    created = now_iso()
-    view = RunState(new_run_doc(run_id, wf.name, wf.description, owner, created))
-    specs = [s.spec() for s in wf.steps.values()]
-    edges = [{"source": d, "target": s["id"]} for s in specs for d in s["deps"]]
-    first = new_event(run_id, 1, "dag_created", {
-        "run": {"name": wf.name, "description": wf.description, "owner": owner},
-        "nodes": specs, "edges": edges})
-    first["timestamp"] = created
-    view.apply(first)
-    runner = None
-    if dask is not None:  # connect before the run exists: an unreachable cluster creates nothing
-        from .dask import DaskRunner
-
-        runner = DaskRunner(dask, run_id)
-        max_workers = max_workers or runner.default_width()
-    lease = Lease.mine()
-    try:
-        store.create_run(view, first, lease)
-    except BaseException:
-        if runner is not None:
-            runner.close()
-        raise
-    ex = Executor(store, view, dict(wf.steps), lease, max_workers, runner)
-    ex.start()
-    return Run(store, run_id)
 
 
 class Executor:
@@ -128,6 +98,11 @@ class Executor:
     # failed it waits for nothing but a command (a retry), so the thread ends: the
     # watcher (engine.runtime) keeps the lease and calls ``wake`` when a command comes,
     # which starts a new one. A completed or cancelled run lets its lease go and stops.
+
+    @property
+    def _journal(self):
+        """This process's journal for the run's store (engine.runtime)."""
+        return runtime.journal(self.store)
 
     def start(self) -> None:
         runtime.register(self)
@@ -191,7 +166,7 @@ class Executor:
                     self._set_run("planning", reason="preparing the DAG")
                     self._set_run("executing")
             idle = self._loop()
-        except LeaseLost:
+        except (LeaseLost, LogConflict):
             self._lost = True  # another process recorded that this run was lost: write nothing more
         except BaseException:
             with self.cond:
@@ -206,10 +181,10 @@ class Executor:
         while not self.stopped.is_set():
             if self._lease_gone:
                 raise LeaseLost(f"run {self.run_id} is no longer held by this process")
-            if self.run_id in self.store.journal.refused:
-                raise self.store.journal.refused[self.run_id]
+            if self.run_id in self._journal.refused:
+                raise self._journal.refused[self.run_id]
             with self.cond:  # read under the lock: a final state here is already durable
-                finished = self.view.run["state"] in ("completed", "cancelled")
+                finished = self.view.run["state"] in states.FINAL_WORKFLOW_STATES
                 self._woken = False
             commands = self._outage_safe(self.store.pending_commands, self.run_id)
             if commands is None:  # the store is briefly unreachable: try again soon
@@ -222,17 +197,17 @@ class Executor:
                 # Every command the store accepted came before the final state, so the
                 # read above saw it (and refused it): none is left waiting. Only now
                 # may the lease go, or those refusals would not be written.
-                self.store.journal.submit(self._release(), wait=True)
+                self._journal.submit(self._release(), wait=True)
                 break
             with self.cond:
                 self._settle()
                 if not self._woken:
-                    if self.view.run["state"] == "failed" and self.run_id not in self.store.journal.refused:
+                    if self.view.run["state"] == "failed" and self.run_id not in self._journal.refused:
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False
                         return True
                     self.cond.wait(self._idle_wait())
-        self.store.journal.flush()
+        self._journal.flush()
         return False
 
     def _finish(self) -> None:
@@ -270,7 +245,7 @@ class Executor:
         nothing more. True when the run has finished but its executor has a last step to
         take (refusing late commands, letting the lease go): see ``end_at_exit``."""
         with self.cond:
-            if not self.stopped.is_set() and self.view.run["state"] in ("completed", "cancelled"):
+            if not self.stopped.is_set() and self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
                 return True
             if not self.stopped.is_set():
                 try:
@@ -290,13 +265,13 @@ class Executor:
 
     def _abandon(self, reason: str, message: str) -> None:
         """Record that this executor stops without finishing (process exit, internal error)."""
-        if self.view.run["state"] in ("completed", "cancelled"):
+        if self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
             return
         for etype, data in lost_run_events(self.view, reason, message):
             self._record(etype, data)
         self.stopped.set()
         try:
-            self.store.journal.submit(self._release(), wait=True)
+            self._journal.submit(self._release(), wait=True)
         except EngineError:
             pass
         self.cond.notify_all()
@@ -342,9 +317,9 @@ class Executor:
             wake = not self._pull_queued
             self._pull_queued = True
         if durable:
-            self.store.journal.submit(_Pull(self), wait=True)
+            self._journal.submit(_Pull(self), wait=True)
         elif wake:
-            self.store.journal.submit(_Pull(self))
+            self._journal.submit(_Pull(self))
 
     def drain(self) -> Commit:
         """Everything recorded so far, as one commit (called by the journal's writer)."""
@@ -376,7 +351,7 @@ class Executor:
         node = self.view.nodes[node_id]
         old = node["status"]
         states.check_node(old, new, f"node {node_id}")
-        attempt = node["attempt"] + (1 if new == "running" and old in ("pending", "retrying") else 0)
+        attempt = node["attempt"] + (1 if new == "running" and old in states.ATTEMPT_START_NODE_STATES else 0)
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
         self._record(states.node_event_type(old, new), data, command)
@@ -404,7 +379,7 @@ class Executor:
         if run_state == "cancelling":
             if counts["pending"] or counts["retrying"] or counts["skipped"]:
                 for nid, node in list(self.view.nodes.items()):
-                    if node["status"] in ("pending", "retrying", "skipped"):
+                    if node["status"] in states.IDLE_NODE_STATES:
                         self.retry_at.pop(nid, None)
                         self._set_node(nid, "cancelled", reason="run cancelled")
             if not (counts["running"] or counts["paused"] or counts["waiting_approval"]):
@@ -417,7 +392,7 @@ class Executor:
                 self._set_run("paused")
                 return
             # Nothing is left to pause: the run ends as it would have (below).
-        elif run_state not in ("executing", "waiting_approval"):
+        elif run_state not in states.DISPATCHING_WORKFLOW_STATES:
             return
         # A node is marked running only when a worker thread is free to run it: "running"
         # then means running, and a pause or cancel stops every node not yet started.
@@ -456,7 +431,7 @@ class Executor:
             for child in ([node_id] if new == "pending" else self.children[node_id]):
                 if self._status(child) == "pending" and self._deps_done(child):
                     self._ready.append(child)
-        elif new in ("failed", "skipped", "cancelled"):
+        elif new in states.BLOCKING_NODE_STATES:
             self._skip.extend(self.children[node_id])
 
     def _deps_done(self, node_id: str) -> bool:
@@ -533,7 +508,7 @@ class Executor:
                 if (self.stopped.is_set() or self.view.run["state"] == "cancelling"
                         or self._attempt_over(node_id, attempt)):
                     raise Cancelled()
-                if self.view.run["state"] in ("pausing", "paused"):
+                if self.view.run["state"] in states.PAUSED_WORKFLOW_STATES:
                     if self._status(node_id) == "running":
                         self._set_node(node_id, "paused", reason="run paused")
                     self.cond.wait()
@@ -591,7 +566,7 @@ class Executor:
             self._record("dag_updated", {
                 "added_nodes": [spec], "by_node": by_node,
                 "added_edges": [{"source": d, "target": step.id} for d in step.deps]})
-            if any(self._status(d) in ("failed", "skipped", "cancelled") for d in step.deps):
+            if any(self._status(d) in states.BLOCKING_NODE_STATES for d in step.deps):
                 self._skip.append(step.id)
             elif self._deps_done(step.id):
                 self._ready.append(step.id)
@@ -605,16 +580,13 @@ class Executor:
             return
         self._handled.add(cid)
         try:
-            if node_id is not None and node_id not in self.view.nodes:
-                raise CommandRejected(f"run {self.run_id} has no node {node_id!r}", "unknown_node")
-            status = self._status(node_id) if node_id is not None else None
-            node_id = check_command(self.view.run, status, action, node_id)
+            node_id = states.check_command(self.view.run, self.view.nodes, action, node_id)
             getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
-        except CommandRejected as exc:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
+        except (CommandRejected, UnknownNode) as exc:
+            self._journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         else:
-            self.store.journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, None, self.view.run["state"])],
+            self._journal.submit(Commit(self.run_id, commands=[(cid, "applied", None, None, self.view.run["state"])],
                                              lease_owner=self.lease.owner))
         self._settle()
 
@@ -639,7 +611,7 @@ class Executor:
         below = g.subgraph(nx.descendants(g, node_id))
         for nid in nx.lexicographical_topological_sort(below, key=lambda n: self.view.nodes[n]["position"]):
             if self._status(nid) == "skipped" and all(
-                    self._status(d) not in ("failed", "skipped", "cancelled") for d in self.steps[nid].deps):
+                    self._status(d) not in states.BLOCKING_NODE_STATES for d in self.steps[nid].deps):
                 self._set_node(nid, "pending", command_id=cid, reason=f"{node_id} is retried")
 
     def _do_approve(self, cid: str, node_id: str, payload: dict, approved: bool = True) -> None:
@@ -650,7 +622,7 @@ class Executor:
         if comment is not None:
             data["comment"] = str(comment)
         self._record("approval_received", data)
-        paused = self.view.run["state"] in ("pausing", "paused")
+        paused = self.view.run["state"] in states.PAUSED_WORKFLOW_STATES
         self._set_node(node_id, "paused" if paused else "running", command_id=cid,
                        reason="approved" if approved else "rejected")
         if self.view.run["state"] == "waiting_approval":
@@ -694,10 +666,15 @@ class ThreadRunner:
             self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def error_info(exc: BaseException) -> dict:
-    """An exception as the log records a step's error: type, message, traceback."""
-    return {"type": type(exc).__name__, "message": str(exc) or repr(exc),
-            "traceback": "".join(traceback.format_exception(exc))}
+def dask_runner(dask: Any, run_id: str) -> Any:
+    """A runner of ``run_id``'s step bodies on the Dask cluster ``dask`` (a
+    ``distributed.Client`` or a scheduler address), connected now: an unreachable
+    cluster fails here, before the run exists."""
+    # The engine's one lazy import, on purpose: Dask is optional (the "dask" extra), and
+    # engine.dask imports distributed at its top. Nothing imports it unless dask= is given.
+    from .dask import DaskRunner
+
+    return DaskRunner(dask, run_id)
 
 
 class _Pull:

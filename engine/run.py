@@ -1,15 +1,34 @@
-"""``Run``: a handle on one run, wherever it executes. Reads from and commands through the store."""
+"""Runs: ``start_run`` creates one and starts its executor here; ``Run`` is a handle on
+one run, wherever it executes, that reads from and commands through the store.
+
+In a notebook a run displays as whatever a front end registered for it: an entry point
+in the group ``engine.run_display`` (cmbagent_jupyter registers its live widget), a
+callable that takes the ``Run`` and returns an object with ``_repr_mimebundle_``. With
+none installed, a run shows as its text ``repr``. The engine imports no front end.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any, Optional
+import uuid
+from importlib.metadata import entry_points
+from typing import Any, Callable, Optional
 
 from . import states
 from .errors import CommandRejected, EngineError, ExecutorLost, UnknownNode, UnknownRun
+from .events import new_event, now_iso
+from .executor import Executor, dask_runner
+from .owners import default_owner
 from .runtime import local_executor
+from .snapshot import RunState, new_run_doc
 from .states import WorkflowState
+from .step import Step
 from .store.base import EventList, Store, new_command_id
+from .store.leases import Lease
+
+#: The entry-point group through which a front end says how a ``Run`` displays.
+DISPLAY_GROUP = "engine.run_display"
 
 #: How long a command call waits for the executor to act on it.
 COMMAND_TIMEOUT_S = 30.0
@@ -17,6 +36,41 @@ COMMAND_TIMEOUT_S = 30.0
 #: passes (this often) find out, and refuse it (executor_lost) if so.
 REAP_AFTER_S = 0.5
 REAP_EVERY_S = 1.0
+
+
+def start_run(store: Store, name: str, steps: dict[str, Step], *, description: str = "",
+              max_workers: Optional[int] = None, owner: Optional[str] = None,
+              run_id: Optional[str] = None, dask: Any = None) -> Run:
+    """Create a run of the (validated) steps in ``store`` and start its executor in this
+    process; return its handle (``Workflow.start``).
+
+    ``dask`` (a ``distributed.Client`` or a scheduler address) runs the step bodies on
+    that cluster (engine.dask); the executor, its lease and the log stay here.
+    """
+    run_id = run_id or uuid.uuid4().hex
+    owner = owner or default_owner()
+    created = now_iso()
+    view = RunState(new_run_doc(run_id, name, description, owner, created))
+    specs = [s.spec() for s in steps.values()]
+    edges = [{"source": d, "target": s["id"]} for s in specs for d in s["deps"]]
+    first = new_event(run_id, 1, "dag_created", {
+        "run": {"name": name, "description": description, "owner": owner},
+        "nodes": specs, "edges": edges})
+    first["timestamp"] = created
+    view.apply(first)
+    runner = None
+    if dask is not None:  # connect before the run exists: an unreachable cluster creates nothing
+        runner = dask_runner(dask, run_id)
+        max_workers = max_workers or runner.default_width()
+    lease = Lease.mine()
+    try:
+        store.create_run(view, first, lease)
+    except BaseException:
+        if runner is not None:
+            runner.close()
+        raise
+    Executor(store, view, dict(steps), lease, max_workers, runner).start()
+    return Run(store, run_id)
 
 
 def _refusal(run_id: str, node_id: Optional[str], code: Optional[str], message: str) -> Exception:
@@ -157,10 +211,14 @@ class Run:
             time.sleep(0.005)
 
     def widget(self):
-        """The run's live notebook widget (needs cmbagent_jupyter's widget dependencies)."""
-        from cmbagent_jupyter.widget import RunWidget
-
-        return RunWidget(run=self)
+        """The run's live notebook widget: what the installed front end displays it as
+        (the ``engine.run_display`` entry point; cmbagent_jupyter's ``RunWidget``).
+        ImportError when no front end is installed."""
+        show = _display()
+        if show is None:
+            raise ImportError(f"no front end is installed to display runs (no {DISPLAY_GROUP!r} "
+                              "entry point): pip install cmbagent-jupyter")
+        return show(self)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         """In a notebook, a run displays as its live widget."""
@@ -183,3 +241,18 @@ class Run:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+# What Store.run hands out (see Store.handle): the store stays below the handle.
+Store.handle = Run
+
+
+@functools.lru_cache(maxsize=None)
+def _display() -> Optional[Callable[[Run], Any]]:
+    """The display a front end registered for runs (the first by name), or None.
+
+    Loading it imports the front end: ImportError or OSError when its own dependencies
+    or assets are missing, which ``_repr_mimebundle_`` takes as no display.
+    """
+    found = sorted(entry_points(group=DISPLAY_GROUP), key=lambda ep: ep.name)
+    return found[0].load() if found else None

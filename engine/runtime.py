@@ -1,8 +1,11 @@
-"""This process's share of running workflows: its executors, their leases, waking them.
+"""This process's share of running workflows: its executors, their leases, waking them,
+and the journal that writes for them.
 
 - **The registry**: every executor started in this process, by run id
   (``local_executor``). An executor stays registered after its run ends: its results
   stay readable here.
+- **One journal per store** (``journal``): the group committer every executor of this
+  process hands its commits to (engine.journal).
 - **One watcher per store** (a thread, idle while this process holds no lease there).
   It renews every lease this process holds on the store in one statement every
   LEASE_RENEW_S, and tells an executor whose lease was taken meanwhile (LeaseLost).
@@ -13,7 +16,9 @@
   an executor needs no thread of its own while its run waits for nothing but a
   command (a failed run, until a retry), and none polls the store.
 - **Exit**: at interpreter exit, what this process leaves unfinished is recorded as
-  lost at once, instead of waiting for another process to reap it.
+  lost at once, instead of waiting for another process to reap it. When a store is
+  closed, this process's executors on it stop first (``close_executors``), then its
+  journal.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import threading
 import time
 from typing import Any, Optional
 
-from .store.base import Store
+from .journal import Journal
+from .store.base import COMMANDS_CHANNEL, Store
 from .store.leases import LEASE_RENEW_S, Lease
-from .store.postgres import COMMANDS_CHANNEL
 
 #: How often the watcher of a store that does not push changes (SQLite) checks for
 #: commits by other connections, while this process holds leases there: often while
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _executors: dict[str, Any] = {}
 _watchers: dict[Store, "_Watcher"] = {}
+_journals: dict[Store, Journal] = {}
+_met: set[Store] = set()  # stores whose closing this module hears (Store.on_close)
 _lock = threading.Lock()
 
 
@@ -50,10 +57,21 @@ def local_executor(run_id: str) -> Optional[Any]:
     return _executors.get(run_id)
 
 
+def journal(store: Store) -> Journal:
+    """This process's group committer for ``store``, started when first needed."""
+    with _lock:
+        j = _journals.get(store)
+        if j is None or not j.alive():
+            _meet(store)
+            j = _journals[store] = Journal(store)
+        return j
+
+
 def register(ex: Any) -> None:
     """Add a new executor; its store's watcher renews its lease from now on."""
     with _lock:
         _executors[ex.run_id] = ex
+        _meet(ex.store)
         watcher = _watchers.get(ex.store)
         if watcher is None:
             watcher = _watchers[ex.store] = _Watcher(ex.store)
@@ -78,6 +96,24 @@ def close_executors(store: Store) -> None:
         watcher = _watchers.pop(store, None)
     if watcher is not None:
         watcher.stop()
+
+
+def _meet(store: Store) -> None:
+    """(Under _lock.) Hear when ``store`` closes: what runs on it here stops first."""
+    if store not in _met:
+        _met.add(store)
+        store.on_close(lambda: _closing(store))
+
+
+def _closing(store: Store) -> None:
+    """``store`` is closing: its executors stop (recording what they leave unfinished),
+    then its journal writes what they handed it, then the store's connections go."""
+    close_executors(store)
+    with _lock:
+        _met.discard(store)
+        j = _journals.pop(store, None)
+    if j is not None:
+        j.close()
 
 
 def _abandon_all() -> None:

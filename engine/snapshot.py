@@ -12,16 +12,24 @@ is what the group committer relies on.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 import networkx as nx
 from pydantic import BaseModel, Field
 
 from .events import ErrorInfo
-from .states import FINAL_NODE_STATES, NodeState, WorkflowState
+from .states import (
+    ATTEMPT_START_NODE_STATES,
+    DONE_NODE_STATES,
+    FINAL_NODE_STATES,
+    SETTLED_WORKFLOW_STATES,
+    NodeState,
+    WorkflowState,
+)
 
 _NODE_STATUSES = [s.value for s in NodeState]
-_DONE = ("completed", "skipped", "cancelled")
+#: As plain strings: the reducer sums their counts at every node event (str keys hash faster).
+_DONE = tuple(s.value for s in DONE_NODE_STATES)
 
 
 def new_run_doc(run_id: str, name: str, description: str, owner: str, created_at: str) -> dict:
@@ -119,7 +127,7 @@ class RunState:
         run["reason"] = d.get("reason")
         if new == "executing" and run["started_at"] is None:
             run["started_at"] = ts
-        if new in ("completed", "failed", "cancelled"):
+        if new in SETTLED_WORKFLOW_STATES:
             run["finished_at"] = ts
         elif d["old_state"] == "failed":
             run["finished_at"] = None
@@ -133,14 +141,14 @@ class RunState:
         counts[old] -= 1
         counts[new] += 1
         self._set_counts(counts)
-        if new == "running" and old in ("pending", "retrying"):
+        if new == "running" and old in ATTEMPT_START_NODE_STATES:
             node["started_at"], node["finished_at"] = ts, None
             node["progress"], node["progress_message"] = None, None
         if new in FINAL_NODE_STATES:
             node["finished_at"] = ts
         if "error" in d:
             node["error"] = d["error"]
-        elif new == "running" and old in ("pending", "retrying"):
+        elif new == "running" and old in ATTEMPT_START_NODE_STATES:
             node["error"] = None
         if new == "completed":
             node["progress"] = 1.0

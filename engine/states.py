@@ -1,14 +1,15 @@
 """Workflow and node states, their transition tables, and which commands are legal when.
 
 This module is the single source of truth for the state machine: the executor, the
-store, the replay reducer and the server all ask it.
+store, the replay reducer and the server all ask it. What a state *means* to them is
+named here too (the sets below), never spelled out where it is used.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from .errors import IllegalTransition
+from .errors import CommandRejected, IllegalTransition, UnknownNode
 
 
 class WorkflowState(str, Enum):
@@ -43,9 +44,6 @@ class NodeState(str, Enum):
 
 
 W, N = WorkflowState, NodeState
-
-# Every state a run can be lost from (its executor died) goes to `failed`.
-_LOSABLE = {W.draft, W.planning, W.executing, W.pausing, W.paused, W.waiting_approval, W.cancelling}
 
 WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
     W.draft: frozenset({W.planning, W.cancelling, W.failed}),
@@ -82,6 +80,23 @@ FINAL_NODE_STATES = frozenset({N.completed, N.skipped, N.cancelled, N.failed})
 #: Node states that hold a worker thread (the node's code is on the stack).
 ACTIVE_NODE_STATES = frozenset({N.running, N.paused, N.waiting_approval})
 
+#: Run states in which the executor starts steps.
+DISPATCHING_WORKFLOW_STATES = frozenset({W.executing, W.waiting_approval})
+#: Run states of a pause: running steps wait at their next checkpoint.
+PAUSED_WORKFLOW_STATES = frozenset({W.pausing, W.paused})
+#: Run states of a cancel: running steps stop at their next checkpoint.
+CANCELLED_WORKFLOW_STATES = frozenset({W.cancelling, W.cancelled})
+#: Node states from which ``running`` starts a new attempt (``step_started``).
+ATTEMPT_START_NODE_STATES = frozenset({N.pending, N.retrying})
+#: Final node states without a result: their dependents cannot run (they are skipped).
+BLOCKING_NODE_STATES = frozenset({N.failed, N.skipped, N.cancelled})
+#: Node states with an attempt under way or due: they fail when the run is lost.
+UNFINISHED_NODE_STATES = ACTIVE_NODE_STATES | {N.retrying}
+#: Node states with no step code running that a cancel ends at once.
+IDLE_NODE_STATES = frozenset({N.pending, N.retrying, N.skipped})
+#: Node states a run's progress counts as done (``done`` of ``total``).
+DONE_NODE_STATES = frozenset({N.completed, N.skipped, N.cancelled})
+
 
 # The tables as plain string pairs: checking a transition is one set lookup.
 _WORKFLOW_PAIRS = frozenset((a.value, b.value) for a, bs in WORKFLOW_TRANSITIONS.items() for b in bs)
@@ -101,7 +116,8 @@ def check_node(old: str, new: str, entity: str = "node") -> None:
 
 
 def workflow_event_type(old: str, new: str) -> str:
-    """The one event a workflow transition records (DESIGN.md, "Events")."""
+    """The one event a workflow transition records: the specific type where one exists,
+    else ``workflow_state_changed`` (docs/architecture.md, "Where each contract lives")."""
     new = W(new)
     if new is W.executing and W(old) in (W.draft, W.planning):
         return "workflow_started"
@@ -127,13 +143,15 @@ def node_event_type(old: str, new: str) -> str:
     """
     new, old = str(new), str(old)
     if new == "running":
-        return "step_started" if old in ("pending", "retrying") else "dag_node_status_changed"
+        return "step_started" if old in ATTEMPT_START_NODE_STATES else "dag_node_status_changed"
     return _NODE_EVENTS.get(new, "dag_node_status_changed")
 
 
 # -- commands ------------------------------------------------------------------
 
 COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject")
+#: The commands that answer a pending approval (``ctx.approve``).
+APPROVAL_ACTIONS = ("approve", "reject")
 
 _COMMAND_RUN_STATES: dict[str, frozenset[WorkflowState]] = {
     "pause": frozenset({W.planning, W.executing, W.waiting_approval}),
@@ -158,6 +176,33 @@ def command_error(action: str, run_state: str, node_status: str | None = None) -
     if action == "retry" and node_status != N.failed:
         return f"cannot retry a node that is {node_status}; only failed nodes can be retried"
     return None
+
+
+def check_command(run: dict, nodes: dict, action: str, node_id: str | None) -> str | None:
+    """The node a command is about (the one pending approval, for an approve or reject
+    that names none); UnknownNode or CommandRejected if the command is not legal now.
+
+    ``run`` and ``nodes`` are the run's documents (engine.snapshot.RunState). The store
+    asks before it accepts a command, and the executor again when it applies it.
+    """
+    if node_id is not None and node_id not in nodes:
+        raise UnknownNode(run["id"], node_id)
+    if action in APPROVAL_ACTIONS:
+        pending = run["pending_approvals"]
+        if node_id is not None:
+            pending = [a for a in pending if a["node_id"] == node_id]
+        if not pending:
+            where = f" on node {node_id!r}" if node_id else ""
+            raise CommandRejected(f"no approval is pending{where}", "no_pending_approval")
+        if len(pending) > 1:
+            raise CommandRejected(
+                f"{len(pending)} approvals are pending ({', '.join(a['node_id'] for a in pending)}); "
+                "name the node", "ambiguous_approval")
+        node_id = pending[0]["node_id"]
+    err = command_error(action, run["state"], nodes[node_id]["status"] if node_id is not None else None)
+    if err:
+        raise CommandRejected(err, "illegal_command")
+    return node_id
 
 
 def contract() -> dict:

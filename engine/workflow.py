@@ -1,71 +1,16 @@
-"""Declaring workflows: ``Workflow`` and its ``@wf.step`` decorator."""
+"""Declaring workflows: ``Workflow`` and its ``@wf.step`` decorator; ``wf.start()``."""
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 import networkx as nx
 
 from .errors import WorkflowDefinitionError
-
-
-@dataclass(frozen=True)
-class Step:
-    """One node of a workflow: a function and what it depends on."""
-
-    id: str
-    fn: Callable[..., Any]
-    deps: tuple[str, ...] = ()
-    retries: int = 0
-    retry_delay: float = 0.5
-    label: str = ""
-    description: str = ""
-    wants_ctx: bool = field(default=False, compare=False)
-    #: The dependencies whose results the function takes as keyword arguments.
-    inputs: tuple[str, ...] = field(default=(), compare=False)
-
-    def spec(self) -> dict:
-        """The node's description as recorded in the event log."""
-        return {"id": self.id, "label": self.label or self.id, "description": self.description,
-                "deps": list(self.deps), "retries": self.retries}
-
-
-def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Iterable[str] = (),
-              retries: int = 0, retry_delay: float = 0.5, label: str = "",
-              description: Optional[str] = None) -> Step:
-    """Build a Step, checking that the function's parameters can all be supplied."""
-    if not callable(fn):
-        raise WorkflowDefinitionError(f"step {fn!r} is not callable")
-    step_id = name or fn.__name__
-    if not isinstance(step_id, str) or not step_id:
-        raise WorkflowDefinitionError(f"step name must be a non-empty string, not {step_id!r}")
-    deps = tuple(deps)
-    if len(set(deps)) != len(deps):
-        raise WorkflowDefinitionError(f"step {step_id!r} lists a dependency twice: {list(deps)}")
-    if step_id in deps:
-        raise WorkflowDefinitionError(f"step {step_id!r} depends on itself (a cycle)")
-    if not isinstance(retries, int) or retries < 0:
-        raise WorkflowDefinitionError(f"step {step_id!r}: retries must be an int >= 0")
-    wants_ctx = False
-    params = inspect.signature(fn).parameters
-    for p in params.values():
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.name == "ctx":
-            wants_ctx = True
-        elif p.name not in deps and p.default is p.empty:
-            raise WorkflowDefinitionError(
-                f"step {step_id!r}: parameter {p.name!r} is neither 'ctx' nor one of its "
-                f"dependencies {list(deps)} and has no default"
-            )
-    doc = inspect.getdoc(fn) or ""
-    # A **kwargs parameter takes every dependency's result (deps known only at run time).
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return Step(step_id, fn, deps, retries, retry_delay, label,
-                description if description is not None else doc.split("\n\n")[0], wants_ctx,
-                tuple(d for d in deps if takes_all or d in params))
+from .events import escape_surrogates
+from .run import start_run
+from .step import Step, definable, make_step
+from .store import open_store
 
 
 class Workflow:
@@ -113,9 +58,19 @@ class Workflow:
         return step
 
     def validate(self) -> None:
-        """Refuse a workflow with no steps, an unknown dependency or a cycle."""
+        """Refuse a workflow with no steps, an unknown dependency, a cycle, or text the
+        store cannot hold in its definition."""
         if not self.steps:
             raise WorkflowDefinitionError(f"workflow {self.name!r} has no steps")
+        if not definable({"name": self.name, "description": self.description}):
+            raise WorkflowDefinitionError(
+                f"workflow {escape_surrogates(str(self.name))!r}: its name and description "
+                "must be text without lone surrogates")
+        for s in self.steps.values():
+            if not definable(s.spec()):
+                raise WorkflowDefinitionError(
+                    f"step {escape_surrogates(s.id)!r}: names, labels and descriptions must be "
+                    "text without lone surrogates")
         seen: set[str] = set()
         in_order = True  # steps are added dependencies-first, so this is the usual case
         for s in self.steps.values():
@@ -146,12 +101,10 @@ class Workflow:
         run on that cluster while the executor and the run's log stay in this process
         (see engine.dask).
         """
-        from .executor import start_run
-        from .store import open_store
-
         self.validate()
-        return start_run(self, store if store is not None else open_store(),
-                         max_workers=max_workers, owner=owner, run_id=run_id, dask=dask)
+        return start_run(store if store is not None else open_store(), self.name, self.steps,
+                         description=self.description, max_workers=max_workers, owner=owner,
+                         run_id=run_id, dask=dask)
 
     def run(self, store=None, *, timeout: Optional[float] = None, **kwargs):
         """``start()`` then ``wait()``: returns the finished ``Run``."""

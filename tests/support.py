@@ -12,7 +12,7 @@ from typing import Any, Callable, NoReturn, Optional
 import pytest
 
 from engine import Workflow
-from engine.executor import close_executors
+from engine.runtime import close_executors
 
 
 class _Poll:

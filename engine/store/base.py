@@ -1,13 +1,14 @@
 """The store interface, and the logic every backend shares.
 
 A store holds, per run: a run document, node documents, edges, the event log, control
-commands and executor leases. Backends implement the abstract methods; what commands
-are legal, and what losing an executor means, is decided here once.
+commands and executor leases. Backends implement the abstract methods and a few small
+pieces (their SQL dialect, row locking, a transaction); the operations whose rules
+matter — what a commit must continue, which commands are accepted, reaping and
+recording a lost executor — are written once, here, against those pieces.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -15,17 +16,29 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import orjson
 
-from .. import states
-from ..errors import CommandRejected, StoreError, UnknownNode, UnknownRun
-from ..events import TYPED_ENVELOPES, new_event
+from ..errors import CommandRejected, LeaseLost, LogConflict, StoreError, UnknownNode, UnknownRun
+from ..events import TYPED_ENVELOPES, now_iso
 from ..snapshot import RunState
-from ..states import SETTLED_WORKFLOW_STATES
-from .leases import LEASE_RENEW_S, LEASE_TTL_S, Lease, LeaseJudge, LeaseRow, holder_gone
+from ..states import FINAL_WORKFLOW_STATES, SETTLED_WORKFLOW_STATES, check_command
+from .leases import (
+    Lease,
+    LeaseJudge,
+    LeaseRow,
+    executor_lost,
+    holder_gone,
+    lost_message,
+    record_loss,
+)
 from .redact import redact_url
+
+#: What ``Store.subscribe`` callbacks hear: events were committed, or a command was
+#: submitted, for a run (PostgreSQL's NOTIFY channels carry the same names).
+EVENTS_CHANNEL = "cmbagent_events"
+COMMANDS_CHANNEL = "cmbagent_commands"
 
 #: The columns of a run's lease, and the SET clause that lets it go.
 LEASE_COLUMNS = "lease_owner, lease_host, lease_pid, lease_ns, lease_expires"
@@ -120,57 +133,26 @@ def envelope_model(run_id: str, row: tuple):
     return TYPED_ENVELOPES[d["event_type"]].model_validate(d)
 
 
-def lost_run_events(view: RunState, reason: str, message: str) -> list[tuple[str, dict]]:
-    """The transitions that record a run whose executor is gone.
+def refusals(commits: list[Commit], heads: dict[str, Optional[tuple]]) -> list[tuple[Commit, Exception]]:
+    """The commits of a batch the store must refuse, with why, given each run's stored
+    ``(last_seq, lease_owner)`` (None: no such run).
 
-    Active nodes fail, pending ones are skipped, the run fails. A run already failed
-    only gets an ``error_occurred`` saying its executor (needed for a retry) is gone.
+    A commit must come from the run's lease holder (when it names one) and continue the
+    log exactly; commits of one run follow one another in the batch.
     """
-    out: list[tuple[str, dict]] = []
-    state = view.run["state"]
-    if state == "failed":
-        return [("error_occurred", {"code": reason, "message": message})]
-    err = {"type": reason, "message": message}
-    for node in sorted(view.nodes.values(), key=lambda n: n["position"]):
-        st = node["status"]
-        if st in ("running", "paused", "waiting_approval", "retrying"):
-            new = "failed"
-        elif st == "pending":
-            new = "skipped"
-        else:
-            continue
-        data = {"node_id": node["id"], "old_status": st, "new_status": new,
-                "attempt": node["attempt"], "reason": reason}
-        if new == "failed":
-            data["error"] = err
-        out.append((states.node_event_type(st, new), data))
-    failed = [n["id"] for n in view.nodes.values() if n["status"] == "failed"]
-    failed += [d["node_id"] for _, d in out if d["new_status"] == "failed"]
-    out.append(("workflow_failed", {"old_state": state, "new_state": "failed", "reason": reason,
-                                   "failed_nodes": failed}))
-    return out
-
-
-def executor_lost(run_doc: dict) -> bool:
-    """Is the loss of this run's executor already on record?"""
-    return run_doc["reason"] == "executor_lost" or (run_doc["last_error"] or {}).get("code") == "executor_lost"
-
-
-def record(view: RunState, items: list[tuple[str, dict]]) -> tuple[list[dict], set[str]]:
-    """Turn (event_type, data) pairs into envelopes and apply them to ``view``."""
-    events, touched = [], set()
-    for etype, data in items:
-        ev = new_event(view.run["id"], view.seq + 1, etype, data)
-        node = view.apply(ev)
-        if node:
-            touched.add(node)
-        events.append(ev)
-    return events, touched
-
-
-def lost_message() -> str:
-    return ("the process that ran this workflow is gone (executor_lost); "
-            "step code lives in that process, so the run cannot continue")
+    failures: list[tuple[Commit, Exception]] = []
+    for cm in commits:
+        head = heads[cm.run_id]
+        if head is None:
+            failures.append((cm, UnknownRun(cm.run_id)))
+        elif cm.lease_owner is not None and head[1] != cm.lease_owner:
+            failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
+        elif cm.events and cm.events[0]["seq"] != head[0] + 1:
+            failures.append((cm, LogConflict(
+                f"run {cm.run_id}: log is at seq {head[0]}, commit starts at {cm.events[0]['seq']}")))
+        elif cm.events:
+            heads[cm.run_id] = (cm.events[-1]["seq"], head[1])
+    return failures
 
 
 def command_refusal(command_id: str, code: str, message: str) -> dict:
@@ -255,27 +237,6 @@ def plan_schema(found: Optional[int], current: int, migrations: dict[int, list[s
     return [s for v in range(found, current) for s in migrations[v]]
 
 
-def check_command(view_run: dict, node_status: Optional[str], action: str,
-                  node_id: Optional[str]) -> Optional[str]:
-    """Resolve the node a command is about; raise CommandRejected if it is not legal."""
-    if action in ("approve", "reject"):
-        pending = view_run["pending_approvals"]
-        if node_id is not None:
-            pending = [a for a in pending if a["node_id"] == node_id]
-        if not pending:
-            where = f" on node {node_id!r}" if node_id else ""
-            raise CommandRejected(f"no approval is pending{where}", "no_pending_approval")
-        if len(pending) > 1:
-            raise CommandRejected(
-                f"{len(pending)} approvals are pending ({', '.join(a['node_id'] for a in pending)}); "
-                "name the node", "ambiguous_approval")
-        node_id = pending[0]["node_id"]
-    err = states.command_error(action, view_run["state"], node_status)
-    if err:
-        raise CommandRejected(err, "illegal_command")
-    return node_id
-
-
 class Store(ABC):
     """Durable state of runs. Thread-safe; one object per process and URL is enough."""
 
@@ -291,9 +252,8 @@ class Store(ABC):
         self.max_events_per_run = max_events_per_run
         self.max_event_age_s = max_event_age_s
         self._last_trim = 0.0
-        self._journal = None
-        self._journal_lock = threading.Lock()
         self._judge = LeaseJudge()
+        self._closing: list[Callable[[], None]] = []
         self.closed = False
 
     # -- runs ---------------------------------------------------------------------------
@@ -317,12 +277,15 @@ class Store(ABC):
     def snapshot(self, run_id: str) -> dict:
         return self.load_view(run_id).snapshot()
 
+    #: The class of the handles ``run()`` returns: engine.run.Run, which sets it when the
+    #: engine is imported. A handle starts, waits on and steers runs, which is above what
+    #: a store does: the store hands it out without importing it.
+    handle: Callable[["Store", str], Any]
+
     def run(self, run_id: str):
         """A ``Run`` handle for a run started anywhere (raises UnknownRun)."""
-        from ..run import Run
-
         self.run_doc(run_id)
-        return Run(self, run_id)
+        return Store.handle(self, run_id)
 
     # -- the log --------------------------------------------------------------------------
 
@@ -348,9 +311,26 @@ class Store(ABC):
 
     # -- writing ----------------------------------------------------------------------------
 
-    @abstractmethod
     def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
-        """Write commits in one transaction; return those refused (lease lost, seq clash)."""
+        """Write commits in one transaction; return those refused (``refusals``: unknown
+        run, lease lost, log conflict), in which case the batch wrote nothing."""
+        try:
+            with self._transaction() as c:
+                # Row locks in one global order (run id): two writers never deadlock.
+                heads = {run_id: c.execute(self._sql("SELECT last_seq, lease_owner FROM runs WHERE id=?"
+                                                     + self._LOCK_ROW), (run_id,)).fetchone()
+                         for run_id in sorted({cm.run_id for cm in commits})}
+                commits = [cm for cm in commits if not self._committed(c, cm, heads[cm.run_id])]
+                failures = refusals(commits, heads)
+                if failures:
+                    raise Refused(failures)
+                for cm in commits:
+                    self._apply(c, cm)
+                self._appended(c, sorted({cm.run_id for cm in commits if cm.events}))
+        except Refused as refused:  # rolled back: the batch wrote nothing
+            return refused.failures
+        self._maybe_trim(commits)
+        return []
 
     # -- retention ------------------------------------------------------------------------
 
@@ -382,26 +362,50 @@ class Store(ABC):
         """The text of an error from this store, fit for logs: no password in it."""
         return redact_url(str(exc))
 
-    @property
-    def journal(self):
-        """This process's group committer for the store."""
-        with self._journal_lock:
-            if self._journal is None or not self._journal.alive():
-                from ..journal import Journal
-
-                self._journal = Journal(self)
-            return self._journal
-
     # -- commands -----------------------------------------------------------------------------
 
-    @abstractmethod
     def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
                        payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
         """Record a control command; return its ack ``{command_id, ok, state?, error?, code?}``.
 
         Illegal commands are refused (ok false) and change nothing; a repeated
-        ``command_id`` returns the first ack and is applied once.
+        ``command_id`` returns the first ack and is applied once. A command for a run
+        whose executor is known to be gone is refused (executor_lost), and the loss
+        recorded.
         """
+        command_id = command_id or new_command_id()
+        refused = unstorable_command(command_id, run_id, node_id)
+        if refused:
+            return refused
+        with self._transaction() as c:
+            # The run's row lock orders this command against the executor's commits
+            # (and against a concurrent submit of the same command_id, below).
+            try:
+                view = self._view(c, run_id, lock=True)
+            except UnknownRun as exc:
+                return command_refusal(command_id, exc.code, str(exc))
+            row = c.execute(self._sql("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=?"),
+                            (command_id,)).fetchone()
+            if row is not None:
+                if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
+                    return command_refusal(command_id, "command_id_reused",
+                                           f"command_id {command_id!r} was already used for another command")
+                return orjson.loads(row[3])
+            try:
+                node_id = check_command(view.run, view.nodes, action, node_id)
+            except (UnknownNode, CommandRejected) as exc:
+                return command_refusal(command_id, exc.code, str(exc))
+            lease = c.execute(self._sql("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=?"),
+                              (run_id,)).fetchone()
+            if holder_gone(*lease):
+                return command_refusal(command_id, "executor_lost", self._mark_lost(c, view))
+            ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
+            c.execute(self._sql("INSERT INTO commands(command_id, run_id, action, node_id, payload, ack,"
+                                " status, created_at) VALUES(?,?,?,?,?,?, 'pending', ?)"),
+                      (command_id, run_id, action, node_id, orjson.dumps(payload or {}).decode(),
+                       orjson.dumps(ack).decode(), now_iso()))
+            self._command_added(c, run_id)
+        return ack
 
     @abstractmethod
     def pending_commands(self, run_id: str) -> list[dict]:
@@ -442,10 +446,6 @@ class Store(ABC):
     def _leases(self) -> tuple[list[LeaseRow], Optional[float]]:
         """Every held lease, and the database's clock (epoch seconds) when it was read."""
 
-    @abstractmethod
-    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
-        """Mark the run lost, in one transaction, if its lease is still the one judged dead."""
-
     def reap(self) -> list[str]:
         """One reaping pass: mark runs whose executor is gone as failed (executor_lost);
         return their ids. A lease that only looks expired takes passes over a few
@@ -456,13 +456,84 @@ class Store(ABC):
             dead = self._judge.judge(rows, db_now, time.monotonic() - t0)
         return [run_id for run_id, owner, expires in dead if self._reap_run(run_id, owner, expires)]
 
-    def close(self) -> None:
-        from ..runtime import close_executors
+    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
+        """Mark the run lost, in one transaction, if its lease is still the one judged dead."""
+        with self._transaction() as c:
+            row = c.execute(self._sql("SELECT lease_owner, lease_expires FROM runs WHERE id=?" + self._LOCK_ROW),
+                            (run_id,)).fetchone()
+            if row is None or row[0] is None or (row[0], row[1]) != (owner, expires):
+                return False  # renewed, released or taken over since it was judged
+            self._mark_lost(c, self._view(c, run_id))
+            return True
 
+    def _mark_lost(self, c: Any, view: RunState) -> str:
+        """Record, inside the caller's transaction (which holds the run's row), that the
+        run's executor is gone; return the message recorded.
+
+        Commands it never answered are refused, whatever state the run ended in (a
+        process may exit between its run's final state and its last read of commands).
+        """
+        message = lost_message()
+        run_id = view.run["id"]
+        c.execute(self._sql("UPDATE commands SET status='rejected', code='executor_lost', error=?"
+                            " WHERE run_id=? AND status='pending'"), (message, run_id))
+        if view.run["state"] in FINAL_WORKFLOW_STATES or executor_lost(view.run):
+            # Nothing (more) to record: the run is final, or its loss is already on record.
+            c.execute(self._sql(f"UPDATE runs SET {RELEASE_LEASE} WHERE id=?"), (run_id,))
+            return message
+        events, touched = record_loss(view, message)
+        self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
+                              release_lease=True))
+        self._appended(c, [run_id])
+        return message
+
+    # -- what each backend supplies to the algorithms above ----------------------------------
+
+    #: Appended to a read that must lock the run's row until the transaction ends
+    #: (PostgreSQL's FOR UPDATE). SQLite needs none: its write transactions hold the
+    #: whole file from their first statement (BEGIN IMMEDIATE).
+    _LOCK_ROW = ""
+
+    @abstractmethod
+    def _transaction(self) -> ContextManager[Any]:
+        """One write transaction, committed when the block ends (rolled back on an error),
+        as a context manager giving its connection: ``c.execute(sql, args)`` returns a
+        cursor (``fetchone``, ``fetchall``)."""
+
+    def _sql(self, statement: str) -> str:
+        """``statement``, written with ``?`` placeholders, in this backend's dialect."""
+        return statement
+
+    @abstractmethod
+    def _view(self, c: Any, run_id: str, lock: bool = False) -> RunState:
+        """The run's state, read in transaction ``c`` (``lock``: and its row locked); UnknownRun."""
+
+    @abstractmethod
+    def _apply(self, c: Any, cm: Commit) -> None:
+        """Write one commit (already checked) in transaction ``c``."""
+
+    def _committed(self, c: Any, cm: Commit, head: Optional[tuple]) -> bool:
+        """Whether ``cm`` is in the log already (a retried batch whose first try committed)."""
+        return False
+
+    def _appended(self, c: Any, run_ids: list[str]) -> None:
+        """The last step of a transaction that appended events to ``run_ids``."""
+
+    def _command_added(self, c: Any, run_id: str) -> None:
+        """The last step of a transaction that added a command for ``run_id``."""
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Have ``fn()`` called when the store closes, before its connections go (the
+        runtime stops this process's executors on it, and its journal)."""
+        self._closing.append(fn)
+
+    def close(self) -> None:
+        """Close the store: first whoever asked (``on_close``), then, in the backends,
+        its connections."""
         self.closed = True
-        close_executors(self)
-        if self._journal is not None:
-            self._journal.close()
+        hooks, self._closing = self._closing, []
+        for fn in hooks:
+            fn()
 
 
 class Refused(Exception):
@@ -478,8 +549,8 @@ def new_command_id() -> str:
 
 
 __all__ = [
-    "Store", "Commit", "Lease", "EventList", "LEASE_RENEW_S", "LEASE_TTL_S",
-    "holder_gone", "Refused", "LEASE_COLUMNS", "RELEASE_LEASE", "lost_run_events", "record", "check_command", "envelope_dict",
-    "envelope_json", "plan_schema", "ordered_edges", "unstorable_command", "mirrored_facts", "pending_command",
-    "command_state", "command_refusal", "lost_message",
+    "Store", "Commit", "Lease", "EventList", "Refused", "EVENTS_CHANNEL", "COMMANDS_CHANNEL",
+    "LEASE_COLUMNS", "RELEASE_LEASE", "refusals", "envelope_dict", "envelope_json", "plan_schema",
+    "ordered_edges", "unstorable_command", "mirrored_facts", "pending_command", "command_state",
+    "command_refusal", "new_command_id",
 ]

@@ -1,4 +1,5 @@
-"""Executor leases: who holds a run, and when its holder is known to be gone.
+"""Executor leases: who holds a run, when its holder is known to be gone, and what the
+log records then.
 
 A run's executor holds a lease on it in the store: its process's identity (a random
 owner id, the host name, the PID and the PID namespace) and an expiry time, which
@@ -17,6 +18,11 @@ clock every LEASE_RENEW_S. A lease is judged dead (and its run marked failed,
   stall never kills a live run. A pass that was itself slow (its round trip was
   stalled) clears every suspicion, as it may have read what a queued renewal was
   about to change.
+
+A run whose executor is gone is recorded as failed (``lost_run_events``): its steps
+lived in that process, so it cannot go on. The store records it when it reaps a dead
+lease or refuses a command for such a run; an executor that stops without finishing
+(its process exits, its store closes) records the same itself.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ import threading
 import uuid
 from dataclasses import dataclass
 from typing import Optional
+
+from .. import states
+from ..events import new_event
+from ..snapshot import RunState
 
 #: How often the watcher renews this process's leases, and how long a renewal lasts.
 LEASE_RENEW_S = 2.0
@@ -133,5 +143,59 @@ class LeaseJudge:
         return dead
 
 
+def lost_run_events(view: RunState, reason: str, message: str) -> list[tuple[str, dict]]:
+    """The transitions that record a run whose executor is gone.
+
+    Active nodes fail, pending ones are skipped, the run fails. A run already failed
+    only gets an ``error_occurred`` saying its executor (needed for a retry) is gone.
+    """
+    out: list[tuple[str, dict]] = []
+    state = view.run["state"]
+    if state == "failed":
+        return [("error_occurred", {"code": reason, "message": message})]
+    err = {"type": reason, "message": message}
+    for node in sorted(view.nodes.values(), key=lambda n: n["position"]):
+        st = node["status"]
+        if st in states.UNFINISHED_NODE_STATES:
+            new = "failed"
+        elif st == "pending":
+            new = "skipped"
+        else:
+            continue
+        data = {"node_id": node["id"], "old_status": st, "new_status": new,
+                "attempt": node["attempt"], "reason": reason}
+        if new == "failed":
+            data["error"] = err
+        out.append((states.node_event_type(st, new), data))
+    failed = [n["id"] for n in view.nodes.values() if n["status"] == "failed"]
+    failed += [d["node_id"] for _, d in out if d["new_status"] == "failed"]
+    out.append(("workflow_failed", {"old_state": state, "new_state": "failed", "reason": reason,
+                                   "failed_nodes": failed}))
+    return out
+
+
+def record_loss(view: RunState, message: str) -> tuple[list[dict], set[str]]:
+    """The events that record the loss of the run's executor, applied to ``view``, and the
+    ids of the nodes they changed."""
+    events, touched = [], set()
+    for etype, data in lost_run_events(view, "executor_lost", message):
+        ev = new_event(view.run["id"], view.seq + 1, etype, data)
+        node = view.apply(ev)
+        if node:
+            touched.add(node)
+        events.append(ev)
+    return events, touched
+
+
+def executor_lost(run_doc: dict) -> bool:
+    """Is the loss of this run's executor already on record?"""
+    return run_doc["reason"] == "executor_lost" or (run_doc["last_error"] or {}).get("code") == "executor_lost"
+
+
+def lost_message() -> str:
+    return ("the process that ran this workflow is gone (executor_lost); "
+            "step code lives in that process, so the run cannot continue")
+
+
 __all__ = ["Lease", "LeaseJudge", "LeaseRow", "holder_gone", "LEASE_RENEW_S", "LEASE_TTL_S",
-           "CONFIRM_S", "SLOW_PASS_S"]
+           "CONFIRM_S", "SLOW_PASS_S", "lost_run_events", "record_loss", "executor_lost", "lost_message"]

@@ -28,37 +28,29 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
 
 import orjson
 
-from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
+from ..errors import StoreError, UnknownRun
 from ..events import now_iso
 from ..snapshot import RunState
 from .base import (
+    COMMANDS_CHANNEL,
+    EVENTS_CHANNEL,
     LEASE_COLUMNS,
-    LEASE_TTL_S,
     RELEASE_LEASE,
     Commit,
     Lease,
-    LeaseRow,
-    Refused,
     Store,
-    check_command,
-    command_refusal,
-    executor_lost,
-    holder_gone,
-    lost_message,
-    lost_run_events,
+    command_state,
     mirrored_facts,
-    new_command_id,
     ordered_edges,
     pending_command,
-    command_state,
     plan_schema,
-    record,
-    unstorable_command,
 )
+from .leases import LEASE_TTL_S, LeaseRow
 from .redact import redact_url
 
 try:
@@ -81,9 +73,6 @@ MIGRATIONS: dict[int, list[str]] = {
 
 #: The database's clock, in epoch seconds: what lease times are written and judged in.
 _DB_NOW = "extract(epoch from now())::float8"
-
-EVENTS_CHANNEL = "cmbagent_events"
-COMMANDS_CHANNEL = "cmbagent_commands"
 
 #: Any fixed number: the advisory lock that serializes schema creation and upgrades.
 _SCHEMA_LOCK = 0x636D6261  # "cmba"
@@ -223,7 +212,7 @@ class PostgresStore(Store):
                  lease.host, lease.pid, lease.ns, LEASE_TTL_S, _json(run)))
             self._write_nodes(c, run["id"], view.nodes.values())
             self._write_events(c, run["id"], [first_event])
-            self._tick(c, [run["id"]])
+            self._appended(c, [run["id"]])
 
     def run_doc(self, run_id: str) -> dict:
         _storable(run_id)
@@ -240,7 +229,7 @@ class PostgresStore(Store):
 
     def _view(self, c, run_id: str, lock: bool = False) -> RunState:
         _storable(run_id)
-        row = c.execute("SELECT doc, last_seq FROM runs WHERE id=%s" + (" FOR UPDATE" if lock else ""),
+        row = c.execute("SELECT doc, last_seq FROM runs WHERE id=%s" + (self._LOCK_ROW if lock else ""),
                         (run_id,)).fetchone()
         if row is None:
             raise UnknownRun(run_id)
@@ -293,50 +282,31 @@ class PostgresStore(Store):
         return (not self.closed and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
                 and not isinstance(exc, psycopg.errors.QueryCanceled))
 
-    def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
-        try:
-            with self._pool.connection() as c, c.transaction():
-                failures = []
-                # Row locks in one global order (run id): two writers never deadlock.
-                heads = {}
-                for run_id in sorted({cm.run_id for cm in commits}):
-                    heads[run_id] = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=%s"
-                                              " FOR UPDATE", (run_id,)).fetchone()
-                # A retry after the connection dropped during COMMIT: the batch may have
-                # been committed after all. Its events are then in the log, ids and all.
-                commits = [cm for cm in commits if not self._committed(c, cm, heads[cm.run_id])]
-                for cm in commits:
-                    row = heads[cm.run_id]
-                    if row is None:
-                        failures.append((cm, UnknownRun(cm.run_id)))
-                    elif cm.lease_owner is not None and row[1] != cm.lease_owner:
-                        failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
-                    elif cm.events:
-                        if cm.events[0]["seq"] != row[0] + 1:
-                            failures.append((cm, LeaseLost(
-                                f"run {cm.run_id}: log is at seq {row[0]}, commit starts at "
-                                f"{cm.events[0]['seq']}")))
-                        else:
-                            heads[cm.run_id] = (cm.events[-1]["seq"], row[1])
-                if failures:
-                    raise Refused(failures)
-                for cm in commits:
-                    self._apply(c, cm)
-                self._tick(c, sorted({cm.run_id for cm in commits if cm.events}))
-        except Refused as refused:  # rolled back: the batch wrote nothing
-            return refused.failures
-        self._maybe_trim(commits)
-        return []
+    # -- the pieces of the shared algorithms (engine.store.base) ------------------------------
 
-    @staticmethod
-    def _committed(c, cm: Commit, head: Optional[tuple]) -> bool:
+    _LOCK_ROW = " FOR UPDATE"
+
+    @contextmanager
+    def _transaction(self) -> Iterator["psycopg.Connection"]:
+        with self._pool.connection() as c, c.transaction():
+            yield c
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def _command_added(self, c, run_id: str) -> None:
+        c.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, run_id))
+
+    def _committed(self, c, cm: Commit, head: Optional[tuple]) -> bool:
+        # A retry after the connection dropped during COMMIT: the batch may have been
+        # committed after all. Its events are then in the log, ids and all.
         if head is None or not cm.events or cm.events[0]["seq"] > head[0]:
             return False
         row = c.execute("SELECT id FROM events WHERE run_id=%s AND seq=%s",
                         (cm.run_id, cm.events[-1]["seq"])).fetchone()
         return row is not None and row[0] == cm.events[-1]["id"]
 
-    def _tick(self, c, run_ids: list[str]) -> None:
+    def _appended(self, c, run_ids: list[str]) -> None:
         """Stamp ``run_ids`` with the next commit-clock value and wake the tailers.
 
         The last statements of a transaction: the clock row stays locked (and other
@@ -427,46 +397,6 @@ class PostgresStore(Store):
 
     # -- commands --------------------------------------------------------------------------------
 
-    def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
-                       payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
-        command_id = command_id or new_command_id()
-        refused = unstorable_command(command_id, run_id, node_id)
-        if refused:
-            return refused
-        with self._pool.connection() as c, c.transaction():
-            # The run's row lock orders this command against the executor's commits
-            # (and against a concurrent submit of the same command_id, below).
-            try:
-                view = self._view(c, run_id, lock=True)
-            except UnknownRun as exc:
-                return command_refusal(command_id, exc.code, str(exc))
-            row = c.execute("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=%s",
-                            (command_id,)).fetchone()
-            if row is not None:
-                if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
-                    return command_refusal(command_id, "command_id_reused",
-                                           f"command_id {command_id!r} was already used for another command")
-                return orjson.loads(row[3])
-            try:
-                if node_id is not None and node_id not in view.nodes:
-                    raise UnknownNode(run_id, node_id)
-                status = view.nodes[node_id]["status"] if node_id is not None else None
-                node_id = check_command(view.run, status, action, node_id)
-            except (UnknownNode, CommandRejected) as exc:
-                return command_refusal(command_id, exc.code, str(exc))
-            lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=%s",
-                              (run_id,)).fetchone()
-            if holder_gone(*lease):
-                return command_refusal(command_id, "executor_lost", self._mark_lost(c, view))
-            ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
-            c.execute(
-                "INSERT INTO commands(command_id, run_id, action, node_id, payload, ack, status,"
-                " created_at) VALUES(%s,%s,%s,%s,%s,%s, 'pending', %s)",
-                (command_id, run_id, action, node_id, orjson.dumps(payload or {}).decode(),
-                 orjson.dumps(ack).decode(), now_iso()))
-            c.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, run_id))
-        return ack
-
     def pending_commands(self, run_id: str) -> list[dict]:
         with self._pool.connection() as c:
             rows = c.execute(
@@ -501,31 +431,6 @@ class PostgresStore(Store):
             if not rows:
                 return [], None
         return [r[:-1] for r in rows], rows[0][-1]
-
-    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
-        with self._pool.connection() as c, c.transaction():
-            row = c.execute("SELECT lease_owner, lease_expires FROM runs WHERE id=%s FOR UPDATE",
-                            (run_id,)).fetchone()
-            if row is None or row[0] is None or (row[0], row[1]) != (owner, expires):
-                return False  # renewed, released or taken over since it was judged
-            self._mark_lost(c, self._view(c, run_id))
-            return True
-
-    def _mark_lost(self, c, view: RunState) -> str:
-        """Record, inside the caller's transaction (which holds the run's row), that its
-        executor is gone; commands it never answered are refused, whatever the run's state."""
-        message = lost_message()
-        run_id = view.run["id"]
-        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=%s"
-                  " WHERE run_id=%s AND status='pending'", (message, run_id))
-        if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
-            c.execute(f"UPDATE runs SET {RELEASE_LEASE} WHERE id=%s", (run_id,))
-            return message
-        events, touched = record(view, lost_run_events(view, "executor_lost", message))
-        self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
-                              release_lease=True))
-        self._tick(c, [run_id])
-        return message
 
 
 class _Listener(threading.Thread):

@@ -17,33 +17,22 @@ from typing import Iterable, Optional
 
 import orjson
 
-from ..errors import CommandRejected, LeaseLost, StoreError, UnknownNode, UnknownRun
+from ..errors import StoreError, UnknownRun
 from ..events import now_iso
 from ..snapshot import RunState
 from .base import (
     LEASE_COLUMNS,
-    LEASE_TTL_S,
     RELEASE_LEASE,
     Commit,
     Lease,
-    LeaseRow,
-    Refused,
     Store,
-    check_command,
-    command_refusal,
-    executor_lost,
-    holder_gone,
-    lost_message,
-    lost_run_events,
+    command_state,
     mirrored_facts,
-    new_command_id,
     ordered_edges,
     pending_command,
-    command_state,
     plan_schema,
-    record,
-    unstorable_command,
 )
+from .leases import LEASE_TTL_S, LeaseRow
 
 SCHEMA_VERSION = 3
 
@@ -198,6 +187,8 @@ class SQLiteStore(Store):
     def _write(self):
         return self._Tx(self._conn(), "IMMEDIATE")
 
+    _transaction = _write
+
     def _read(self):
         return self._Tx(self._conn(), "DEFERRED")
 
@@ -224,7 +215,7 @@ class SQLiteStore(Store):
         with self._read() as c:
             return self._view(c, run_id)
 
-    def _view(self, c: sqlite3.Connection, run_id: str) -> RunState:
+    def _view(self, c: sqlite3.Connection, run_id: str, lock: bool = False) -> RunState:
         row = c.execute("SELECT doc, last_seq FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
             raise UnknownRun(run_id)
@@ -268,33 +259,6 @@ class SQLiteStore(Store):
         return max(r[2] for r in rows), {r[0]: r[1] for r in rows}
 
     # -- writing --------------------------------------------------------------------------------
-
-    def apply_commits(self, commits: list[Commit]) -> list[tuple[Commit, Exception]]:
-        try:
-            with self._write() as c:
-                failures = []
-                heads: dict[str, int] = {}
-                for cm in commits:
-                    row = c.execute("SELECT last_seq, lease_owner FROM runs WHERE id=?",
-                                    (cm.run_id,)).fetchone()
-                    last = heads.get(cm.run_id, row[0] if row else 0)
-                    if row is None:
-                        failures.append((cm, UnknownRun(cm.run_id)))
-                    elif cm.lease_owner is not None and row[1] != cm.lease_owner:
-                        failures.append((cm, LeaseLost(f"run {cm.run_id} is no longer held by this process")))
-                    elif cm.events and cm.events[0]["seq"] != last + 1:
-                        failures.append((cm, LeaseLost(
-                            f"run {cm.run_id}: log is at seq {last}, commit starts at {cm.events[0]['seq']}")))
-                    elif cm.events:
-                        heads[cm.run_id] = cm.events[-1]["seq"]
-                if failures:
-                    raise Refused(failures)
-                for cm in commits:
-                    self._apply(c, cm)
-        except Refused as refused:  # rolled back: the batch wrote nothing
-            return refused.failures
-        self._maybe_trim(commits)
-        return []
 
     def _apply(self, c: sqlite3.Connection, cm: Commit) -> None:
         if cm.events:
@@ -365,45 +329,6 @@ class SQLiteStore(Store):
 
     # -- commands --------------------------------------------------------------------------------
 
-    def submit_command(self, run_id: str, action: str, node_id: Optional[str] = None,
-                       payload: Optional[dict] = None, command_id: Optional[str] = None) -> dict:
-        command_id = command_id or new_command_id()
-        lost: Optional[str] = None
-        refused = unstorable_command(command_id, run_id, node_id)
-        if refused:
-            return refused
-        with self._write() as c:
-            row = c.execute("SELECT run_id, action, node_id, ack FROM commands WHERE command_id=?",
-                            (command_id,)).fetchone()
-            if row is not None:
-                if row[0] != run_id or row[1] != action or (node_id is not None and row[2] != node_id):
-                    return command_refusal(command_id, "command_id_reused",
-                                    f"command_id {command_id!r} was already used for another command")
-                return orjson.loads(row[3])
-            try:
-                view = self._view(c, run_id)
-                if node_id is not None and node_id not in view.nodes:
-                    raise UnknownNode(run_id, node_id)
-                status = view.nodes[node_id]["status"] if node_id is not None else None
-                node_id = check_command(view.run, status, action, node_id)
-                lease = c.execute("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs"
-                                  " WHERE id=?", (run_id,)).fetchone()
-                if holder_gone(*lease):
-                    lost = self._mark_lost(c, view)
-                    raise CommandRejected(lost, "executor_lost")
-            except (UnknownRun, UnknownNode, CommandRejected) as exc:
-                if lost is None:
-                    return command_refusal(command_id, exc.code, str(exc))
-                ack = command_refusal(command_id, exc.code, str(exc))
-            else:
-                ack = {"command_id": command_id, "ok": True, "state": view.run["state"]}
-                c.execute(
-                    "INSERT INTO commands(command_id, run_id, action, node_id, payload, ack, status,"
-                    " created_at) VALUES(?,?,?,?,?,?, 'pending', ?)",
-                    (command_id, run_id, action, node_id, orjson.dumps(payload or {}).decode(),
-                     orjson.dumps(ack).decode(), now_iso()))
-        return ack
-
     def pending_commands(self, run_id: str) -> list[dict]:
         rows = self._conn().execute(
             "SELECT command_id, action, node_id, payload FROM commands"
@@ -438,30 +363,3 @@ class SQLiteStore(Store):
     def _leases(self) -> tuple[list[LeaseRow], Optional[float]]:
         rows = self._conn().execute(f"SELECT id, {LEASE_COLUMNS} FROM runs WHERE lease_owner IS NOT NULL")
         return rows.fetchall(), time.time()
-
-    def _reap_run(self, run_id: str, owner: Optional[str], expires: Optional[float]) -> bool:
-        with self._write() as c:
-            row = c.execute("SELECT lease_owner, lease_expires FROM runs WHERE id=?", (run_id,)).fetchone()
-            if row is None or row[0] is None or (row[0], row[1]) != (owner, expires):
-                return False  # renewed, released or taken over since it was judged
-            self._mark_lost(c, self._view(c, run_id))
-            return True
-
-    def _mark_lost(self, c: sqlite3.Connection, view: RunState) -> str:
-        """Record, inside the caller's transaction, that the run's executor is gone.
-
-        Commands it never answered are refused, whatever state the run ended in (a
-        process may exit between its run's final state and its last read of commands).
-        """
-        message = lost_message()
-        run_id = view.run["id"]
-        c.execute("UPDATE commands SET status='rejected', code='executor_lost', error=?"
-                  " WHERE run_id=? AND status='pending'", (message, run_id))
-        if view.run["state"] in ("completed", "cancelled") or executor_lost(view.run):
-            # Nothing (more) to record: the run is final, or its loss is already on record.
-            c.execute(f"UPDATE runs SET {RELEASE_LEASE} WHERE id=?", (run_id,))
-            return message
-        events, touched = record(view, lost_run_events(view, "executor_lost", message))
-        self._apply(c, Commit(run_id, events, view.run, {n: view.nodes[n] for n in touched},
-                              release_lease=True))
-        return message

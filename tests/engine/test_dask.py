@@ -20,7 +20,7 @@ cloudpickle = pytest.importorskip("cloudpickle")
 
 from engine import EngineError, Workflow, WorkflowDefinitionError  # noqa: E402
 from engine.dask import INLINE_RESULT_BYTES  # noqa: E402
-from engine.executor import local_executor  # noqa: E402
+from engine.runtime import local_executor  # noqa: E402
 from engine_support import (  # noqa: E402
     DASK_TIMEOUT,
     check_log,
@@ -469,9 +469,9 @@ def lossy_run(store, client, tmp_path, retries: int = 0):
 
 def test_a_message_lost_on_the_way_is_fetched_again_from_the_scheduler(store, healthy, tmp_path,
                                                                        monkeypatch):
-    import engine.dask
+    import engine.dask.runner
 
-    monkeypatch.setattr(engine.dask, "RECOVER_AFTER_S", 0.05)
+    monkeypatch.setattr(engine.dask.runner, "RECOVER_AFTER_S", 0.05)
     run, lossy = lossy_run(store, healthy, tmp_path)
     assert run.wait(TIMEOUT) == "completed"
     assert lossy.dropped  # one message did not come through the stream...
@@ -482,10 +482,10 @@ def test_a_message_lost_on_the_way_is_fetched_again_from_the_scheduler(store, he
 
 
 def test_messages_that_never_arrive_fail_the_attempt(store, healthy, tmp_path, monkeypatch):
-    import engine.dask
+    import engine.dask.runner
 
-    monkeypatch.setattr(engine.dask, "RECOVER_AFTER_S", 0.05)
-    monkeypatch.setattr(engine.dask, "EVENTS_GRACE_S", 0.2)
+    monkeypatch.setattr(engine.dask.runner, "RECOVER_AFTER_S", 0.05)
+    monkeypatch.setattr(engine.dask.runner, "EVENTS_GRACE_S", 0.2)
     monkeypatch.setattr(healthy, "get_events", lambda topic=None: ())  # the scheduler's log too
     run, lossy = lossy_run(store, healthy, tmp_path)
     assert run.wait(TIMEOUT) == "failed"

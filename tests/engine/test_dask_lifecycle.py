@@ -16,7 +16,7 @@ distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 from engine import Workflow  # noqa: E402
-from engine.executor import local_executor  # noqa: E402
+from engine.runtime import local_executor  # noqa: E402
 from engine_support import (  # noqa: E402
     DASK_TIMEOUT,
     check_log,

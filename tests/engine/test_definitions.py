@@ -116,3 +116,14 @@ def test_bad_steps_added_at_run_time_are_refused_inside_the_step(store):
     assert "parameter 'data'" in refusals[2]
     events = check_log(run)
     assert [u["data"]["added_nodes"][0]["id"] for u in of_type(events, "dag_updated")] == ["ok"]
+
+
+@pytest.mark.parametrize("where", ["workflow name", "workflow description", "step name", "step label"])
+def test_a_definition_the_store_cannot_hold_is_refused_clearly_at_start(store, where):
+    wf = Workflow("bad\udc80" if where == "workflow name" else "fine",
+                  description="\ud800" if where == "workflow description" else "")
+    wf.step("s\udcff" if where == "step name" else "s",
+            label="\udcff" if where == "step label" else "")(lambda: 1)
+    with pytest.raises(WorkflowDefinitionError, match="without lone surrogates"):
+        wf.start(store=store)
+    assert store.runs() == []

@@ -193,3 +193,24 @@ def test_retrying_one_of_two_failures_fails_again(store):
     assert of_type(events, "workflow_failed")[-1]["data"]["failed_nodes"] == ["b"]
     with pytest.raises(CommandRejected, match="only failed nodes can be retried"):
         run.retry("a")
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+
+def test_an_exception_that_cannot_be_printed_still_fails_its_step(store):
+    wf = Workflow("unprintable")
+
+    @wf.step()
+    def bad():
+        raise _Unprintable("secret")
+
+    run = wf.run(store=store, timeout=10)
+    assert run.state == "failed"
+    error = run.snapshot()["nodes"][0]["error"]
+    assert error["type"] == "_Unprintable"
+    assert error["message"] == "_Unprintable('secret')"  # its repr, where str() fails
+    assert "raise _Unprintable" in error["traceback"]
+    check_log(run)

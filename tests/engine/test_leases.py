@@ -13,11 +13,33 @@ import pytest
 
 import engine
 from engine import ExecutorLost, Workflow
-from engine.executor import local_executor
+from engine.errors import LeaseLost, LogConflict
+from engine.store import Commit
+from engine.runtime import local_executor
 from engine.store.leases import CONFIRM_S, SLOW_PASS_S, Lease, LeaseJudge, holder_gone
 from engine_support import REMOTE_RUN, Script, check_log, raw, run_script, wait_node, wait_until
 
 # -- one lost lease ------------------------------------------------------------------------------
+
+
+def test_a_refused_commit_writes_nothing_and_says_why(store):
+    """A commit from a process that no longer holds the run is LeaseLost; one that does
+    not continue the log where it stands is a LogConflict. Neither leaves a gap."""
+    wf = Workflow("refused")
+    wf.step()(lambda: 1)
+    run = wf.run(store, timeout=10)
+    last = store.bounds(run.id)[1]
+    stray = {"run_id": run.id, "seq": last + 2, "id": "x" * 32, "event_type": "step_progress",
+             "timestamp": "2026-01-01T00:00:00.000000+00:00", "data": {"node_id": "<lambda>"}}
+    [(_, conflict)] = store.apply_commits([Commit(run.id, events=[stray])])
+    assert isinstance(conflict, LogConflict) and conflict.code == "log_conflict"
+    assert f"log is at seq {last}, commit starts at {last + 2}" in str(conflict)
+    ok = dict(stray, seq=last + 1)
+    [(_, lost)] = store.apply_commits([Commit(run.id, events=[ok], lease_owner="someone else")])
+    assert isinstance(lost, LeaseLost) and lost.code == "lease_lost"
+    assert store.bounds(run.id)[1] == last  # nothing written, last_seq unmoved
+    assert store.apply_commits([Commit(run.id, events=[ok])]) == []
+    assert [e.seq for e in store.events(run.id)][-2:] == [last, last + 1]
 
 
 def test_a_lost_lease_stops_its_run_and_no_other(store, db_url):
@@ -257,3 +279,31 @@ def test_a_host_whose_clock_is_ahead_reaps_no_live_run(pg_url, tmp_path, monkeyp
     finally:
         remote.stop()
     check_log(run)
+
+
+def test_closing_a_store_stops_this_processs_runs_on_it_and_records_them_lost(db_url):
+    """The runtime hears a store close (Store.on_close): its executors here stop first,
+    recording what they leave unfinished, then its journal writes that down."""
+    store = engine.open_store(db_url)
+    go = threading.Event()
+    wf = Workflow("closed under it")
+
+    @wf.step()
+    def waits(ctx):
+        while not go.is_set():
+            ctx.checkpoint()
+            time.sleep(0.01)
+
+    run = wf.start(store)
+    wait_until(lambda: run.info()["counts"]["running"] == 1, 10, "the step to start")
+    ex = local_executor(run.id)
+    store.close()
+    go.set()
+    assert ex.stopped.is_set()
+    reopened = engine.open_store(db_url)
+    assert reopened is not store
+    doc = reopened.run_doc(run.id)
+    assert (doc["state"], doc["reason"]) == ("failed", "executor_lost")
+    node = reopened.snapshot(run.id)["nodes"][0]
+    assert node["error"]["message"] == "the store was closed while the run was active"
+    check_log(reopened.run(run.id))

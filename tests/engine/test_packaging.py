@@ -24,6 +24,7 @@ def test_importing_the_engine_imports_no_jupyter_code():
     code = (
         "import sys, json\n"
         "import engine, engine.demo, engine.events, engine.snapshot, engine.executor, engine.run\n"
+        "import engine.runtime, engine.journal, engine.context, engine.step\n"
         "import engine.store.sqlite\n"
         "bad = ('jupyter', 'tornado', 'ipywidgets', 'anywidget')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0].startswith(bad))))\n"
@@ -80,3 +81,21 @@ def test_real_events_validate_against_the_schema(schema, store):
 def test_schema_command_usage():
     out = python("-m", "engine")
     assert out.returncode == 2 and "usage: python -m engine schema" in out.stderr
+
+
+def test_a_run_displays_as_what_the_front_end_registered_and_as_text_without_one(store, monkeypatch):
+    """The engine imports no front end: cmbagent_jupyter registers how a run displays
+    (the ``engine.run_display`` entry point); with none, a run shows as its text repr."""
+    import engine.run
+    from importlib.metadata import entry_points
+
+    [registered] = entry_points(group=engine.run.DISPLAY_GROUP)
+    assert registered.value == "cmbagent_jupyter.widget:display_run"
+    wf = Workflow("shown")
+    wf.step()(lambda: 1)
+    run = wf.run(store, timeout=10)
+    monkeypatch.setattr(engine.run, "_display", lambda: None)
+    assert run._repr_mimebundle_() == {"text/plain": repr(run)}
+    assert repr(run).startswith("<Run 'shown' ") and "completed: 1/1 steps done" in repr(run)
+    with pytest.raises(ImportError, match="no front end is installed"):
+        run.widget()

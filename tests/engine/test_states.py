@@ -26,7 +26,7 @@ def _pairs(spec: str) -> set[tuple[str, str]]:
     return out
 
 
-# The state machine as specified (DESIGN.md "States"), written out here on purpose:
+# The state machine as specified (docs/architecture.md), written out here on purpose:
 # a change to engine/states.py's tables must show up as a failing test.
 EXPECTED_WORKFLOW = _pairs("""
     draft: planning cancelling failed
@@ -120,7 +120,7 @@ def test_unknown_state_names_are_illegal_transitions(check, old, new):
 
 
 def _expected_workflow_event(old: str, new: str) -> str:
-    """DESIGN.md "Events": the specific type where one exists, else workflow_state_changed."""
+    """The specific type where one exists, else workflow_state_changed (docs/architecture.md)."""
     if new == "executing" and old in ("draft", "planning"):
         return "workflow_started"
     if new == "executing" and old == "paused":

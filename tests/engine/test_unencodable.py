@@ -12,7 +12,7 @@ import pytest
 
 from engine import Workflow
 from engine.events import new_event
-from engine.executor import local_executor
+from engine.runtime import journal, local_executor
 from engine.store.base import Commit
 from engine_support import check_log, of_type, wait_until
 
@@ -24,7 +24,7 @@ class HeldJournal:
     def __init__(self, store, run_id: str):
         self.run_id, self.future = run_id, None
         self.entered, self.released = threading.Event(), threading.Event()
-        store.journal.submit(self)
+        journal(store).submit(self)
         assert self.entered.wait(10), "the journal never reached the held item"
 
     def drain(self) -> Commit:  # called by the journal's writer, as for an executor's outbox
@@ -132,15 +132,15 @@ def test_a_commit_the_store_cannot_write_is_refused_alone(store):
     good = Commit(y.id, [new_event(y.id, y_last + 1, "error_occurred",
                                    {"code": "test", "message": "fine"})])
     bad.future, good.future = Future(), Future()
-    store.journal.submit(bad)
-    store.journal.submit(good)
+    journal(store).submit(bad)
+    journal(store).submit(good)
     held.release()
     assert good.future.result(10) is None
     with pytest.raises(TypeError, match="surrogates"):
         bad.future.result(10)
     assert store.bounds(y.id)[1] == y_last + 1
     assert store.bounds(x.id)[1] == x_last
-    assert x.id in store.journal.refused and y.id not in store.journal.refused
+    assert x.id in journal(store).refused and y.id not in journal(store).refused
 
 
 def test_definitions_and_prompts_the_store_cannot_hold_are_refused_in_the_step(store):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from engine import Workflow, open_store
-from engine.executor import local_executor
+from engine.runtime import local_executor
 
 GATE_TIMEOUT = 120.0  # seconds a step waits for the go file
 MAX_SECONDS = 150.0  # --until-stop: emit no longer than this

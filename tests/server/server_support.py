@@ -12,7 +12,7 @@ from typing import Optional
 from jsonschema import Draft202012Validator, validators
 
 from engine import Workflow
-from engine.executor import close_executors
+from engine.runtime import close_executors
 from support import finished_run, raw_rows, wait_until  # noqa: F401  (finished_run re-exported)
 
 #: Events the tests open at teardown, so no step thread outlives its test.

@@ -139,7 +139,7 @@ class StreamError(AssertionError):
 
 
 class Client:
-    """The protocol's client rules (docs/architecture.md), strictly: a snapshot sets ``last``; every event
+    """The client rules (docs/architecture.md, "The data path"), strictly: a snapshot sets ``last``; every event
     must be exactly ``last + 1`` (a duplicate or a gap is an error, not something to
     skip); after a ``reset`` the next frame about that run must be its snapshot."""
 

@@ -305,7 +305,8 @@ class Client:
         state, ``Marker("snapshot", ...)`` of it; then one per snapshot and reset. Subscribes
         to the run if needed.
         """
-        stream = EventStream(self, run_id, markers)
+        stream = EventStream(run_id, markers,
+                             lambda s: self._streams.get(run_id, set()).discard(s))
         f = self.subscribe(run_id)
         if f.error:
             stream._end(RunNotFound(run_id, f.error))

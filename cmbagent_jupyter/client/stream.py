@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 from .follower import Item, Marker
-
-if TYPE_CHECKING:
-    from .socket import Client
 
 _END = object()
 
@@ -23,8 +20,9 @@ class EventStream:
     is the same with a timeout (``asyncio.TimeoutError``; no item is lost by it).
     """
 
-    def __init__(self, client: "Client", run_id: str, markers: bool):
-        self.client, self.run_id, self.markers = client, run_id, markers
+    def __init__(self, run_id: str, markers: bool, detach: Callable[["EventStream"], None]):
+        self.run_id, self.markers = run_id, markers
+        self._detach = detach  # stops the client delivering to this stream
         self._items: deque = deque()
         self._ready = asyncio.Event()
         self._done = False
@@ -70,7 +68,7 @@ class EventStream:
 
     def close(self) -> None:
         """Stop receiving (the subscription itself stays)."""
-        self.client._streams.get(self.run_id, set()).discard(self)
+        self._detach(self)
         self._end()
 
     async def aclose(self) -> None:

@@ -201,7 +201,9 @@ class Executor:
                 break
             with self.cond:
                 self._settle()
-                if not self._woken:
+                # A step's thread may have finished the run since the read above (its
+                # notify came while this loop was reading commands): go round at once.
+                if not self._woken and self.view.run["state"] not in states.FINAL_WORKFLOW_STATES:
                     if self.view.run["state"] == "failed" and self.run_id not in self._journal.refused:
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False

@@ -307,3 +307,20 @@ def test_closing_a_store_stops_this_processs_runs_on_it_and_records_them_lost(db
     node = reopened.snapshot(run.id)["nodes"][0]
     assert node["error"]["message"] == "the store was closed while the run was active"
     check_log(reopened.run(run.id))
+
+
+def test_a_finished_run_lets_go_of_its_lease_at_once(store):
+    """The step that finishes a run does so on its own thread; the run's main loop,
+    busy reading commands at that moment, must not then sleep a renewal period
+    before it releases the lease (a process exiting right after would wait for it)."""
+    wf = Workflow("quick")
+    for i in range(20):
+        wf.step(f"s{i}", deps=[f"s{i - 1}"] if i else [])(lambda: None)
+    slow = []
+    for _ in range(15):
+        run = wf.start(store=store)
+        assert run.wait(30) == "completed"
+        started = time.monotonic()
+        assert local_executor(run.id).stopped.wait(10)
+        slow += [time.monotonic() - started] if time.monotonic() - started > 0.5 else []
+    assert not slow, f"runs held their lease {slow} s after completing"

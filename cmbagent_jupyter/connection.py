@@ -79,7 +79,8 @@ class Connection:
             if last > self._targets.get(run_id, 0):
                 self._targets[run_id] = last
         self._docs.extend(docs)
-        self._cache = cache
+        if cache is not None:
+            self._cache = cache
         self._pump_wanted = True
         self._work.set()
 
@@ -129,7 +130,7 @@ class Connection:
         session = self.session
         targets, self._targets = self._targets, {}
         docs, self._docs = self._docs, []
-        cache, self._cache = self._cache, None
+        cache = self._cache  # the hub's: kept, so a pump after a drain reads from it too
         for run_id, last in targets.items():
             session.notify(run_id, last)
         if docs:

@@ -58,6 +58,7 @@ class _ConnWatcher:
             conns.discard(self.conn)
             if not conns:
                 del self.hub.by_run[run_id]
+                self.hub.cache.forget(run_id)
 
     def watch_runs(self, on: bool) -> None:
         (self.hub.run_watchers.add if on else self.hub.run_watchers.discard)(self.conn)
@@ -78,6 +79,8 @@ class EventHub:
         self.run_watchers: set[Listener] = set()
         self.connections: set[Listener] = set()
         self.cursor = 0
+        #: The events read for the runs followed here, shared by every connection.
+        self.cache = RowCache()
         self._started: Optional[asyncio.Future] = None
         self._tasks: list[asyncio.Task] = []
         self._woken: Optional[asyncio.Event] = None
@@ -200,19 +203,27 @@ class EventHub:
             return
         self.cursor = cursor
         # What to read, decided here (the sessions' cursors live on this loop), read in
-        # one call off it: the events the followers miss, the documents run lists show.
+        # one call off it: the events new to the cache, the documents run lists show.
+        cache = self.cache
         wanted: dict[str, tuple[int, int]] = {}
         for run_id, last_seq in changes.items():
-            cursors = [c for c in (conn.session.cursor(run_id) for conn in self.by_run.get(run_id, ()))
-                       if c is not None]
-            # far-behind readers read for themselves
-            if cursors and last_seq - min(cursors) <= MAX_EVENTS_PER_FRAME:
-                wanted[run_id] = (min(cursors), last_seq - min(cursors))
+            have = cache.last(run_id)
+            if have is not None and last_seq - have <= cache.max_rows:
+                after = have  # the window goes on
+            else:
+                cursors = [c for c in (conn.session.cursor(run_id)
+                                       for conn in self.by_run.get(run_id, ())) if c is not None]
+                if not cursors:
+                    continue
+                # A new window, from the slowest follower unless it is far behind (it
+                # then reads for itself)
+                after = max(min(cursors), last_seq - MAX_EVENTS_PER_FRAME)
+            if last_seq > after:
+                wanted[run_id] = (after, last_seq - after)
         doc_ids = list(changes) if self.run_watchers else []
         rows, docs = await self.gateway.call(lambda s: _read(s, wanted, doc_ids))
-        cache = RowCache()
         for run_id, got in rows.items():
-            if got:
+            if got and self.by_run.get(run_id):
                 rid = orjson.dumps(run_id)
                 cache.put(run_id, got[0][0], [envelope_json(rid, r) for r in got])
         targets: dict[Listener, dict[str, int]] = {}

@@ -99,14 +99,39 @@ class _Sub:
 
 
 class RowCache:
-    """Encoded events of one hub wake-up, shared by every session it notifies."""
+    """The events the hub has read, encoded, per run: a window of the latest ones, and the
+    ``events`` frames built from them.
 
-    def __init__(self) -> None:
+    One per hub, kept across wake-ups: each new event is read from the store and encoded
+    once per server process, whatever the number of sessions, and sessions at the same
+    cursor share one frame. A session behind the window reads for itself.
+    """
+
+    def __init__(self, max_rows: int = 2 * MAX_EVENTS_PER_FRAME, max_frames: int = 256) -> None:
+        self.max_rows = max_rows
+        self.max_frames = max_frames
         self.rows: dict[str, tuple[int, list[bytes]]] = {}  # run_id -> (first seq, encoded)
-        self.frames: dict[tuple[str, int, int], bytes] = {}
+        self.frames: dict[tuple[str, int, int], bytes] = {}  # oldest first
+
+    def last(self, run_id: str) -> Optional[int]:
+        """The last seq held for the run (None: nothing)."""
+        entry = self.rows.get(run_id)
+        return None if entry is None else entry[0] + len(entry[1]) - 1
 
     def put(self, run_id: str, first_seq: int, encoded: list[bytes]) -> None:
-        self.rows[run_id] = (first_seq, encoded)
+        """Add events ``first_seq, first_seq + 1, ...``: appended when they continue the
+        window, else they start a new one. The window keeps the latest ``max_rows``."""
+        if not encoded:
+            return
+        entry = self.rows.get(run_id)
+        if entry is not None and first_seq == entry[0] + len(entry[1]):
+            first, rows = entry[0], entry[1] + encoded
+        else:
+            first, rows = first_seq, list(encoded)
+        if len(rows) > self.max_rows:
+            cut = len(rows) - self.max_rows
+            first, rows = first + cut, rows[cut:]
+        self.rows[run_id] = (first, rows)
 
     def get(self, run_id: str, after: int, upto: int) -> Optional[list[bytes]]:
         entry = self.rows.get(run_id)
@@ -116,6 +141,20 @@ class RowCache:
         if after + 1 < first or upto > first + len(encoded) - 1:
             return None
         return encoded[after + 1 - first: upto + 1 - first]
+
+    def frame(self, key: tuple[str, int, int]) -> Optional[bytes]:
+        return self.frames.get(key)
+
+    def keep_frame(self, key: tuple[str, int, int], frame: bytes) -> None:
+        self.frames[key] = frame
+        while len(self.frames) > self.max_frames:
+            del self.frames[next(iter(self.frames))]
+
+    def forget(self, run_id: str) -> None:
+        """Nobody follows the run any more."""
+        self.rows.pop(run_id, None)
+        for key in [k for k in self.frames if k[0] == run_id]:
+            del self.frames[key]
 
 
 def submit_command(store: Store, cmd: Command) -> dict:
@@ -448,8 +487,9 @@ class Session:
                          cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
         """The events frame for ``(cursor, upto]`` and the seq it really ends at."""
         key = (run_id, sub.cursor, upto)
-        if cache is not None and key in cache.frames:
-            return cache.frames[key], upto
+        shared = cache.frame(key) if cache is not None else None
+        if shared is not None:
+            return shared, upto
         rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
         if rows is None:
             after = sub.cursor
@@ -464,7 +504,7 @@ class Session:
             key = (run_id, sub.cursor, upto)
         frame = self._events_frame(run_id, rows)
         if cache is not None:
-            cache.frames[key] = frame
+            cache.keep_frame(key, frame)
         return frame, upto
 
     @staticmethod

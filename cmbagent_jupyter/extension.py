@@ -51,10 +51,13 @@ class CmbAgentApp(ExtensionApp):
     max_frame_bytes = Integer(2**20, help="Largest client frame accepted; larger ones close the "
                                           "socket with code 1009.").tag(config=True)
     client_buffer_bytes = Integer(16 * 2**20, help="Bytes a slow client may have unsent (every frame "
-                                                   "counts) before its events, snapshots and run "
-                                                   "lists are dropped for a reset + snapshot once it "
-                                                   "has drained; a client whose unsent replies exceed "
-                                                   "it by a quarter is closed (code 1008).").tag(config=True)
+                                                   "counts; events are sent a window of 128 KiB at a "
+                                                   "time). A client past it, or that wrote nothing for "
+                                                   "10 s while owed more than it, has its events, "
+                                                   "snapshots and run lists dropped for a reset + "
+                                                   "snapshot once it has drained; a client whose "
+                                                   "unsent replies exceed it by a quarter is closed "
+                                                   "(code 1008).").tag(config=True)
     share_runs = Bool(False, help="Serve every run in the store to every user of this server. "
                                   "By default a user lists, streams and controls only the runs they "
                                   "own, and someone else's run is answered as an unknown one. Set "

@@ -33,6 +33,7 @@ The rules it keeps:
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,16 @@ log = logging.getLogger(__name__)
 
 #: Events per ``events`` frame at most.
 MAX_EVENTS_PER_FRAME = 5000
+#: Bytes of events an ``events`` frame holds at most (one event always goes, whatever its size).
+EVENTS_FRAME_BYTES = 64 * 1024
+#: Bytes of events a session lets be unwritten before it waits for the socket. Events are
+#: read from the store on demand, so holding more buys nothing: with many subscribers,
+#: every socket's copy of what it has not written yet is the server's memory.
+EVENTS_WINDOW = 128 * 1024
+#: Seconds a socket may write nothing while its window is full before it counts as slow:
+#: owed more than its cap, it then gets a reset + snapshot once it drains. (A server that
+#: falls behind a burst is not a slow client: its sockets keep writing.)
+SLOW_CONSUMER_S = 10.0
 #: Events read from the log per ``pump`` call at most (keeps the event loop responsive).
 PUMP_BUDGET = 20000
 #: The WebSocket close code for a client that reads too slowly even for its replies.
@@ -111,7 +122,8 @@ class RowCache:
         self.max_rows = max_rows
         self.max_frames = max_frames
         self.rows: dict[str, tuple[int, list[bytes]]] = {}  # run_id -> (first seq, encoded)
-        self.frames: dict[tuple[str, int, int], bytes] = {}  # oldest first
+        #: (run_id, after, asked upto) -> (frame, the seq it really ends at); oldest first
+        self.frames: dict[tuple[str, int, int], tuple[bytes, int]] = {}
 
     def last(self, run_id: str) -> Optional[int]:
         """The last seq held for the run (None: nothing)."""
@@ -142,10 +154,10 @@ class RowCache:
             return None
         return encoded[after + 1 - first: upto + 1 - first]
 
-    def frame(self, key: tuple[str, int, int]) -> Optional[bytes]:
+    def frame(self, key: tuple[str, int, int]) -> Optional[tuple[bytes, int]]:
         return self.frames.get(key)
 
-    def keep_frame(self, key: tuple[str, int, int], frame: bytes) -> None:
+    def keep_frame(self, key: tuple[str, int, int], frame: tuple[bytes, int]) -> None:
         self.frames[key] = frame
         while len(self.frames) > self.max_frames:
             del self.frames[next(iter(self.frames))]
@@ -157,6 +169,17 @@ class RowCache:
             del self.frames[key]
 
 
+def _fit(rows: list[bytes], limit: int) -> list[bytes]:
+    """The first rows that, comma-separated, take ``limit`` bytes at most (the first row
+    always)."""
+    total = 0
+    for i, row in enumerate(rows):
+        total += len(row) + 1
+        if total > limit and i:
+            return rows[:i]
+    return rows
+
+
 def submit_command(store: Store, cmd: Command) -> dict:
     """Record ``cmd`` in the store; its ack (the same for the same ``command_id``)."""
     return store.submit_command(cmd.run_id, cmd.action, cmd.node_id, cmd.payload, cmd.command_id)
@@ -165,7 +188,8 @@ def submit_command(store: Store, cmd: Command) -> dict:
 class Session:
     def __init__(self, gateway: Gateway, *, server_id: str, heartbeat_interval: float,
                  watcher: Optional[Watcher] = None, buffer_cap: int = 16 * 2**20,
-                 run_filter=None, root_dir: Optional[str] = None):
+                 run_filter=None, root_dir: Optional[str] = None,
+                 slow_after_s: float = SLOW_CONSUMER_S, clock: Callable[[], float] = time.monotonic):
         self.gateway = gateway
         self.root_dir = root_dir
         self.server_id = server_id
@@ -177,6 +201,14 @@ class Session:
         self.subs: dict[str, _Sub] = {}
         self.watching_runs = False
         self.in_flight = 0  # bytes handed to the socket, not yet written out
+        #: Events unwritten at most before the pump waits for ``written`` (not a cap: a
+        #: client is only past its cap when what it is owed would not fit in it)
+        self.events_window = min(EVENTS_WINDOW, max(1, buffer_cap // 4))
+        self._waiting = False  # the pump stopped at the window; ``written`` wakes it
+        self.slow_after_s = slow_after_s
+        self._clock = clock
+        self._stalled_since: Optional[float] = None  # window full, nothing written since
+        self._event_bytes = 256.0  # bytes per event sent, a running mean
         self.overflowed = False
         #: (code, reason) once the client is too slow even for its replies: close it.
         self.close_request: Optional[tuple[int, str]] = None
@@ -239,6 +271,8 @@ class Session:
         """The socket finished writing ``nbytes`` of what ``take`` returned. True when that
         drained an overflowed client: ``pump`` now restarts its subscriptions."""
         self.in_flight -= nbytes
+        if nbytes:
+            self._stalled_since = None
         while nbytes > 0 and self._flight:  # sockets write frames in order
             head = self._flight[0]
             done = min(nbytes, head[0])
@@ -248,7 +282,12 @@ class Session:
                 self._replies_unread -= done
             if not head[0]:
                 self._flight.popleft()
-        return self.overflowed and self.in_flight <= self.buffer_cap // 4
+        if self.overflowed:
+            return self.in_flight <= self.buffer_cap // 4
+        if self._waiting and self.in_flight + self._queued < self.events_window:
+            self._waiting = False
+            return True
+        return False
 
     def cursor(self, run_id: str) -> Optional[int]:
         """The last seq sent for a subscribed run (None if not subscribed)."""
@@ -472,6 +511,8 @@ class Session:
                 await self._restart(run_id, sub)
                 continue
             while sub.cursor < sub.target and budget > 0:
+                if self.in_flight + self._queued >= self.events_window:
+                    return self._wait_for_socket(sub)
                 upto = min(sub.target, sub.cursor + min(budget, MAX_EVENTS_PER_FRAME))
                 got = await self._frame_for(run_id, sub, upto, cache)
                 if got is None:
@@ -479,33 +520,52 @@ class Session:
                 frame, upto = got  # upto: the last seq the frame really holds
                 if not self._send(frame, ("events", run_id)):
                     return False  # overflowed: it restarts (reset + snapshot) once drained
-                budget -= upto - sub.cursor
+                n = upto - sub.cursor
+                self._event_bytes += (len(frame) / n - self._event_bytes) * min(1.0, n / 1000)
+                budget -= n
                 sub.cursor = upto
         return not self.overflowed and self.behind()
 
+    def _wait_for_socket(self, sub: _Sub) -> bool:
+        """The window is full: wait for ``written``. A socket that has written nothing for
+        ``slow_after_s`` while owed more than its cap is past its cap: it restarts (reset +
+        snapshot) once drained, rather than replay all it missed."""
+        now = self._clock()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        owed = (sub.target - sub.cursor) * self._event_bytes
+        if (now - self._stalled_since >= self.slow_after_s
+                and self.in_flight + self._queued + owed > self.buffer_cap):
+            self._overflow()
+            return False
+        self._waiting = True
+        return False
+
     async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
                          cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
-        """The events frame for ``(cursor, upto]`` and the seq it really ends at."""
+        """The events frame from the cursor on, up to ``upto`` and ``EVENTS_FRAME_BYTES``,
+        and the seq it really ends at."""
         key = (run_id, sub.cursor, upto)
         shared = cache.frame(key) if cache is not None else None
         if shared is not None:
-            return shared, upto
+            return shared
         rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
         if rows is None:
+            # read for itself (behind the hub's window): what one frame holds, about
             after = sub.cursor
-            raw = await self._read(lambda s: s.event_rows(run_id, after, upto - after))
+            n = max(1, min(upto - after, int(EVENTS_FRAME_BYTES / self._event_bytes) + 1))
+            raw = await self._read(lambda s: s.event_rows(run_id, after, n))
             if not raw or raw[0][0] != sub.cursor + 1:  # trimmed under our feet
                 sub.reset = "trimmed"
                 await self._restart(run_id, sub)
                 return None
             rid = orjson.dumps(run_id)
             rows = [envelope_json(rid, r) for r in raw]
-            upto = raw[-1][0]
-            key = (run_id, sub.cursor, upto)
-        frame = self._events_frame(run_id, rows)
+        rows = _fit(rows, EVENTS_FRAME_BYTES)
+        got = self._events_frame(run_id, rows), sub.cursor + len(rows)
         if cache is not None:
-            cache.keep_frame(key, frame)
-        return frame, upto
+            cache.keep_frame(key, got)
+        return got
 
     @staticmethod
     def _events_frame(run_id: str, rows: list[bytes]) -> bytes:

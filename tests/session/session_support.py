@@ -130,6 +130,21 @@ def frames(session: Session, ack: bool = True) -> list[dict]:
     return out
 
 
+def drain(session: Session, client) -> list[tuple[dict, int]]:
+    """Pump and write until the session has nothing more to send, as a fast socket would:
+    each frame the client got (checked by ``client``) with its size in bytes."""
+    out = []
+    while True:
+        more = pump(session)
+        raw = session.take()
+        for f in raw:
+            validate_server_frame(f)
+            out.extend((msg, len(f)) for msg in client.feed_all([orjson.loads(f)]))
+        session.written(sum(len(f) for f in raw))
+        if not more and not raw:
+            return out
+
+
 def send(session: Session, obj) -> None:
     drive(session.receive(obj if isinstance(obj, (str, bytes)) else json.dumps(obj)))
 

@@ -12,10 +12,16 @@ import json
 import pytest
 
 import engine
-from cmbagent_jupyter.session import MAX_EVENTS_PER_FRAME
+from cmbagent_jupyter.session import (
+    EVENTS_FRAME_BYTES,
+    EVENTS_WINDOW,
+    MAX_EVENTS_PER_FRAME,
+    SLOW_CONSUMER_S,
+)
 from session_support import (
     Client,
     append_events,
+    drain,
     finished_run,
     frames,
     gated_run,
@@ -240,11 +246,12 @@ def test_a_thousand_new_events_go_out_in_a_handful_of_frames(store):
     last = last_seq(store, run.id)
     assert last - snap["seq"] >= 1000
     s.notify(run.id, last)
-    while pump(s):
-        pass
-    out = client.feed_all(frames(s))
+    got = drain(s, client)
+    out = [m for m, _ in got]
     assert all(m["type"] == "events" for m in out)
-    assert 1 <= len(out) <= 5, f"{last - snap['seq']} events took {len(out)} frames"
+    # as few frames as the frame size allows
+    assert 1 <= len(out) <= sum(n for _, n in got) // EVENTS_FRAME_BYTES + 1, \
+        f"{last - snap['seq']} events took {len(out)} frames"
     assert event_seqs(out) == list(range(snap["seq"] + 1, last + 1))
 
 
@@ -255,18 +262,39 @@ def test_a_huge_backlog_is_split_into_bounded_frames(store):
     s, client = new_session(store), Client()
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": 0})
     client.subscribed(run.id, 0)
-    pumps = 0
-    while pump(s):
-        pumps += 1
-        assert pumps < 10
-    out = client.feed_all(frames(s))
-    assert len(out) == 2 and all(len(m["events"]) <= MAX_EVENTS_PER_FRAME for m in out)
+    got = drain(s, client)
+    out = [m for m, _ in got]
+    assert all(len(m["events"]) <= MAX_EVENTS_PER_FRAME for m in out)
+    assert all(n <= EVENTS_FRAME_BYTES + 200 or len(m["events"]) == 1 for m, n in got)
     assert event_seqs(out) == list(range(1, last + 1)) and last > base
 
 
-def test_slow_consumer_is_dropped_then_reset_never_a_gap(store):
+def test_a_subscriber_holds_a_window_of_unwritten_events_not_its_whole_backlog(store):
+    """A socket that has not written yet is given at most a window (plus one frame) of a
+    long backlog; the rest follows as it writes, in order, without a reset."""
     run = finished_run(store)
-    s, client = new_session(store, buffer_cap=4096), Client()
+    last = append_events(store, run.id, 20000, text="z" * 40)
+    # owed far more than its cap, but writing: not a slow consumer, never reset
+    s, client = new_session(store, buffer_cap=256 * 1024), Client()
+    send(s, {"type": "subscribe", "run_id": run.id, "after_seq": 0})
+    client.subscribed(run.id, 0)
+    seqs = []
+    while True:
+        more = pump(s)
+        out = client.feed_all(frames(s, ack=False))
+        assert s.in_flight <= EVENTS_WINDOW + EVENTS_FRAME_BYTES + 200
+        assert not s.overflowed and all(m["type"] == "events" for m in out)
+        seqs += event_seqs(out)
+        if not out and not more:
+            break
+        s.written(s.in_flight)  # the socket catches up; the session goes on
+    assert seqs == list(range(1, last + 1))
+
+
+def test_slow_consumer_is_dropped_then_reset_never_a_gap(store):
+    now = [100.0]
+    run = finished_run(store)
+    s, client = new_session(store, buffer_cap=4096, clock=lambda: now[0]), Client()
     last = last_seq(store, run.id)
     send(s, {"type": "subscribe", "run_id": run.id, "after_seq": last})
     client.subscribed(run.id, last)
@@ -277,9 +305,13 @@ def test_slow_consumer_is_dropped_then_reset_never_a_gap(store):
     pump(s)
     first_batch = client.feed_all(frames(s, ack=False))
     assert event_seqs(first_batch) == list(range(a - 9, a + 1))
-    assert s.in_flight > s.buffer_cap // 4  # more than the session lets pile up before resuming
+    assert s.in_flight >= s.events_window  # the socket holds all it is given at a time
     b = append_events(store, run.id, 1000, text="y" * 50)
     s.notify(run.id, b)
+    # a socket that has just stopped writing is not slow yet: it is simply given nothing more
+    assert pump(s) is False
+    assert not s.overflowed and frames(s, ack=False) == []
+    now[0] += SLOW_CONSUMER_S  # ... but one that wrote nothing for this long, owed > its cap, is
     assert pump(s) is False
     assert s.overflowed
     assert frames(s, ack=False) == []  # the 1,000 events were dropped, not queued

@@ -165,20 +165,17 @@ def median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def progress_workflow(events: int, steps: int = 1, name: str = "bench-progress",
-                      call: Optional[Callable[..., None]] = None, started: Optional[list] = None):
+                      call: Optional[Callable[..., None]] = None):
     """A workflow of ``steps`` independent steps that together make ``events`` progress calls.
 
     Each step calls ``ctx.progress(fraction, message)`` in a loop, or ``call(fraction,
-    message)`` when given (the no-op baseline). The first step to start appends
-    ``time.perf_counter()`` to ``started``.
+    message)`` when given (the no-op baseline).
     """
     wf = Workflow(name)
     per = [events // steps + (1 if i < events % steps else 0) for i in range(steps)]
 
     def make(count: int):
         def step(ctx):
-            if started is not None and not started:
-                started.append(time.perf_counter())
             report = call or ctx.progress
             for i in range(count):
                 report(i / count, "working")

@@ -1,6 +1,6 @@
 """PostgreSQL event append vs SQLite: event_append.py's workload on both stores, one machine.
 
-One writer: 100k ``ctx.progress`` calls from one step, events / (first call -> the run's
+One writer: 100k ``ctx.progress`` calls from one step, events / (``wf.start()`` -> the run's
 completion durable) (``event_append.append_rate``), on a fresh PostgreSQL database each
 time and on a SQLite file (the engine's store: WAL, synchronous=NORMAL) in the temp dir,
 alternating, median of ``--repeat``. PostgreSQL is a throwaway local cluster started by

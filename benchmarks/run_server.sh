@@ -6,7 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-$here/../.venv/bin/python}"
 [ -x "$py" ] || py=python3
-for bench in server_throughput server_latency server_fanout server_replay server_memory server_replicas; do
+for bench in server_throughput server_latency server_fanout server_replay server_memory server_store_size server_replicas; do
     start=$(date +%s)
     "$py" "$here/$bench.py" "$@"
     echo "[$bench] $(( $(date +%s) - start )) s" >&2

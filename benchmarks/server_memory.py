@@ -69,7 +69,7 @@ def stream(server, fleet: Fleet, sampler_pid: int, start, finish, last_seq, time
          f" gaps {summary['gaps']} dups {summary['dups']} resets {summary['resets']}"
          + ("" if cpu is None else f"; server CPU {cpu:.1f} s ({1e6 * cpu / last:.0f} us/event)"))
     return {"before": before, "peak": sampler.peak, "after": after, "done": done, "summary": summary,
-            "elapsed": elapsed}
+            "elapsed": elapsed, "cpu": cpu}
 
 
 def engine_run(server: JupyterServer, db: str, events: int, clients: int, procs: int, timeout: float,

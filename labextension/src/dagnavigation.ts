@@ -38,6 +38,8 @@ export class DagNavigation {
   private engaged = false;
   private dragged = false;
   private focusKey: string | null = null;
+  /** The focus was to move to an item not drawn yet (a build in progress). */
+  private focusPending = false;
   private hintTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly host: DagNavigationHost, private readonly els: DagNavigationElements,
@@ -89,12 +91,21 @@ export class DagNavigation {
     this.applyView();
   }
 
-  /** Roving tabindex: one item is in the tab order; arrows move between items. */
+  /** The item in the tab order (drawn or not yet). */
+  get focused(): string | null {
+    return this.focusKey;
+  }
+
+  /**
+   * Roving tabindex: one item is in the tab order; arrows move between items. An item
+   * not drawn yet gets it (and the focus, with `move`) when it is drawn.
+   */
   focus(key: string | null, move: boolean): void {
     const prev = this.focusKey ? this.host.itemEl(this.focusKey) : null;
     prev?.setAttribute('tabindex', '-1');
     this.focusKey = key;
     const el = key ? this.host.itemEl(key) : null;
+    this.focusPending = !el && move;
     if (!el) return;
     el.setAttribute('tabindex', '0');
     if (move) {
@@ -102,6 +113,11 @@ export class DagNavigation {
       const p = this.host.layout()?.placed.get(key!);
       if (p) this.ensureVisible(p);
     }
+  }
+
+  /** A slice of a build drew `keys`: the focused item may be among them. */
+  itemsDrawn(keys: string[]): void {
+    if (this.focusKey && keys.includes(this.focusKey)) this.focus(this.focusKey, this.focusPending);
   }
 
   dispose(): void {

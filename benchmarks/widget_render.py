@@ -91,7 +91,7 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
                  else "document.querySelectorAll('.cr-item').length > 0")
         page.wait_for_function(
             f"() => {{ const h = window.__harness; return h && h.view.state && "
-            f"h.view.state.nodes.size === {nodes} && h.view.stats().builds > 0 && {drawn}; }}",
+            f"h.view.state.nodes.size === {nodes} && h.view.stats().builds > 0 && !h.view.stats().building && {drawn}; }}",
             timeout=120000, polling="raf")
         page.evaluate(NEXT_FRAMES)
         first = page.evaluate("""() => { const h = window.__harness, s = h.view.stats();

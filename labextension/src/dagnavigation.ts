@@ -77,15 +77,18 @@ export class DagNavigation {
     this.applyView();
   }
 
-  /** Pan so that `p` is in view, if it is not. */
-  ensureVisible(p: Placement): void {
+  /**
+   * Pan so that `p` is in view, if it is not; with `minK`, also zoom in to at least that
+   * scale (a step found by name must be readable, not a speck in a fitted 20,000-node graph).
+   */
+  ensureVisible(p: Placement, minK = 0): void {
     const { clientWidth: w, clientHeight: h } = this.els.canvas;
-    const v = this.view;
+    const v = this.view.k < minK ? { ...this.view, k: minK } : this.view;
     const x0 = p.x * v.k + v.x;
     const y0 = p.y * v.k + v.y;
     const x1 = (p.x + p.w) * v.k + v.x;
     const y1 = (p.y + p.h) * v.k + v.y;
-    if (x0 >= 0 && y0 >= 0 && x1 <= w && y1 <= h) return;
+    if (v === this.view && x0 >= 0 && y0 >= 0 && x1 <= w && y1 <= h) return;
     this.view = { ...v, x: w / 2 - (p.x + p.w / 2) * v.k, y: h / 2 - (p.y + p.h / 2) * v.k };
     this.userMoved = true;
     this.applyView();

@@ -30,8 +30,10 @@ import { countsText, dominantStatus, STATUS_LABEL } from './status';
 const CANVAS_MIN_H = 200;
 const CANVAS_MAX_H = 520;
 /** Items parsed per build step, and ms of building per frame (the rest is the browser's). */
-const BUILD_CHUNK = 48;
-const BUILD_BUDGET = 8;
+const BUILD_CHUNK = 24;
+const BUILD_BUDGET = 4;
+/** The least zoom a step found by the search box is shown at: its text readable. */
+const FOUND_ZOOM = 0.9;
 
 export interface DagViewOptions {
   /** A node was selected (click, Enter) or the selection was cleared (null). */
@@ -111,9 +113,10 @@ export class DagView {
   private fontFamily = '';
   /**
    * Build and patch timings (ms) and counts, for the harness and benchmarks. `build`: the
-   * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest.
+   * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest;
+   * `building`: 1 while a build is filling the graph in.
    */
-  readonly timings = { build: 0, builds: 0, slices: 0, sliceMax: 0, patch: 0, patched: 0, patches: 0,
+  readonly timings = { build: 0, builds: 0, building: 0, slices: 0, sliceMax: 0, patch: 0, patched: 0, patches: 0,
                        patchTotal: 0, patchMax: 0 };
 
   constructor(private readonly opts: DagViewOptions = {}) {
@@ -149,7 +152,7 @@ export class DagView {
     this.nav = new DagNavigation(host, els, opts.wheelZoom);
     this.search = new DagSearch({
       nodes: () => this.state?.nodes ?? null,
-      pick: id => this.select(id, true)
+      pick: id => this.select(id, true, FOUND_ZOOM)
     });
     this.svgEl.addEventListener('keydown', ev => {
       if (ev.key === '/' || (ev.key === 'f' && (ev.ctrlKey || ev.metaKey))) {
@@ -204,11 +207,14 @@ export class DagView {
     return this.slicer.running;
   }
 
-  /** Select a node; when `reveal`, expand its collapsed generation and bring it into view. */
-  select(id: string | null, reveal = false): void {
+  /**
+   * Select a node; when `reveal`, expand its collapsed generation and bring it into view
+   * (zoomed in to at least `minZoom`).
+   */
+  select(id: string | null, reveal = false, minZoom = 0): void {
     if (id === this.selected && !reveal) return;
     this.selected = id;
-    if (id && reveal) this.reveal(id);
+    if (id && reveal) this.reveal(id, minZoom);
     this.applySelection();
     this.opts.onSelect?.(id);
   }
@@ -273,11 +279,13 @@ export class DagView {
     const first = from ? layout.placed.get(from)?.col ?? 0 : 0;
     const items = columnOrder(layout.columns.length, first).flatMap(c => layout.columns[c]);
     const layoutMs = performance.now() - t0;
+    this.timings.building = 1;
     this.slicer.start(this.buildSteps(layout, items), () => {
       const t = this.timings;
       const s = this.slicer.stats;
       t.build = performance.now() - t0;
       t.builds++;
+      t.building = 0;
       t.slices = s.slices;
       // The first slice ran in the task that made the layout.
       t.sliceMax = Math.max(s.sliceMax, layoutMs + s.first);
@@ -549,7 +557,7 @@ export class DagView {
   }
 
   /** Expand the generation hiding `id`, and pan so that it is visible. */
-  private reveal(id: string): void {
+  private reveal(id: string, minZoom: number): void {
     const layout = this.layout;
     if (!layout) return;
     const owner = layout.owner.get(id);
@@ -562,7 +570,7 @@ export class DagView {
       this.flush();
     }
     const q = this.layout?.placed.get(id);
-    if (q) this.nav.ensureVisible(q);
+    if (q) this.nav.ensureVisible(q, minZoom);
   }
 
   private itemEl(key: string): SVGGElement | null {

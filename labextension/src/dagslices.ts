@@ -20,8 +20,6 @@ export interface SliceStats {
   /** Slices the last job took, and the longest one (ms of JS). */
   slices: number;
   sliceMax: number;
-  /** The first slice (ms of JS): it runs in the task that called `start`. */
-  first: number;
   /** Wall time from the job's start to its last step (ms). */
   wall: number;
 }
@@ -31,7 +29,7 @@ export class FrameSlicer {
   private onDone: (() => void) | null = null;
   private handle = 0;
   private started = 0;
-  readonly stats: SliceStats = { slices: 0, sliceMax: 0, first: 0, wall: 0 };
+  readonly stats: SliceStats = { slices: 0, sliceMax: 0, wall: 0 };
 
   /** `budget`: ms of work per slice; a slice always runs at least one step. */
   constructor(private readonly budget: number, private readonly clock: FrameClock = BROWSER) {}
@@ -40,7 +38,10 @@ export class FrameSlicer {
     return this.job !== null;
   }
 
-  /** Start `job` (cancelling any running one); its first slice runs now. */
+  /**
+   * Start `job` (cancelling any running one) at the next frame: the task that asked for it
+   * (a layout, say) is not made longer by a first slice.
+   */
   start(job: Iterator<unknown>, done: () => void): void {
     this.cancel();
     this.job = job;
@@ -48,7 +49,7 @@ export class FrameSlicer {
     this.started = this.clock.now();
     this.stats.slices = 0;
     this.stats.sliceMax = 0;
-    this.slice();
+    this.next();
   }
 
   cancel(): void {
@@ -56,6 +57,13 @@ export class FrameSlicer {
     this.handle = 0;
     this.job = null;
     this.onDone = null;
+  }
+
+  private next(): void {
+    this.handle = this.clock.frame(() => {
+      this.handle = 0;
+      this.slice();
+    });
   }
 
   private slice(): void {
@@ -66,14 +74,10 @@ export class FrameSlicer {
       finished = !!job.next().done;
     } while (!finished && this.clock.now() - t0 < this.budget);
     const t1 = this.clock.now();
-    if (!this.stats.slices) this.stats.first = t1 - t0;
     this.stats.slices++;
     this.stats.sliceMax = Math.max(this.stats.sliceMax, t1 - t0);
     if (!finished) {
-      this.handle = this.clock.frame(() => {
-        this.handle = 0;
-        this.slice();
-      });
+      this.next();
       return;
     }
     this.stats.wall = t1 - this.started;

@@ -113,7 +113,8 @@ export class DagView {
   private fontFamily = '';
   /**
    * Build and patch timings (ms) and counts, for the harness and benchmarks. `build`: the
-   * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest;
+   * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest
+   * task (the layout's, or a slice's);
    * `building`: 1 while a build is filling the graph in.
    */
   readonly timings = { build: 0, builds: 0, building: 0, slices: 0, sliceMax: 0, patch: 0, patched: 0, patches: 0,
@@ -251,9 +252,9 @@ export class DagView {
   // -- building -----------------------------------------------------------------------
 
   /**
-   * A new layout: geometry, edges and the view transform now (so the reader can pan,
-   * zoom and select at once), then the items in slices, from the generation the reader
-   * is on (the focused or selected item's) outwards.
+   * A new layout: geometry and the view transform now (so the reader can pan, zoom and
+   * select at once); from the next frame, the edges, then the items in slices, from the
+   * generation the reader is on (the focused or selected item's) outwards.
    */
   private build(): void {
     const t0 = performance.now();
@@ -267,10 +268,7 @@ export class DagView {
     this.layout = layout;
     this.nodeEls.clear();
     this.moreEls.clear();
-    this.nodeLayer.replaceChildren();
-    this.drawEdges();
     this.canvas.classList.toggle('cr-many', layout.placed.size > 300);
-    this.applySelection();
     const ch = this.sizeCanvas(vw, vh);
     // Fit from known sizes; the zoom (and level of detail) is set before the first paint.
     this.nav.placeLayout(layout, vw, ch);
@@ -282,17 +280,20 @@ export class DagView {
     this.timings.building = 1;
     this.slicer.start(this.buildSteps(layout, items), () => {
       const t = this.timings;
-      const s = this.slicer.stats;
       t.build = performance.now() - t0;
       t.builds++;
       t.building = 0;
-      t.slices = s.slices;
-      // The first slice ran in the task that made the layout.
-      t.sliceMax = Math.max(s.sliceMax, layoutMs + s.first);
+      t.slices = this.slicer.stats.slices;
+      t.sliceMax = Math.max(this.slicer.stats.sliceMax, layoutMs);
     });
   }
 
+  /** The old drawing stays until the first slice: no blank frame between two layouts. */
   private *buildSteps(layout: GraphLayout, items: Item[]): Generator<void> {
+    this.nodeLayer.replaceChildren();
+    this.drawEdges();
+    this.applySelection();
+    yield;
     for (const chunk of chunks(items, BUILD_CHUNK)) {
       this.buildItems(layout, chunk);
       yield;

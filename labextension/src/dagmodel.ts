@@ -143,13 +143,21 @@ export function chooseOrientation(gens: string[][], limit: number, expanded: Rea
 
 /** Node edges mapped onto the items that show their ends; one edge per item pair. */
 export function itemEdges(edges: EdgeInfo[], owner: Map<string, string>): Array<[string, string]> {
-  const seen = new Set<string>();
+  // Pairs are keyed by numbers (an index per item), not strings: tens of thousands of
+  // edges are mapped in every layout, and string keys were most of its cost.
+  const index = new Map<string, number>();
+  const num = (key: string) => {
+    let i = index.get(key);
+    if (i === undefined) index.set(key, (i = index.size));
+    return i;
+  };
+  const seen = new Set<number>();
   const out: Array<[string, string]> = [];
   for (const e of edges) {
     const a = owner.get(e.source);
     const b = owner.get(e.target);
     if (!a || !b || a === b) continue;
-    const k = `${a}\u0000${b}`;
+    const k = num(a) * 2 ** 26 + num(b);
     if (seen.has(k)) continue;
     seen.add(k);
     out.push([a, b]);

@@ -100,18 +100,26 @@ export class DagSearch {
     this.input.select();
   }
 
-  /** Statuses changed: refresh the listed matches (only while the list is open). */
+  /**
+   * Statuses changed: redraw the listed matches with their new statuses (only while the
+   * list is open; the list itself stays as it is, no search of every node per update).
+   */
   refresh(): void {
-    if (!this.list.hidden) this.search(true);
+    const nodes = this.host.nodes();
+    if (this.list.hidden || !nodes) return;
+    const now = this.shown.map(n => nodes.get(n.id) ?? n);
+    if (now.every((n, i) => n.status === this.shown[i].status && n.label === this.shown[i].label)) return;
+    this.shown = now;
+    this.list.replaceChildren(...this.shown.map((n, i) => this.option(n, i)));
+    this.markActive(false);
   }
 
-  private search(keepActive = false): void {
+  private search(): void {
     const nodes = this.host.nodes();
     const query = this.input.value;
     const found = nodes ? findNodes(nodes.values(), query) : { matches: [], total: 0 };
-    const prev = keepActive && this.active >= 0 ? this.shown[this.active]?.id : null;
     this.shown = found.matches;
-    this.active = prev ? this.shown.findIndex(n => n.id === prev) : (this.shown.length ? 0 : -1);
+    this.active = this.shown.length ? 0 : -1;
     this.list.replaceChildren(...this.shown.map((n, i) => this.option(n, i)));
     const open = !!query.trim();
     this.list.hidden = !open || !this.shown.length;
@@ -136,15 +144,24 @@ export class DagSearch {
     return li;
   }
 
-  private markActive(): void {
+  private markActive(scroll = true): void {
     const opts = this.list.children;
     for (let i = 0; i < opts.length; i++) opts[i].setAttribute('aria-selected', String(i === this.active));
     const cur = this.active >= 0 ? opts[this.active] as HTMLElement | undefined : undefined;
     if (cur) {
       this.input.setAttribute('aria-activedescendant', cur.id);
-      cur.scrollIntoView?.({ block: 'nearest' });
+      if (scroll) this.scrollToActive(cur);
     } else {
       this.input.removeAttribute('aria-activedescendant');
+    }
+  }
+
+  /** Scroll the list (only the list, never the page) so the active option shows. */
+  private scrollToActive(cur: HTMLElement): void {
+    const list = this.list;
+    if (cur.offsetTop < list.scrollTop) list.scrollTop = cur.offsetTop;
+    else if (cur.offsetTop + cur.offsetHeight > list.scrollTop + list.clientHeight) {
+      list.scrollTop = cur.offsetTop + cur.offsetHeight - list.clientHeight;
     }
   }
 

@@ -5,10 +5,14 @@ DAG (labextension/dev's harness: the product's real ``RunView``/``DagView``, ``R
 and reducer, fed by the harness's fake server and executor, no Jupyter) streams status
 events at ``--rate`` events/s (mean; the harness's ``?rate=`` pacer steers the fake
 executor's clock) for ``--seconds`` after a warm-up, in headless Chromium (Playwright).
-Four figures:
+Five figures:
 
-- first render: JS time of the DAG view's build of the 2,000-node graph (``view.stats().build``:
-  layout, markup, DOM; style/layout/paint afterwards not included). Reported, no target.
+- first render: the DAG view's build of the N-node graph, from its start to its last slice
+  (``view.stats().build``; the build runs in slices of a few ms, one per frame; stderr adds the
+  slice count and the longest slice's JS). Reported, no target.
+- longest task: the longest ``longtask`` entry of the page's whole life, from navigation (the
+  observer is registered before any page script, with ``buffered``) to the end of the window,
+  first render included. Target ≤ 50 ms (issue 16, at 20,000 nodes and 500 events/s).
 - long tasks: ``PerformanceObserver`` ``longtask`` entries (main-thread tasks > 50 ms)
   starting in the streaming window. Target 0.
 - frame p95: ``requestAnimationFrame`` intervals in the streaming window (ms).
@@ -91,11 +95,13 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
                  else "document.querySelectorAll('.cr-item').length > 0")
         page.wait_for_function(
             f"() => {{ const h = window.__harness; return h && h.view.state && "
-            f"h.view.state.nodes.size === {nodes} && {drawn}; }}", timeout=60000, polling="raf")
+            f"h.view.state.nodes.size === {nodes} && h.view.stats().builds > 0 && !h.view.stats().building && {drawn}; }}",
+            timeout=120000, polling="raf")
         page.evaluate(NEXT_FRAMES)
         first = page.evaluate("""() => { const h = window.__harness, s = h.view.stats();
           const lt = window.__longtasks, lf = window.__loaf;
-          return { build: s.build, builds: s.builds, t: performance.now(),
+          return { build: s.build, builds: s.builds, t: performance.now(), slices: s.slices ?? 1,
+                   sliceMax: s.sliceMax ?? s.build,
                    longest_task: Math.max(0, ...lt.map(e => e.duration)),
                    longest_frame: Math.max(0, ...lf.map(e => e.duration)),
                    items: document.querySelectorAll('.cr-item, .harness-list > div').length }; }""")
@@ -127,6 +133,9 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
         page.evaluate(NEXT_FRAMES)
         final = page.evaluate(PROBE)
         check = page.evaluate(DRAWN, list_view)
+        # Every long task of the page's life: from navigation (the observer is registered
+        # before any page script and asks for buffered entries) to the end of the window.
+        life = page.evaluate("() => window.__longtasks.filter(e => e.start < %f)" % after["t"])
     finally:
         page.close()
 
@@ -142,9 +151,15 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
         "long_tasks": after["longtasks"], "loaf": after["loaf"], "frames": frames,
         "applied": st["applied"], "sent": sent, "stats": st, "drawn": check, "errors": errors,
         "rebuilds": final["view"]["builds"] - first["builds"],
+        "life_tasks": life, "first": first,
     }
     rates = sorted(per_second) or [0.0]
-    note(f"[{label}] first render: build {first['build']:.1f} ms JS, {first['items']} items drawn; "
+    lived = [e["duration"] for e in life]
+    note(f"[{label}] whole page life (navigation to the end of the window): {len(lived)} long tasks, "
+         f"longest {max(lived, default=0):.0f} ms; at: "
+         + ", ".join(f"{e['start']:.0f} ms ({e['duration']:.0f})" for e in sorted(life, key=lambda e: -e["duration"])[:6]))
+    note(f"[{label}] first render: build {first['build']:.1f} ms (start to last slice), "
+         f"{first['slices']} slices, longest slice {first['sliceMax']:.1f} ms JS, {first['items']} items drawn; "
          f"longest task by then {first['longest_task']:.0f} ms, longest animation frame "
          f"{first['longest_frame']:.0f} ms")
     note(f"[{label}] streamed {dt:.1f} s{' (the run ended: window cut short)' if ended_early else ''}: "
@@ -202,6 +217,10 @@ def main() -> int:
                 f"transport and RunFollower, drawn as {n} plain <div> rows updated by textContent")
     emit(f"widget_render.first_render_ms_{n}", dag["first_ms"], "ms (JS, build of the graph)",
          baseline + " (JS building the rows)", base["first_ms"], "none: reported (issue 4)", True)
+    longest = lambda r: max((e["duration"] for e in r["life_tasks"]), default=0.0)
+    emit(f"widget_render.longest_task_ms_{n}", longest(dag),
+         "ms (longest main-thread task, navigation to the end of the window, first render included)",
+         baseline, longest(base), "<= 50 ms (no long task at any time)", longest(dag) <= 50)
     full = not dag["ended_early"] and dag["seconds"] >= 0.95 * secs
     emit(f"widget_render.long_tasks_{n}", len(dag["long_tasks"]), "long tasks > 50 ms while streaming",
          baseline, len(base["long_tasks"]), f"0 ({cond})", not dag["long_tasks"] and full)

@@ -89,9 +89,8 @@ export function layoutGraph(gens: string[][], edges: EdgeInfo[], limit: number,
   const lr = orient === 'lr';
   const across = (it: Item) => itemSize(it, orient)[lr ? 1 : 0];
   const rankDepth = lr ? NODE_W : NODE_H;
-  const span = (col: Item[]) =>
-    col.reduce((s, it) => s + across(it), 0) + GAP_SLOT[orient] * Math.max(0, col.length - 1);
-  const inner = Math.max(lr ? NODE_H : NODE_W, ...columns.map(span));
+  const span = (col: Item[]) => columnSpan(col, orient);
+  const { inner, width, height } = extent(columns, orient);
   const placed = new Map<string, Placement>();
   const owner = new Map<string, string>();
   columns.forEach((col, c) => {
@@ -107,14 +106,24 @@ export function layoutGraph(gens: string[][], edges: EdgeInfo[], limit: number,
       a += across(item) + GAP_SLOT[orient];
     });
   });
+  return { orient, columns, placed, owner, edges: itemEdges(edges, owner), width, height };
+}
+
+/** A generation's size across the main axis. */
+function columnSpan(col: Item[], orient: Orientation): number {
+  const i = orient === 'lr' ? 1 : 0;
+  return col.reduce((s, it) => s + itemSize(it, orient)[i], 0) + GAP_SLOT[orient] * Math.max(0, col.length - 1);
+}
+
+/** The graph's size, and the widest generation's span, without placing anything. */
+function extent(columns: Item[][], orient: Orientation): { inner: number; width: number; height: number } {
+  const lr = orient === 'lr';
+  let inner = lr ? NODE_H : NODE_W;
+  for (const col of columns) inner = Math.max(inner, columnSpan(col, orient));
+  const rankDepth = lr ? NODE_W : NODE_H;
   const length = 2 * PAD + columns.length * rankDepth + Math.max(0, columns.length - 1) * GAP_RANK[orient];
   const breadth = 2 * PAD + inner;
-  return {
-    orient, columns, placed, owner,
-    edges: itemEdges(edges, owner),
-    width: lr ? length : breadth,
-    height: lr ? breadth : length
-  };
+  return { inner, width: lr ? length : breadth, height: lr ? breadth : length };
 }
 
 /**
@@ -124,22 +133,31 @@ export function layoutGraph(gens: string[][], edges: EdgeInfo[], limit: number,
  */
 export function chooseOrientation(gens: string[][], limit: number, expanded: ReadonlySet<number>,
                                   vw: number, vh: number): Orientation {
+  const columns = collapseGenerations(gens, limit, expanded);
   const scale = (o: Orientation) => {
-    const l = layoutGraph(gens, [], limit, expanded, o);
-    return fitView(l.width, l.height, vw, vh).k;
+    const { width, height } = extent(columns, o);
+    return fitView(width, height, vw, vh).k;
   };
   return scale('tb') > scale('lr') * 1.1 ? 'tb' : 'lr';
 }
 
 /** Node edges mapped onto the items that show their ends; one edge per item pair. */
 export function itemEdges(edges: EdgeInfo[], owner: Map<string, string>): Array<[string, string]> {
-  const seen = new Set<string>();
+  // Pairs are keyed by numbers (an index per item), not strings: tens of thousands of
+  // edges are mapped in every layout, and string keys were most of its cost.
+  const index = new Map<string, number>();
+  const num = (key: string) => {
+    let i = index.get(key);
+    if (i === undefined) index.set(key, (i = index.size));
+    return i;
+  };
+  const seen = new Set<number>();
   const out: Array<[string, string]> = [];
   for (const e of edges) {
     const a = owner.get(e.source);
     const b = owner.get(e.target);
     if (!a || !b || a === b) continue;
-    const k = `${a}\u0000${b}`;
+    const k = num(a) * 2 ** 26 + num(b);
     if (seen.has(k)) continue;
     seen.add(k);
     out.push([a, b]);

@@ -38,6 +38,8 @@ export class DagNavigation {
   private engaged = false;
   private dragged = false;
   private focusKey: string | null = null;
+  /** The focus was to move to an item not drawn yet (a build in progress). */
+  private focusPending = false;
   private hintTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly host: DagNavigationHost, private readonly els: DagNavigationElements,
@@ -75,26 +77,38 @@ export class DagNavigation {
     this.applyView();
   }
 
-  /** Pan so that `p` is in view, if it is not. */
-  ensureVisible(p: Placement): void {
+  /**
+   * Pan so that `p` is in view, if it is not; with `minK`, also zoom in to at least that
+   * scale (a step found by name must be readable, not a speck in a fitted 20,000-node graph).
+   */
+  ensureVisible(p: Placement, minK = 0): void {
     const { clientWidth: w, clientHeight: h } = this.els.canvas;
-    const v = this.view;
+    const v = this.view.k < minK ? { ...this.view, k: minK } : this.view;
     const x0 = p.x * v.k + v.x;
     const y0 = p.y * v.k + v.y;
     const x1 = (p.x + p.w) * v.k + v.x;
     const y1 = (p.y + p.h) * v.k + v.y;
-    if (x0 >= 0 && y0 >= 0 && x1 <= w && y1 <= h) return;
+    if (v === this.view && x0 >= 0 && y0 >= 0 && x1 <= w && y1 <= h) return;
     this.view = { ...v, x: w / 2 - (p.x + p.w / 2) * v.k, y: h / 2 - (p.y + p.h / 2) * v.k };
     this.userMoved = true;
     this.applyView();
   }
 
-  /** Roving tabindex: one item is in the tab order; arrows move between items. */
+  /** The item in the tab order (drawn or not yet). */
+  get focused(): string | null {
+    return this.focusKey;
+  }
+
+  /**
+   * Roving tabindex: one item is in the tab order; arrows move between items. An item
+   * not drawn yet gets it (and the focus, with `move`) when it is drawn.
+   */
   focus(key: string | null, move: boolean): void {
     const prev = this.focusKey ? this.host.itemEl(this.focusKey) : null;
     prev?.setAttribute('tabindex', '-1');
     this.focusKey = key;
     const el = key ? this.host.itemEl(key) : null;
+    this.focusPending = !el && move;
     if (!el) return;
     el.setAttribute('tabindex', '0');
     if (move) {
@@ -102,6 +116,11 @@ export class DagNavigation {
       const p = this.host.layout()?.placed.get(key!);
       if (p) this.ensureVisible(p);
     }
+  }
+
+  /** A slice of a build drew `keys`: the focused item may be among them. */
+  itemsDrawn(keys: string[]): void {
+    if (this.focusKey && keys.includes(this.focusKey)) this.focus(this.focusKey, this.focusPending);
   }
 
   dispose(): void {

@@ -1,17 +1,23 @@
 // The DAG as SVG, one topological generation per column (left→right) or per row
 // (top→bottom): whichever shows the whole graph larger in the space it has, so a
 // pipeline reads at 100 % in a notebook cell and a wide DAG fits a panel. The SVG is
-// built once per layout (new nodes, a snapshot, a generation expanded); after that,
-// updates touch only the nodes that changed, batched into one animation frame, so
-// thousands of nodes and hundreds of events a second stay cheap. Where things go is
-// dagmodel.ts's (pure geometry), what a node shows dagnode.ts's, and moving around the
-// graph (pan, zoom, keyboard focus) dagnavigation.ts's; this draws and selects.
+// built once per layout (new nodes, a snapshot, a generation expanded), in slices of a
+// few milliseconds, one per frame (dagslices.ts), starting from the generation the
+// reader is on: no long task even at 20,000 nodes, and the view pans, zooms and selects
+// while it fills in. After that, updates touch only the nodes that changed, batched into
+// one animation frame, so hundreds of events a second stay cheap. Wide generations
+// collapse into "+N more"; the search box (dagsearch.ts) finds any node, collapsed or
+// not, and selecting it expands its generation. Where things go is dagmodel.ts's (pure
+// geometry), what a node shows dagnode.ts's, and moving around the graph (pan, zoom,
+// keyboard focus) dagnavigation.ts's; this draws and selects.
 import type { Layout, NodeInfo, NodeState } from './protocol';
 import {
   chooseOrientation, edgePath, GraphLayout, Item, layoutGraph, moreKey, Orientation,
   Placement, statusCounts
 } from './dagmodel';
 import { DagNavigation } from './dagnavigation';
+import { DagSearch } from './dagsearch';
+import { chunks, columnOrder, FrameSlicer } from './dagslices';
 import {
   NODE_PARTS, NodeFitters, nodeFitters, NodeLook, nodeLook, nodeMarkup, PART, partsTemplate,
   placeParts, setGlyph, TEXT_W
@@ -23,6 +29,11 @@ import { countsText, dominantStatus, STATUS_LABEL } from './status';
 
 const CANVAS_MIN_H = 200;
 const CANVAS_MAX_H = 520;
+/** Items parsed per build step, and ms of building per frame (the rest is the browser's). */
+const BUILD_CHUNK = 24;
+const BUILD_BUDGET = 4;
+/** The least zoom a step found by the search box is shown at: its text readable. */
+const FOUND_ZOOM = 0.9;
 
 export interface DagViewOptions {
   /** A node was selected (click, Enter) or the selection was cleared (null). */
@@ -79,6 +90,8 @@ export class DagView {
   private readonly nodeLayer: SVGGElement;
   private readonly message: HTMLDivElement;
   private readonly nav: DagNavigation;
+  private readonly search: DagSearch;
+  private readonly slicer = new FrameSlicer(BUILD_BUDGET);
   private readonly legend: HTMLUListElement;
   private readonly legendCounts = new Map<NodeState, HTMLElement>();
   private readonly resize: ResizeObserver | null;
@@ -98,8 +111,14 @@ export class DagView {
   private resizeFrame = 0;
   private fitters: NodeFitters | null = null;
   private fontFamily = '';
-  /** Build and patch timings (ms) and counts, for the harness and benchmarks. */
-  readonly timings = { build: 0, builds: 0, patch: 0, patched: 0, patches: 0, patchTotal: 0, patchMax: 0 };
+  /**
+   * Build and patch timings (ms) and counts, for the harness and benchmarks. `build`: the
+   * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest
+   * task (the layout's, or a slice's);
+   * `building`: 1 while a build is filling the graph in.
+   */
+  readonly timings = { build: 0, builds: 0, building: 0, slices: 0, sliceMax: 0, patch: 0, patched: 0, patches: 0,
+                       patchTotal: 0, patchMax: 0 };
 
   constructor(private readonly opts: DagViewOptions = {}) {
     this.element = html('div', 'cr-graph');
@@ -132,7 +151,18 @@ export class DagView {
     };
     const els = { canvas: this.canvas, surface: this.svgEl, layers: [this.viewport, this.edgeViewport] };
     this.nav = new DagNavigation(host, els, opts.wheelZoom);
-    this.canvas.append(this.edgeSvg, this.svgEl, this.nav.toolbar, this.message, this.nav.hint);
+    this.search = new DagSearch({
+      nodes: () => this.state?.nodes ?? null,
+      pick: id => this.select(id, true, FOUND_ZOOM)
+    });
+    this.svgEl.addEventListener('keydown', ev => {
+      if (ev.key === '/' || (ev.key === 'f' && (ev.ctrlKey || ev.metaKey))) {
+        ev.preventDefault();
+        this.search.focus();
+      }
+    });
+    this.canvas.append(this.edgeSvg, this.svgEl, this.nav.toolbar, this.search.element, this.message,
+                       this.nav.hint);
     this.legend = this.buildLegend();
     this.element.append(this.canvas, this.legend);
     this.resize = typeof ResizeObserver !== 'undefined'
@@ -173,17 +203,26 @@ export class DagView {
     return this.selected;
   }
 
-  /** Select a node; when `reveal`, expand its collapsed generation and bring it into view. */
-  select(id: string | null, reveal = false): void {
+  /** Whether a build is still filling the graph in (slice by slice). */
+  get building(): boolean {
+    return this.slicer.running;
+  }
+
+  /**
+   * Select a node; when `reveal`, expand its collapsed generation and bring it into view
+   * (zoomed in to at least `minZoom`).
+   */
+  select(id: string | null, reveal = false, minZoom = 0): void {
     if (id === this.selected && !reveal) return;
     this.selected = id;
-    if (id && reveal) this.reveal(id);
+    if (id && reveal) this.reveal(id, minZoom);
     this.applySelection();
     this.opts.onSelect?.(id);
   }
 
   dispose(): void {
     if (this.frame) cancelAnimationFrame(this.frame);
+    this.slicer.cancel();
     if (this.resizeFrame) cancelAnimationFrame(this.resizeFrame);
     this.nav.dispose();
     this.resize?.disconnect();
@@ -207,10 +246,16 @@ export class DagView {
       this.patch();
     }
     this.updateLegend();
+    this.search.refresh();
   }
 
   // -- building -----------------------------------------------------------------------
 
+  /**
+   * A new layout: geometry and the view transform now (so the reader can pan, zoom and
+   * select at once); from the next frame, the edges, then the items in slices, from the
+   * generation the reader is on (the focused or selected item's) outwards.
+   */
   private build(): void {
     const t0 = performance.now();
     const st = this.state!;
@@ -223,36 +268,58 @@ export class DagView {
     this.layout = layout;
     this.nodeEls.clear();
     this.moreEls.clear();
-    this.buildNodes(layout);
-    this.drawEdges();
     this.canvas.classList.toggle('cr-many', layout.placed.size > 300);
-    this.applySelection();
     const ch = this.sizeCanvas(vw, vh);
     // Fit from known sizes; the zoom (and level of detail) is set before the first paint.
     this.nav.placeLayout(layout, vw, ch);
     this.setMessage(st.nodes.size ? null : 'No steps yet: the plan appears here as soon as it is made.');
-    this.timings.build = performance.now() - t0;
-    this.timings.builds++;
+    const from = this.nav.focused ?? (this.selected ? layout.owner.get(this.selected) : undefined);
+    const first = from ? layout.placed.get(from)?.col ?? 0 : 0;
+    const items = columnOrder(layout.columns.length, first).flatMap(c => layout.columns[c]);
+    const layoutMs = performance.now() - t0;
+    this.timings.building = 1;
+    this.slicer.start(this.buildSteps(layout, items), () => {
+      const t = this.timings;
+      t.build = performance.now() - t0;
+      t.builds++;
+      t.building = 0;
+      t.slices = this.slicer.stats.slices;
+      t.sliceMax = Math.max(this.slicer.stats.sliceMax, layoutMs);
+    });
+  }
+
+  /** The old drawing stays until the first slice: no blank frame between two layouts. */
+  private *buildSteps(layout: GraphLayout, items: Item[]): Generator<void> {
+    this.nodeLayer.replaceChildren();
+    this.drawEdges();
+    this.applySelection();
+    yield;
+    for (const chunk of chunks(items, BUILD_CHUNK)) {
+      this.buildItems(layout, chunk);
+      yield;
+    }
   }
 
   /** Nodes from one parsed string; the few summary items with the DOM API. */
-  private buildNodes(layout: GraphLayout): void {
+  private buildItems(layout: GraphLayout, items: Item[]): void {
     const nodes = this.state!.nodes;
-    const placed = [...layout.placed.values()];
     const ids: string[] = [];
     const looks: NodeLook[] = [];
     let markup = '';
-    for (const p of placed) {
-      if (p.item.kind !== 'node') continue;
-      const look = nodeLook(nodes.get(p.item.id)!, p.x, p.y, this.fitters!);
-      markup += nodeMarkup(p.item.id, p.x, p.y, look);
-      ids.push(p.item.id);
+    for (const item of items) {
+      const node = item.kind === 'node' ? nodes.get(item.id) : undefined;
+      if (!node) continue;
+      const p = layout.placed.get(item.key)!;
+      const look = nodeLook(node, p.x, p.y, this.fitters!);
+      markup += nodeMarkup(node.id, p.x, p.y, look);
+      ids.push(node.id);
       looks.push(look);
     }
-    this.nodeLayer.innerHTML = markup; // parsed as SVG: the layer is an SVG element
+    const start = this.nodeLayer.childElementCount;
+    this.nodeLayer.insertAdjacentHTML('beforeend', markup); // parsed as SVG: the layer is an SVG element
     const kids = this.nodeLayer.children;
     ids.forEach((id, i) => {
-      const g = kids[i] as SVGGElement;
+      const g = kids[start + i] as SVGGElement;
       const p = layout.placed.get(id)!;
       const c = g.children;
       this.nodeEls.set(id, {
@@ -261,10 +328,13 @@ export class DagView {
         fill: c[PART.fill] as SVGRectElement, sig: looks[i].sig
       });
     });
-    for (const p of placed) {
-      if (p.item.kind === 'more') this.nodeLayer.append(this.buildMore(p));
-      else if (p.item.kind === 'less') this.nodeLayer.append(this.buildLess(p));
+    for (const item of items) {
+      const p = layout.placed.get(item.key)!;
+      if (item.kind === 'more') this.nodeLayer.append(this.buildMore(p));
+      else if (item.kind === 'less') this.nodeLayer.append(this.buildLess(p));
     }
+    if (this.selected && ids.includes(this.selected)) this.applySelection();
+    this.nav.itemsDrawn(items.map(it => it.key));
   }
 
   /** "+N more": the same parts as a node, the progress track replaced by status segments. */
@@ -369,8 +439,10 @@ export class DagView {
     }
     this.dirty.clear();
     for (const gen of summaries) {
+      // A summary not drawn yet (a build in progress) is painted when it is drawn.
+      const els = this.moreEls.get(gen);
       const p = layout.placed.get(moreKey(gen))!;
-      this.paintMore(this.moreEls.get(gen)!, p.item as Extract<Item, { kind: 'more' }>);
+      if (els) this.paintMore(els, p.item as Extract<Item, { kind: 'more' }>);
     }
     const ms = performance.now() - t0;
     const t = this.timings;
@@ -486,18 +558,20 @@ export class DagView {
   }
 
   /** Expand the generation hiding `id`, and pan so that it is visible. */
-  private reveal(id: string): void {
+  private reveal(id: string, minZoom: number): void {
     const layout = this.layout;
     if (!layout) return;
     const owner = layout.owner.get(id);
     const p = owner ? layout.placed.get(owner) : undefined;
+    // The node becomes the keyboard's item; a new build starts from its generation.
+    this.nav.focus(id, false);
     if (p?.item.kind === 'more') {
       this.expanded.add(p.item.gen);
       this.rebuild = true;
       this.flush();
     }
     const q = this.layout?.placed.get(id);
-    if (q) this.nav.ensureVisible(q);
+    if (q) this.nav.ensureVisible(q, minZoom);
   }
 
   private itemEl(key: string): SVGGElement | null {

@@ -185,6 +185,20 @@ class ApprovalReceivedData(_Data):
     command_id: Optional[str] = None
 
 
+class QuestionAskedData(_Data):
+    node_id: str
+    question_id: str
+    question: str
+    choices: Optional[list[str]] = Field(None, description="The answers allowed; free text when absent")
+
+
+class QuestionAnsweredData(_Data):
+    node_id: str
+    question_id: str
+    answer: str
+    command_id: Optional[str] = None
+
+
 # -- accounting, outputs, errors --------------------------------------------------------
 
 
@@ -247,6 +261,8 @@ EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "agent_tool_call": AgentToolCallData,
     "approval_requested": ApprovalRequestedData,
     "approval_received": ApprovalReceivedData,
+    "question_asked": QuestionAskedData,
+    "question_answered": QuestionAnsweredData,
     "cost_update": CostUpdateData,
     "metric_update": MetricUpdateData,
     "file_created": FileCreatedData,

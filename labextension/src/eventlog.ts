@@ -145,6 +145,13 @@ export function describeEvent(ev: Envelope): LogEntry | null {
       return entry(ev, d.node_id, { tone: d.approved ? 'ok' : 'error',
                                     text: `${d.approved ? 'approved' : 'rejected'}${comment}` });
     }
+    case 'question_asked': {
+      const d = ev.data;
+      const choices = d.choices?.length ? ` (${d.choices.join(' / ')})` : '';
+      return entry(ev, d.node_id, { tone: 'warn', text: `asks: ${d.question}${choices}` });
+    }
+    case 'question_answered':
+      return entry(ev, ev.data.node_id, { tone: 'ok', text: `answered: “${ev.data.answer}”` });
     case 'error_occurred':
       return entry(ev, ev.data.node_id ?? null, { tone: 'error', text: `${ev.data.code}: ${ev.data.message}` });
     case 'step_started':

@@ -240,6 +240,9 @@ class Approval:
     def __hash__(self) -> int:
         return hash(self.approved)
 
+    def __str__(self) -> str:  # as the bool it stands for
+        return str(self.approved)
+
     def __repr__(self) -> str:
         return f"Approval(approved={self.approved}, comment={self.comment!r})"
 

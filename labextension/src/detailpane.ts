@@ -176,7 +176,8 @@ export class DetailPane {
     return [a ? a.approval_id : '', () => {
       if (!a) return null;
       const box = el('div', 'cr-note cr-note-warn');
-      box.append(el('strong', '', 'Waiting for your approval: '), el('span', '', a.prompt),
+      const what = a.kind === 'question' ? 'Waiting for your answer: ' : 'Waiting for your approval: ';
+      box.append(el('strong', '', what), el('span', '', a.prompt),
                  el('div', 'cr-muted', `asked at ${clockTime(a.requested_at)} — answer it above the graph`));
       return box;
     }];

@@ -90,10 +90,13 @@ class StepContext:
             data["message"] = str(message)
         self._record("step_progress", data, "ctx.progress")
 
-    def message(self, text: str, agent: str = "assistant", role: str = "assistant") -> None:
-        """An agent said something (``agent_message``)."""
-        self._record("agent_message", {"node_id": self.node_id, "agent": str(agent),
-                                       "message": str(text), "role": str(role)}, "ctx.message")
+    def message(self, text: str, agent: str = "assistant", role: str = "assistant",
+                recipient: Optional[str] = None) -> None:
+        """An agent said something (``agent_message``), to ``recipient`` when given."""
+        data = {"node_id": self.node_id, "agent": str(agent), "message": str(text), "role": str(role)}
+        if recipient is not None:
+            data["recipient"] = str(recipient)
+        self._record("agent_message", data, "ctx.message")
 
     def thinking(self, text: str, agent: str = "assistant") -> None:
         """An agent's intermediate reasoning (``agent_thinking``)."""
@@ -101,8 +104,8 @@ class StepContext:
                                         "content": str(text)}, "ctx.thinking")
 
     def tool_call(self, tool: str, arguments: Optional[dict] = None, result: Any = None,
-                  agent: str = "assistant") -> None:
-        """An agent called a tool (``agent_tool_call``).
+                  agent: str = "assistant", error: Optional[str] = None) -> None:
+        """An agent called a tool (``agent_tool_call``): its result, or ``error`` if it failed.
 
         ``arguments`` (a dict) and ``result`` are recorded as JSON, converted as
         ``engine.events.as_json`` says (numpy arrays, sets, dates, paths... become JSON;
@@ -111,10 +114,12 @@ class StepContext:
         """
         if arguments is not None and not isinstance(arguments, dict):
             raise TypeError(f"ctx.tool_call: arguments must be a dict, not {type(arguments).__name__}")
-        self._record("agent_tool_call", {
-            "node_id": self.node_id, "agent": str(agent), "tool": str(tool),
-            "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
-            "result": as_json(result, "ctx.tool_call result")}, "ctx.tool_call")
+        data = {"node_id": self.node_id, "agent": str(agent), "tool": str(tool),
+                "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
+                "result": as_json(result, "ctx.tool_call result")}
+        if error is not None:
+            data["error"] = str(error)
+        self._record("agent_tool_call", data, "ctx.tool_call")
 
     def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0) -> None:
         """Tokens and money spent (``cost_update``); totals add up per node and per run.

@@ -152,6 +152,7 @@ class AgentMessageData(_Data):
     agent: str
     message: str
     role: str = "assistant"
+    recipient: Optional[str] = Field(None, description="Who the message was sent to, when known")
 
 
 class AgentThinkingData(_Data):
@@ -166,6 +167,7 @@ class AgentToolCallData(_Data):
     tool: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
+    error: Optional[str] = Field(None, description="Why the call failed (no result then)")
 
 
 # -- approvals -------------------------------------------------------------------------

@@ -89,11 +89,14 @@ function describeMessage(ev: EventOf<'agent_message'>): LogEntry {
 
 function describeToolCall(ev: EventOf<'agent_tool_call'>): LogEntry {
   const d = ev.data;
+  const failed = typeof d.error === 'string' ? d.error : null;
   const parts = [`arguments: ${JSON.stringify(d.arguments ?? {}, null, 2)}`];
-  if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
+  if (failed !== null) parts.push(`error: ${failed}`);
+  else if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
   return entry(ev, d.node_id, {
     agent: d.agent ?? null,
-    text: `called ${callSummary(String(d.tool), d.arguments ?? {})}`,
+    tone: failed !== null ? 'error' : 'info',
+    text: `called ${callSummary(String(d.tool), d.arguments ?? {})}${failed !== null ? ` — failed: ${failed.split('\n')[0]}` : ''}`,
     body: parts.join('\n'), bodyLabel: 'arguments and result'
   });
 }

@@ -155,6 +155,10 @@ export interface AgentMessageData {
   agent: string;
   message: string;
   role?: string;
+  /**
+   * Who the message was sent to, when known
+   */
+  recipient?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -221,6 +225,10 @@ export interface AgentToolCallData {
   result?: {
     [k: string]: unknown;
   };
+  /**
+   * Why the call failed (no result then)
+   */
+  error?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

@@ -419,7 +419,7 @@ class Executor:
             return
         if counts["waiting_approval"]:  # nothing else can progress until a human answers
             if self.view.run["state"] == "executing":
-                self._set_run("waiting_approval", reason="a step is waiting for approval")
+                self._set_run("waiting_approval", reason="a step is waiting for a human")
             return
         if counts["pending"]:
             return

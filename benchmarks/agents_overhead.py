@@ -53,7 +53,7 @@ def chat(llm: ScriptedLLM, messages: int) -> None:
     b = autogen.ConversableAgent("b", llm_config=cfg, human_input_mode="NEVER", max_consecutive_auto_reply=messages)
     for agent in (a, b):  # each request carries the last 2 messages, not the whole history
         transform_messages.TransformMessages(
-            transforms=[transforms.MessageHistoryLimiter(max_messages=2)]).add_to_agent(agent)
+            transforms=[transforms.MessageHistoryLimiter(max_messages=2)], verbose=False).add_to_agent(agent)
     a.initiate_chat(b, message="start", max_turns=messages // 2)
 
 

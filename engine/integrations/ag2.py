@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import json
 import threading
 from contextlib import contextmanager
@@ -318,42 +319,50 @@ def _wrap(cls: type, name: str, make) -> None:
     setattr(cls, name, wrapped)
 
 
+def _first(original, hook):
+    """``original``, calling ``hook`` with its arguments first (sync or async, as it is)."""
+    if inspect.iscoroutinefunction(original):
+        async def wrapped(*args, **kwargs):
+            hook(*args, **kwargs)
+            return await original(*args, **kwargs)
+    else:
+        def wrapped(*args, **kwargs):
+            hook(*args, **kwargs)
+            return original(*args, **kwargs)
+    return wrapped
+
+
+def _then(original, hook):
+    """``original``, calling ``hook`` with its result and its arguments after it."""
+    if inspect.iscoroutinefunction(original):
+        async def wrapped(*args, **kwargs):
+            result = await original(*args, **kwargs)
+            hook(result, *args, **kwargs)
+            return result
+    else:
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            hook(result, *args, **kwargs)
+            return result
+    return wrapped
+
+
 def _send(original):
-    def send(self, message, recipient, request_reply=None, silent=False, *args, **kwargs):
+    """``send`` / ``a_send``: every message, silent or not."""
+    def sent(self, message, recipient, request_reply=None, *args, **kwargs):
         observer = _current.get()
         if observer is not None:
             observer.message(self, message, recipient, request_reply)
-        return original(self, message, recipient, request_reply, silent, *args, **kwargs)
-    return send
-
-
-def _a_send(original):
-    async def a_send(self, message, recipient, request_reply=None, silent=False, *args, **kwargs):
-        observer = _current.get()
-        if observer is not None:
-            observer.message(self, message, recipient, request_reply)
-        return await original(self, message, recipient, request_reply, silent, *args, **kwargs)
-    return a_send
+    return _first(original, sent)
 
 
 def _execute_function(original):
-    def execute_function(self, func_call, *args, **kwargs):
-        ok, result = original(self, func_call, *args, **kwargs)
+    """``execute_function`` / ``a_execute_function``: a tool call, its result or error."""
+    def executed(outcome, self, func_call, *args, **kwargs):
         observer = _current.get()
         if observer is not None:
-            observer.tool(self, func_call, ok, result)
-        return ok, result
-    return execute_function
-
-
-def _a_execute_function(original):
-    async def a_execute_function(self, func_call, *args, **kwargs):
-        ok, result = await original(self, func_call, *args, **kwargs)
-        observer = _current.get()
-        if observer is not None:
-            observer.tool(self, func_call, ok, result)
-        return ok, result
-    return a_execute_function
+            observer.tool(self, func_call, *outcome)
+    return _then(original, executed)
 
 
 def _generate_reply(original):
@@ -376,23 +385,23 @@ def _generate_reply(original):
 
 
 def _select_speaker(original):
-    def select_speaker(self, *args, **kwargs):
+    """``select_speaker`` / ``a_select_speaker``: what happens inside is not the conversation."""
+    if inspect.iscoroutinefunction(original):
+        async def a_select_speaker(*args, **kwargs):
+            token = _selecting.set(True)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                _selecting.reset(token)
+        return a_select_speaker
+
+    def select_speaker(*args, **kwargs):
         token = _selecting.set(True)
         try:
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
             _selecting.reset(token)
     return select_speaker
-
-
-def _a_select_speaker(original):
-    async def a_select_speaker(self, *args, **kwargs):
-        token = _selecting.set(True)
-        try:
-            return await original(self, *args, **kwargs)
-        finally:
-            _selecting.reset(token)
-    return a_select_speaker
 
 
 def _agent_code_blocks(original):
@@ -424,13 +433,13 @@ def _install_patches() -> None:
         if _patched:
             return
         _wrap(ConversableAgent, "send", _send)
-        _wrap(ConversableAgent, "a_send", _a_send)
+        _wrap(ConversableAgent, "a_send", _send)
         _wrap(ConversableAgent, "execute_function", _execute_function)
-        _wrap(ConversableAgent, "a_execute_function", _a_execute_function)
+        _wrap(ConversableAgent, "a_execute_function", _execute_function)
         _wrap(ConversableAgent, "generate_reply", _generate_reply)
         _wrap(ConversableAgent, "execute_code_blocks", _agent_code_blocks)
         _wrap(GroupChat, "select_speaker", _select_speaker)
-        _wrap(GroupChat, "a_select_speaker", _a_select_speaker)
+        _wrap(GroupChat, "a_select_speaker", _select_speaker)
         from autogen import coding
 
         for name in ("LocalCommandLineCodeExecutor", "DockerCommandLineCodeExecutor"):

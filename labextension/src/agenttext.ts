@@ -49,7 +49,7 @@ export function renderAgentText(text: string, cls = ''): HTMLElement {
     if (s.kind === 'text') {
       box.append(el('p', 'cr-agent-para', s.text));
     } else {
-      const pre = el('pre', 'cr-code');
+      const pre = el('pre', 'cr-pre cr-code');
       if (s.lang) pre.dataset.lang = s.lang;
       pre.append(el('code', '', s.code));
       box.append(pre);

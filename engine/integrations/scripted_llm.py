@@ -23,7 +23,7 @@ conversation that goes longer than planned fails loudly. ``llm.requests`` holds 
 request body received, in order.
 
 Token usage is what the reply says (``usage=(prompt, completion)``), else counted as
-words of the request's messages and of the reply: deterministic either way, so costs
+words of the request's message contents and of the reply: deterministic either way, so costs
 computed from configured prices are too. Streaming is served when asked for
 (``"stream": true``: one content chunk, then the usage chunk), for clients that stream.
 
@@ -90,6 +90,13 @@ class ScriptedLLM:
             entry["price"] = list(price)
         return [entry]
 
+    def serve_forever(self) -> None:
+        """Serve on this thread until interrupted (``start()`` serves from another one)."""
+        try:
+            self._server.serve_forever()
+        finally:
+            self._server.server_close()
+
     def start(self) -> "ScriptedLLM":
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="scripted-llm")
@@ -154,7 +161,8 @@ def _completion(request: dict, rep: dict, number: int, first_call: int) -> dict:
         message["tool_calls"] = calls
     usage = rep.get("usage")
     if usage is None:
-        usage = (_words(request.get("messages")), _words(rep.get("content")) + _words(calls))
+        usage = (sum(_words(m.get("content")) for m in request.get("messages") or () if isinstance(m, dict)),
+                 _words(rep.get("content")) + _words([c["function"]["arguments"] for c in calls]))
     prompt, completion = (int(u) for u in usage)
     return {
         "id": f"chatcmpl-scripted-{number}",
@@ -260,11 +268,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     llm = ScriptedLLM(load_script(args.script), port=args.port)
     print(f"OPENAI_BASE_URL={llm.base_url}", flush=True)
     try:
-        llm._server.serve_forever()
+        llm.serve_forever()
     except KeyboardInterrupt:
         pass
-    finally:
-        llm._server.server_close()
     return 0
 
 

@@ -64,6 +64,13 @@ def test_a_conversation_shown_live_and_its_question_answered_in_the_widget(share
     assert "called spectrum(lmax=4)" in view.locator(".cr-log-row[data-type='agent_tool_call']").inner_text()
     h.scroll_to_top(view)
     shot(page, "agents-question-in-the-widget")
+    try:
+        h.set_theme(page, "JupyterLab Dark")
+        card.wait_for(state="visible", timeout=30_000)
+        h.scroll_to_top(view)
+        shot(page, "agents-question-in-the-widget-dark")
+    finally:
+        h.set_theme(page, "JupyterLab Light")  # the lab (and its settings) is shared
 
     # Answer with the keyboard: focus the text box, type, Enter.
     box = card.get_by_role("textbox")

@@ -57,8 +57,10 @@ Chaining. The IOStream in effect when the block starts keeps receiving everythin
 block observes, AG2's logger is a tee in front of it, and it is put back after.
 
 Threads. The observer of a block is held in a context variable, so steps observing
-conversations in several threads at once never see each other's events; AG2 work a
-conversation hands to another thread started without its context is not recorded.
+conversations in several threads at once never see each other's events. Where AG2 hands
+work to a thread of its own (an async chat's completions run on an executor thread), it
+passes the IOStream in effect along, and the observer is found through it; work handed
+to a thread that carries neither is not recorded.
 
 Human input. ``human_input_mode="ALWAYS"`` / ``"TERMINATE"`` (or any
 ``get_human_input``) asks the run's human with ``ctx.ask(prompt)``: the step waits
@@ -98,6 +100,8 @@ _current: contextvars.ContextVar[Optional["_Observer"]] = contextvars.ContextVar
 #: True while a group chat selects its next speaker: the internal agents it talks to
 #: then are not the conversation (their completions' costs are recorded all the same).
 _selecting: contextvars.ContextVar[bool] = contextvars.ContextVar("cmbagent_ag2_selecting", default=False)
+#: AG2's own context variable holding the IOStream in effect (None: its global default).
+_stream_in_effect = IOStream._default_io_stream
 #: The agent whose reply is being generated (code executors do not know their agent).
 _replying: contextvars.ContextVar[Optional[Any]] = contextvars.ContextVar("cmbagent_ag2_replying", default=None)
 
@@ -113,6 +117,18 @@ def observe(ctx) -> Iterator[None]:
             yield
     finally:
         _current.reset(token)
+
+
+def _observer() -> Optional["_Observer"]:
+    """The observer of this context: the ``observe`` block's, or, on a thread AG2 started
+    for a conversation (``a_generate_oai_reply`` runs the completion on an executor
+    thread, handing it the IOStream in effect), the one of that IOStream."""
+    observer = _current.get()
+    if observer is None:
+        stream = _stream_in_effect.get()
+        if isinstance(stream, _ObservedStream):
+            observer = stream.observer
+    return observer
 
 
 # -- what an observer records ------------------------------------------------------------
@@ -253,7 +269,7 @@ class _TeeLogger(BaseLogger):
                             is_cached, cost, start_time) -> None:
         self._forward("log_chat_completion", invocation_id, client_id, wrapper_id, source, request,
                       response, is_cached, cost, start_time)
-        observer = _current.get()
+        observer = _observer()
         if observer is not None and not isinstance(response, str):
             observer.completion(response, 0.0 if is_cached else cost)
 
@@ -350,7 +366,7 @@ def _then(original, hook):
 def _send(original):
     """``send`` / ``a_send``: every message, silent or not."""
     def sent(self, message, recipient, request_reply=None, *args, **kwargs):
-        observer = _current.get()
+        observer = _observer()
         if observer is not None:
             observer.message(self, message, recipient, request_reply)
     return _first(original, sent)
@@ -359,28 +375,51 @@ def _send(original):
 def _execute_function(original):
     """``execute_function`` / ``a_execute_function``: a tool call, its result or error."""
     def executed(outcome, self, func_call, *args, **kwargs):
-        observer = _current.get()
+        observer = _observer()
         if observer is not None:
             observer.tool(self, func_call, *outcome)
     return _then(original, executed)
 
 
 def _generate_reply(original):
-    def generate_reply(self, *args, **kwargs):
-        observer = _current.get()
+    """``generate_reply`` / ``a_generate_reply``: whose reply code runs in (code executors
+    do not know their agent), and a reply of None as the end of a chat when no termination
+    event said why (CMBAgent's fork sends none)."""
+    def begin(agent):
+        observer = _observer()
         if observer is None:
-            return original(self, *args, **kwargs)
-        token = _replying.set(self)
+            return None
         ended, observer.ended = observer.ended, False
+        return observer, ended, _replying.set(agent)
+
+    def end(state, agent, reply, failed):
+        observer, ended, token = state
+        _replying.reset(token)
+        if reply is None and not failed and not observer.ended and not _selecting.get():
+            observer.terminated(f"{_name(agent)} replied nothing (a termination message, or its reply limit)")
+        observer.ended = ended or observer.ended
+
+    if inspect.iscoroutinefunction(original):
+        async def a_generate_reply(self, *args, **kwargs):
+            state, reply, failed = begin(self), None, True
+            try:
+                reply = await original(self, *args, **kwargs)
+                failed = False
+                return reply
+            finally:
+                if state is not None:
+                    end(state, self, reply, failed)
+        return a_generate_reply
+
+    def generate_reply(self, *args, **kwargs):
+        state, reply, failed = begin(self), None, True
         try:
             reply = original(self, *args, **kwargs)
+            failed = False
+            return reply
         finally:
-            _replying.reset(token)
-        if reply is None and not observer.ended and not _selecting.get():
-            # No termination event said why (CMBAgent's fork sends none).
-            observer.terminated(f"{_name(self)} replied nothing (a termination message, or its reply limit)")
-        observer.ended = ended or observer.ended
-        return reply
+            if state is not None:
+                end(state, self, reply, failed)
     return generate_reply
 
 
@@ -408,7 +447,7 @@ def _agent_code_blocks(original):
     """The agent's legacy ``execute_code_blocks`` (code_execution_config without an executor)."""
     def execute_code_blocks(self, code_blocks, *args, **kwargs):
         exit_code, output = original(self, code_blocks, *args, **kwargs)
-        observer = _current.get()
+        observer = _observer()
         if observer is not None:
             observer.code(self, list(code_blocks), exit_code, output)
         return exit_code, output
@@ -419,7 +458,7 @@ def _executor_code_blocks(original):
     """A code executor's ``execute_code_blocks`` (its agent: the one replying)."""
     def execute_code_blocks(self, code_blocks, *args, **kwargs):
         result = original(self, code_blocks, *args, **kwargs)
-        observer = _current.get()
+        observer = _observer()
         if observer is not None:
             observer.code(_replying.get() or type(self).__name__, list(code_blocks),
                           getattr(result, "exit_code", None), str(getattr(result, "output", "")))
@@ -437,6 +476,7 @@ def _install_patches() -> None:
         _wrap(ConversableAgent, "execute_function", _execute_function)
         _wrap(ConversableAgent, "a_execute_function", _execute_function)
         _wrap(ConversableAgent, "generate_reply", _generate_reply)
+        _wrap(ConversableAgent, "a_generate_reply", _generate_reply)
         _wrap(ConversableAgent, "execute_code_blocks", _agent_code_blocks)
         _wrap(GroupChat, "select_speaker", _select_speaker)
         _wrap(GroupChat, "a_select_speaker", _select_speaker)

@@ -319,3 +319,24 @@ def test_an_observed_conversation_on_a_dask_worker(store, healthy):
     assert messages == [("user", "What is C_2?"), ("engineer", "C_2 = 6. TERMINATE")]
     [cost] = node_events(run, "solve", "cost_update")
     assert cost["data"]["usd"] == pytest.approx(usd(HUMAN_SCRIPT[0]["usage"]))
+
+
+def test_an_async_chat_is_observed_too(store):
+    import asyncio
+
+    wf = Workflow("async chat")
+
+    @wf.step()
+    def solve(ctx):
+        with ScriptedLLM([reply("pong", usage=(7, 1))]) as llm:
+            a = autogen.ConversableAgent("a", llm_config=config(llm), human_input_mode="NEVER")
+            b = autogen.ConversableAgent("b", llm_config=config(llm), human_input_mode="NEVER")
+            with observe(ctx):
+                asyncio.run(a.a_initiate_chat(b, message="ping", max_turns=1))
+
+    run = wf.start(store=store)
+    assert run.wait(30) == "completed", run.snapshot()["nodes"][0]["error"]
+    assert [(e["data"]["agent"], e["data"]["message"]) for e in node_events(run, "solve", "agent_message")] == [
+        ("a", "ping"), ("b", "pong")]
+    [cost] = node_events(run, "solve", "cost_update")
+    assert (cost["data"]["input_tokens"], cost["data"]["output_tokens"]) == (7, 1)

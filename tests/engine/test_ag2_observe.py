@@ -46,7 +46,7 @@ def node_events(run, node_id: str, *types: str) -> list[dict]:
     return [e for e in of_type(check_log(run), *types) if e["data"].get("node_id") == node_id]
 
 
-def two_agent_chat(base_url: str, message: str, human: str = "NEVER") -> tuple:
+def two_agent_chat(base_url: str, human: str = "NEVER") -> tuple:
     """An engineer with a spectrum tool and a user proxy that runs it."""
     cfg = {"config_list": [{"model": "scripted-model", "base_url": base_url, "api_key": "k",
                             "price": list(PRICE)}], "cache_seed": None}
@@ -70,7 +70,7 @@ def test_a_two_agent_chat_with_tool_calls(store):
     @wf.step()
     def solve(ctx):
         with ScriptedLLM(TOOL_SCRIPT) as llm:
-            user, engineer = two_agent_chat(llm.base_url, "")
+            user, engineer = two_agent_chat(llm.base_url)
             with observe(ctx):
                 user.initiate_chat(engineer, message="Compute the spectrum up to l=4")
             return len(llm.requests)
@@ -171,7 +171,7 @@ def test_human_input_is_asked_and_answered_from_python(store):
     @wf.step()
     def solve(ctx):
         with ScriptedLLM(HUMAN_SCRIPT) as llm:
-            user, engineer = two_agent_chat(llm.base_url, "", human="TERMINATE")
+            user, engineer = two_agent_chat(llm.base_url, human="TERMINATE")
             with observe(ctx):
                 user.initiate_chat(engineer, message="What is C_2?")
             return len(llm.requests)
@@ -306,7 +306,7 @@ def test_an_observed_conversation_on_a_dask_worker(store, healthy):
 
         @wf.step()
         def solve(ctx):
-            user, engineer = two_agent_chat(base_url, "", human="TERMINATE")
+            user, engineer = two_agent_chat(base_url, human="TERMINATE")
             with observe(ctx):
                 user.initiate_chat(engineer, message="What is C_2?")
             return "done"

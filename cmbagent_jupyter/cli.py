@@ -1,14 +1,16 @@
 """``cmbagent-jupyter``: runs and live run views in the terminal.
 
     cmbagent-jupyter runs [--url URL --token T | --store [DB_URL]]
-    cmbagent-jupyter watch RUN_ID [--url URL --token T] [--plain]
+    cmbagent-jupyter watch RUN_ID [--url URL --token T] [--plain] [--answer | --no-answer]
 
 Without ``--url`` the first running Jupyter server (``jupyter server list``) is used,
 with its token. ``runs --store`` reads the store directly, no server needed.
 ``watch`` redraws in place when stdout is a terminal, and otherwise prints one line
 per applied event. It exits when the run is completed, failed or cancelled and every
 event the server had by then was applied: 0 for completed, 1 for failed or cancelled,
-2 for errors (no server, bad token, unknown run), 130 on Ctrl-C.
+2 for errors (no server, bad token, unknown run), 130 on Ctrl-C. While the run waits on
+a human, lines typed on standard input answer it (``--answer``, the default when stdin
+is a terminal; see ``terminal_answers``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Optional, TextIO
 
 from .client import SETTLED_STATES, Client, Marker, RunNotFound
+from .terminal_answers import TerminalAnswers, describe
 
 #: HTTP statuses of a refused handshake that retrying will not fix.
 _FATAL_HTTP = {401: "authentication failed (check --token)",
@@ -145,7 +148,7 @@ def render(view, messages, connection: str, width: int = 100, height: int = 40,
     if run.get("last_error"):
         lines.append(f"last error: {run['last_error'].get('code')}: {run['last_error'].get('message')}")
     for a in run.get("pending_approvals") or []:
-        lines.append(f"approval pending on {a['node_id']}: {a['prompt']}")
+        lines.append(describe(a))
     msg_lines = [f"  {m['agent']}: {m['message']}" for m in messages]
     tail = (["messages:"] + msg_lines) if msg_lines else []
     room = max(1, height - 1 - len(lines) - len(tail))
@@ -284,9 +287,13 @@ async def cmd_runs(args, out: TextIO) -> int:
     return 0
 
 
-async def cmd_watch(args, out: TextIO, err: TextIO) -> int:
+async def cmd_watch(args, out: TextIO, err: TextIO, inp: Optional[TextIO] = None) -> int:
     url, token = resolve_server(args.url, args.token)
     tty = out.isatty() and not args.plain
+    inp = inp or sys.stdin
+    answering = args.answer if args.answer is not None else inp.isatty()
+    answers = TerminalAnswers(inp, asyncio.get_running_loop()) if answering else None
+    asked: set[str] = set()  # the requests whose answer was asked for (plain output)
     client = Client(url, token)
     stream = client.events(args.run_id, markers=True)
     messages: deque = deque(maxlen=args.messages)
@@ -332,6 +339,16 @@ async def cmd_watch(args, out: TextIO, err: TextIO) -> int:
                 shown_conn = conn
 
             view = client.state(args.run_id)
+            pending = view.run["pending_approvals"] if view is not None else []
+            if answers is not None and not tty:  # how to answer, once per request
+                for a in pending:
+                    if a["approval_id"] not in asked:
+                        asked.add(a["approval_id"])
+                        print(f"# {describe(a)}", file=out, flush=True)
+            typed = answers.line() if answers is not None else None
+            if typed is not None and typed.strip():
+                said = await answers.send(client, args.run_id, pending, typed)
+                print(f"# {said}", file=err, flush=True)
             follower = client.follower(args.run_id)
             settled = (view is not None and view.run["state"] in SETTLED_STATES
                        and stream.pending() == 0 and follower is not None and follower.synced)
@@ -385,11 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_watch.add_argument("--plain", action="store_true",
                          help="one line per event even on a terminal")
     p_watch.add_argument("--messages", type=int, default=5, help="agent messages to show (default 5)")
+    p_watch.add_argument("--answer", action=argparse.BooleanOptionalAction, default=None,
+                         help="answer questions and approvals with lines typed on stdin "
+                              "(default: when stdin is a terminal)")
     return parser
 
 
 async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
-                err: Optional[TextIO] = None) -> int:
+                err: Optional[TextIO] = None, inp: Optional[TextIO] = None) -> int:
     """The CLI, on the running event loop (tests call this in-process)."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -399,7 +419,7 @@ async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
             if args.store is not None and (args.url or args.token):
                 raise CliError("--store reads the store directly; it does not take --url/--token")
             return await cmd_runs(args, out)
-        return await cmd_watch(args, out, err)
+        return await cmd_watch(args, out, err, inp)
     except CliError as exc:
         print(f"cmbagent-jupyter: error: {exc}", file=err, flush=True)
         return 2

@@ -41,8 +41,11 @@ class RunLink(Protocol):
     def checkpoint(self, node_id: str) -> None:
         """Wait while the run is paused; raise ``Cancelled`` when it is cancelled."""
 
-    def request_approval(self, node_id: str, prompt: str) -> bool:
-        """Block until a human answers; True if approved."""
+    def request_approval(self, node_id: str, prompt: str) -> tuple[bool, Optional[str]]:
+        """Block until a human answers: (approved, the reviewer's comment or None)."""
+
+    def request_input(self, node_id: str, question: str, choices: Optional[list[str]]) -> str:
+        """Block until a human answers ``question``: the answer's text."""
 
     def add_step(self, step: Step, by_node: str) -> None:
         """Add a step to the running workflow (WorkflowDefinitionError if it cannot be)."""
@@ -87,10 +90,13 @@ class StepContext:
             data["message"] = str(message)
         self._record("step_progress", data, "ctx.progress")
 
-    def message(self, text: str, agent: str = "assistant", role: str = "assistant") -> None:
-        """An agent said something (``agent_message``)."""
-        self._record("agent_message", {"node_id": self.node_id, "agent": str(agent),
-                                       "message": str(text), "role": str(role)}, "ctx.message")
+    def message(self, text: str, agent: str = "assistant", role: str = "assistant",
+                recipient: Optional[str] = None) -> None:
+        """An agent said something (``agent_message``), to ``recipient`` when given."""
+        data = {"node_id": self.node_id, "agent": str(agent), "message": str(text), "role": str(role)}
+        if recipient is not None:
+            data["recipient"] = str(recipient)
+        self._record("agent_message", data, "ctx.message")
 
     def thinking(self, text: str, agent: str = "assistant") -> None:
         """An agent's intermediate reasoning (``agent_thinking``)."""
@@ -98,8 +104,8 @@ class StepContext:
                                         "content": str(text)}, "ctx.thinking")
 
     def tool_call(self, tool: str, arguments: Optional[dict] = None, result: Any = None,
-                  agent: str = "assistant") -> None:
-        """An agent called a tool (``agent_tool_call``).
+                  agent: str = "assistant", error: Optional[str] = None) -> None:
+        """An agent called a tool (``agent_tool_call``): its result, or ``error`` if it failed.
 
         ``arguments`` (a dict) and ``result`` are recorded as JSON, converted as
         ``engine.events.as_json`` says (numpy arrays, sets, dates, paths... become JSON;
@@ -108,10 +114,12 @@ class StepContext:
         """
         if arguments is not None and not isinstance(arguments, dict):
             raise TypeError(f"ctx.tool_call: arguments must be a dict, not {type(arguments).__name__}")
-        self._record("agent_tool_call", {
-            "node_id": self.node_id, "agent": str(agent), "tool": str(tool),
-            "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
-            "result": as_json(result, "ctx.tool_call result")}, "ctx.tool_call")
+        data = {"node_id": self.node_id, "agent": str(agent), "tool": str(tool),
+                "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
+                "result": as_json(result, "ctx.tool_call result")}
+        if error is not None:
+            data["error"] = str(error)
+        self._record("agent_tool_call", data, "ctx.tool_call")
 
     def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0) -> None:
         """Tokens and money spent (``cost_update``); totals add up per node and per run.
@@ -167,16 +175,32 @@ class StepContext:
         """A safe point: wait here while the run is paused; raise ``Cancelled`` on cancel."""
         self._run.checkpoint(self.node_id)
 
-    def approve(self, prompt: str) -> bool:
-        """Ask a human; block until approved (True) or rejected (False).
+    def approve(self, prompt: str) -> "Approval":
+        """Ask a human; block until approved or rejected.
 
+        Returns an ``Approval``: truthy when approved, falsy when rejected (``== True`` /
+        ``== False`` as a bool), with the reviewer's text in ``.comment`` (None if none).
         Lone surrogates in ``prompt`` are escaped; a NUL character raises ``ValueError``
         (the store keeps prompts as text, which cannot hold it).
         """
-        prompt = escape_surrogates(str(prompt))
-        if "\x00" in prompt:
-            raise ValueError("ctx.approve: the prompt contains a NUL character")
-        return self._run.request_approval(self.node_id, prompt)
+        approved, comment = self._run.request_approval(self.node_id, _prompt("ctx.approve", prompt))
+        return Approval(approved, comment)
+
+    def ask(self, question: str, choices: Optional[Iterable[str]] = None) -> str:
+        """Ask a human a question; block until answered, and return the answer's text.
+
+        Free text, or, with ``choices``, one of them (an answer outside them is refused).
+        While the question is open the step is ``waiting_approval`` and so is the run when
+        nothing else runs: it waits on a human exactly as for ``ctx.approve``. Answered
+        once, from anywhere: ``run.answer(text)``, the widget, the sidebar,
+        ``cmbagent-jupyter watch``, or the ``answer`` command over WebSocket / REST.
+        """
+        question = _prompt("ctx.ask", question, "question")
+        if choices is not None:
+            choices = [_prompt("ctx.ask", c, "choice") for c in choices]
+            if not choices:
+                raise ValueError("ctx.ask: choices, when given, must not be empty")
+        return self._run.request_input(self.node_id, question, choices)
 
     def add_step(self, fn: Callable[..., Any], deps: Iterable[str] = (), *, name: Optional[str] = None,
                  retries: int = 0, retry_delay: float = 0.5, label: str = "",
@@ -197,6 +221,43 @@ class StepContext:
 
     def __repr__(self) -> str:
         return f"<StepContext run={self.run_id} node={self.node_id}>"
+
+
+class Approval:
+    """What ``ctx.approve`` returns: truthy if approved, with the reviewer's ``comment``."""
+
+    __slots__ = ("approved", "comment")
+
+    def __init__(self, approved: bool, comment: Optional[str] = None):
+        self.approved = bool(approved)
+        self.comment = comment
+
+    def __bool__(self) -> bool:
+        return self.approved
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Approval):
+            return (self.approved, self.comment) == (other.approved, other.comment)
+        if isinstance(other, bool):
+            return self.approved is other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.approved)
+
+    def __str__(self) -> str:  # as the bool it stands for
+        return str(self.approved)
+
+    def __repr__(self) -> str:
+        return f"Approval(approved={self.approved}, comment={self.comment!r})"
+
+
+def _prompt(where: str, text: Any, name: str = "prompt") -> str:
+    """Text shown to a human: lone surrogates escaped; a NUL character raises ValueError."""
+    text = escape_surrogates(str(text))
+    if "\x00" in text:
+        raise ValueError(f"{where}: the {name} contains a NUL character")
+    return text
 
 
 def _number(where: str, name: str, value: Any) -> float:

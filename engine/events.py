@@ -152,6 +152,7 @@ class AgentMessageData(_Data):
     agent: str
     message: str
     role: str = "assistant"
+    recipient: Optional[str] = Field(None, description="Who the message was sent to, when known")
 
 
 class AgentThinkingData(_Data):
@@ -166,6 +167,7 @@ class AgentToolCallData(_Data):
     tool: str
     arguments: dict[str, Any] = Field(default_factory=dict)
     result: Any = None
+    error: Optional[str] = Field(None, description="Why the call failed (no result then)")
 
 
 # -- approvals -------------------------------------------------------------------------
@@ -182,6 +184,20 @@ class ApprovalReceivedData(_Data):
     approval_id: str
     approved: bool
     comment: Optional[str] = None
+    command_id: Optional[str] = None
+
+
+class QuestionAskedData(_Data):
+    node_id: str
+    question_id: str
+    question: str
+    choices: Optional[list[str]] = Field(None, description="The answers allowed; free text when absent")
+
+
+class QuestionAnsweredData(_Data):
+    node_id: str
+    question_id: str
+    answer: str
     command_id: Optional[str] = None
 
 
@@ -247,6 +263,8 @@ EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "agent_tool_call": AgentToolCallData,
     "approval_requested": ApprovalRequestedData,
     "approval_received": ApprovalReceivedData,
+    "question_asked": QuestionAskedData,
+    "question_answered": QuestionAnsweredData,
     "cost_update": CostUpdateData,
     "metric_update": MetricUpdateData,
     "file_created": FileCreatedData,

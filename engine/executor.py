@@ -71,7 +71,9 @@ class Executor:
                 self.children[dep].append(step.id)
         self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps)
         self._skip: deque[str] = deque()
-        self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
+        #: Pending human requests by id: None until answered, then (approved, comment)
+        #: for an approval, the text for a question.
+        self.answers: dict[str, Any] = {}
         #: Commands acted on; their new status may not be on disk yet when the store is next read.
         self._handled: set[str] = set()
         self.settled = threading.Event()  # the run is completed, failed or cancelled (durably)
@@ -417,7 +419,7 @@ class Executor:
             return
         if counts["waiting_approval"]:  # nothing else can progress until a human answers
             if self.view.run["state"] == "executing":
-                self._set_run("waiting_approval", reason="a step is waiting for approval")
+                self._set_run("waiting_approval", reason="a step is waiting for a human")
             return
         if counts["pending"]:
             return
@@ -519,23 +521,40 @@ class Executor:
                     self._set_node(node_id, "running", reason="run resumed")
                 return
 
-    def request_approval(self, node_id: str, prompt: str, attempt: Optional[int] = None) -> bool:
+    def request_approval(self, node_id: str, prompt: str,
+                         attempt: Optional[int] = None) -> tuple[bool, Optional[str]]:
+        """Block until a human approves or rejects: ``(approved, comment)``."""
+        return self._ask_human(node_id, attempt, "approval_requested", {"prompt": prompt})
+
+    def request_input(self, node_id: str, question: str, choices: Optional[list[str]] = None,
+                      attempt: Optional[int] = None) -> str:
+        """Block until a human answers ``question`` (``answer`` command): the text."""
+        data: dict[str, Any] = {"question": question}
+        if choices is not None:
+            data["choices"] = choices
+        return self._ask_human(node_id, attempt, "question_asked", data)
+
+    def _ask_human(self, node_id: str, attempt: Optional[int], etype: str, data: dict) -> Any:
+        """Record a request for a human (``etype``), hold the node ``waiting_approval``
+        until a command answers it, and return what ``_do_approve`` / ``_do_answer`` put
+        in ``self.answers``."""
         with self.cond:
             self.checkpoint(node_id, attempt)
-            approval_id = uuid.uuid4().hex
-            self.answers[approval_id] = None
-            self._set_node(node_id, "waiting_approval", reason="approval requested")
-            self._record("approval_requested", {"node_id": node_id, "approval_id": approval_id,
-                                                "prompt": prompt})
-            while self.answers[approval_id] is None:
+            request_id = uuid.uuid4().hex
+            self.answers[request_id] = None
+            key = "approval_id" if etype == "approval_requested" else "question_id"
+            self._set_node(node_id, "waiting_approval",
+                           reason="approval requested" if key == "approval_id" else "question asked")
+            self._record(etype, {"node_id": node_id, key: request_id, **data})
+            while self.answers[request_id] is None:
                 if (self.stopped.is_set() or self.view.run["state"] == "cancelling"
                         or self._attempt_over(node_id, attempt)):
-                    self.answers.pop(approval_id, None)
+                    self.answers.pop(request_id, None)
                     raise Cancelled()
                 self.cond.wait()
-            approved, _comment = self.answers.pop(approval_id)
+            answer = self.answers.pop(request_id)
             self.checkpoint(node_id, attempt)
-            return approved
+            return answer
 
     def _attempt_over(self, node_id: str, attempt: Optional[int]) -> bool:
         if attempt is None:  # a local step: its attempt ends on the thread that asks
@@ -582,7 +601,7 @@ class Executor:
             return
         self._handled.add(cid)
         try:
-            node_id = states.check_command(self.view.run, self.view.nodes, action, node_id)
+            node_id = states.check_command(self.view.run, self.view.nodes, action, node_id, cmd["payload"])
             getattr(self, f"_do_{action}")(cid, node_id, cmd["payload"])
         except (CommandRejected, UnknownNode) as exc:
             self._journal.submit(Commit(self.run_id, commands=[(cid, "rejected", str(exc), exc.code, self.view.run["state"])],
@@ -622,17 +641,29 @@ class Executor:
         data = {"node_id": node_id, "approval_id": approval["approval_id"], "approved": approved,
                 "command_id": cid}
         if comment is not None:
-            data["comment"] = str(comment)
+            comment = escape_surrogates(str(comment))
+            data["comment"] = comment
         self._record("approval_received", data)
-        paused = self.view.run["state"] in states.PAUSED_WORKFLOW_STATES
-        self._set_node(node_id, "paused" if paused else "running", command_id=cid,
-                       reason="approved" if approved else "rejected")
-        if self.view.run["state"] == "waiting_approval":
-            self._set_run("executing", command_id=cid)
+        self._human_answered(cid, node_id, "approved" if approved else "rejected")
         self.answers[approval["approval_id"]] = (approved, comment)
 
     def _do_reject(self, cid: str, node_id: str, payload: dict) -> None:
         self._do_approve(cid, node_id, payload, approved=False)
+
+    def _do_answer(self, cid: str, node_id: str, payload: dict) -> None:
+        question = self.view.nodes[node_id]["approval"]
+        text = escape_surrogates(payload["text"])
+        self._record("question_answered", {"node_id": node_id, "question_id": question["approval_id"],
+                                           "answer": text, "command_id": cid})
+        self._human_answered(cid, node_id, "answered")
+        self.answers[question["approval_id"]] = text
+
+    def _human_answered(self, cid: str, node_id: str, reason: str) -> None:
+        """The node waits no more: running again (paused, when the run is pausing)."""
+        paused = self.view.run["state"] in states.PAUSED_WORKFLOW_STATES
+        self._set_node(node_id, "paused" if paused else "running", command_id=cid, reason=reason)
+        if self.view.run["state"] == "waiting_approval":
+            self._set_run("executing", command_id=cid)
 
 
 class ThreadRunner:

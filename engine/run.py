@@ -175,6 +175,10 @@ class Run:
     def reject(self, node_id: Optional[str] = None, comment: Optional[str] = None) -> dict:
         return self.command("reject", node_id, {"comment": comment} if comment is not None else None)
 
+    def answer(self, text: str, node_id: Optional[str] = None) -> dict:
+        """Answer a pending ``ctx.ask`` (the only one, or ``node_id``'s) with ``text``."""
+        return self.command("answer", node_id, {"text": str(text)})
+
     def command(self, action: str, node_id: Optional[str] = None, payload: Optional[dict] = None,
                 command_id: Optional[str] = None, timeout: float = COMMAND_TIMEOUT_S) -> dict:
         """Send a command through the store and wait until the executor has applied it.

@@ -12,7 +12,7 @@ is what the group committer relies on.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional
 
 import networkx as nx
 from pydantic import BaseModel, Field
@@ -212,7 +212,17 @@ class RunState:
     def _approval_requested(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]
         pending = {"approval_id": d["approval_id"], "node_id": node["id"],
-                   "prompt": d["prompt"], "requested_at": ts}
+                   "prompt": d["prompt"], "requested_at": ts, "kind": "approval", "choices": None}
+        node["approval"] = pending
+        self.run["pending_approvals"] = self.run["pending_approvals"] + [pending]
+        return node["id"]
+
+    def _question_asked(self, d: dict, ts: str) -> str:
+        # A question waits with the approvals (kind "question"): one list of what the run
+        # waits on a human for, counted and notified the same way.
+        node = self.nodes[d["node_id"]]
+        pending = {"approval_id": d["question_id"], "node_id": node["id"], "prompt": d["question"],
+                   "requested_at": ts, "kind": "question", "choices": d.get("choices")}
         node["approval"] = pending
         self.run["pending_approvals"] = self.run["pending_approvals"] + [pending]
         return node["id"]
@@ -273,6 +283,8 @@ _HANDLERS = {
     "file_updated": RunState._file,
     "approval_requested": RunState._approval_requested,
     "approval_received": RunState._approval_received,
+    "question_asked": RunState._question_asked,
+    "question_answered": RunState._approval_received,
     "error_occurred": RunState._error,
 }
 
@@ -302,10 +314,13 @@ class AgentLine(BaseModel):
 
 
 class PendingApproval(BaseModel):
-    approval_id: str
+    approval_id: str = Field(description="The approval's id, or the question's")
     node_id: str
-    prompt: str
+    prompt: str = Field(description="What the human is asked")
     requested_at: str
+    kind: Literal["approval", "question"] = Field(
+        "approval", description="ctx.approve (approve / reject) or ctx.ask (answer)")
+    choices: Optional[list[str]] = Field(None, description="A question's allowed answers; free text when null")
 
 
 class NodeInfo(BaseModel):

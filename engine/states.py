@@ -149,9 +149,14 @@ def node_event_type(old: str, new: str) -> str:
 
 # -- commands ------------------------------------------------------------------
 
-COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject")
+COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject", "answer")
 #: The commands that answer a pending approval (``ctx.approve``).
 APPROVAL_ACTIONS = ("approve", "reject")
+#: What a human is asked, by the kind of pending request (``ctx.approve`` / ``ctx.ask``),
+#: and the commands that answer each kind. Both wait in ``run.pending_approvals``: a
+#: question keeps its node ``waiting_approval`` and its run ``waiting_approval`` the
+#: same way, so every count and notification of "waiting on a human" covers both.
+REQUEST_KINDS = {"approval": APPROVAL_ACTIONS, "question": ("answer",)}
 
 _COMMAND_RUN_STATES: dict[str, frozenset[WorkflowState]] = {
     "pause": frozenset({W.planning, W.executing, W.waiting_approval}),
@@ -160,6 +165,7 @@ _COMMAND_RUN_STATES: dict[str, frozenset[WorkflowState]] = {
     "retry": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval, W.failed}),
     "approve": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
     "reject": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
+    "answer": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
 }
 
 
@@ -178,31 +184,48 @@ def command_error(action: str, run_state: str, node_status: str | None = None) -
     return None
 
 
-def check_command(run: dict, nodes: dict, action: str, node_id: str | None) -> str | None:
-    """The node a command is about (the one pending approval, for an approve or reject
-    that names none); UnknownNode or CommandRejected if the command is not legal now.
+def check_command(run: dict, nodes: dict, action: str, node_id: str | None,
+                  payload: dict | None = None) -> str | None:
+    """The node a command is about (the one with the pending request it answers, for an
+    approve, reject or answer that names none); UnknownNode or CommandRejected if the
+    command is not legal now.
 
-    ``run`` and ``nodes`` are the run's documents (engine.snapshot.RunState). The store
-    asks before it accepts a command, and the executor again when it applies it.
+    ``run`` and ``nodes`` are the run's documents (engine.snapshot.RunState); ``payload``
+    the command's (an answer's ``text`` must be one of the question's ``choices`` when it
+    has some). The store asks before it accepts a command, and the executor again when it
+    applies it.
     """
     if node_id is not None and node_id not in nodes:
         raise UnknownNode(run["id"], node_id)
-    if action in APPROVAL_ACTIONS:
-        pending = run["pending_approvals"]
+    kind = next((k for k, actions in REQUEST_KINDS.items() if action in actions), None)
+    if kind is not None:
+        what = "approval" if kind == "approval" else "question"
+        pending = [a for a in run["pending_approvals"] if a.get("kind", "approval") == kind]
         if node_id is not None:
             pending = [a for a in pending if a["node_id"] == node_id]
         if not pending:
             where = f" on node {node_id!r}" if node_id else ""
-            raise CommandRejected(f"no approval is pending{where}", "no_pending_approval")
+            raise CommandRejected(f"no {what} is pending{where}", f"no_pending_{what}")
         if len(pending) > 1:
             raise CommandRejected(
-                f"{len(pending)} approvals are pending ({', '.join(a['node_id'] for a in pending)}); "
-                "name the node", "ambiguous_approval")
+                f"{len(pending)} {what}s are pending ({', '.join(a['node_id'] for a in pending)}); "
+                "name the node", f"ambiguous_{what}")
         node_id = pending[0]["node_id"]
+        if kind == "question":
+            _check_answer(pending[0], (payload or {}).get("text"))
     err = command_error(action, run["state"], nodes[node_id]["status"] if node_id is not None else None)
     if err:
         raise CommandRejected(err, "illegal_command")
     return node_id
+
+
+def _check_answer(question: dict, text: object) -> None:
+    if not isinstance(text, str):
+        raise CommandRejected("an answer needs its text (payload {\"text\": ...})", "illegal_command")
+    choices = question.get("choices")
+    if choices and text not in choices:
+        raise CommandRejected(f"the answer must be one of {', '.join(map(repr, choices))}",
+                              "illegal_command")
 
 
 def contract() -> dict:

@@ -73,8 +73,9 @@ def completed_run(store, tmp: Path) -> str:
     def report(ctx, flaky, fragile):
         ctx.checkpoint()
         ok = ctx.approve("Publish the report?")
+        title = ctx.ask("Which title?", choices=["Draft", "Final"])
         ctx.cost(model="m", input_tokens=50, output_tokens=70, usd=0.002)
-        return ok
+        return f"{title}: {ok.comment}"
 
     run = wf.start(store=store)
     wait_for(lambda: run.state == "failed")
@@ -85,6 +86,8 @@ def completed_run(store, tmp: Path) -> str:
     wait_for(lambda: run.state == "paused")
     run.approve(comment="looks good")
     run.resume()
+    wait_for(lambda: run.snapshot()["run"]["pending_approvals"])
+    run.answer("Final")
     run.wait(30)
     return run.id
 
@@ -129,7 +132,7 @@ def main() -> None:
     url = str(tmp / "fixture.sqlite")
     store = open_store(url)
     titles = {
-        completed_run(store, tmp): "completed after a retry, a pause and an approval",
+        completed_run(store, tmp): "completed after a retry, a pause, an approval and a question",
         cancelled_run(store): "cancelled while running",
         lost_run(store): "failed, then its executor was lost",
     }

@@ -251,7 +251,7 @@ class DaskRunner:
             except BaseException as exc:
                 answer = ["error", dump_exception(exc)]
             self._reply(a, index, answer)
-        elif kind in ("checkpoint", "approve"):  # may wait for long: a thread of its own
+        elif kind in ("checkpoint", "approve", "ask"):  # may wait for long: a thread of its own
             threading.Thread(target=self._answer, args=(a, index, kind, body), daemon=True,
                              name=f"cmbagent-dask-{kind}-{a.node_id}").start()
         else:
@@ -262,8 +262,11 @@ class DaskRunner:
             if kind == "checkpoint":
                 self.ex.checkpoint(a.node_id, a.number)
                 answer = ["ok", None]
+            elif kind == "approve":
+                approved, comment = self.ex.request_approval(a.node_id, str(body), a.number)
+                answer = ["ok", [bool(approved), comment]]
             else:
-                answer = ["ok", bool(self.ex.request_approval(a.node_id, str(body), a.number))]
+                answer = ["ok", self.ex.request_input(a.node_id, body["question"], body["choices"], a.number)]
         except Cancelled:
             answer = ["cancelled"]
         except BaseException as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import types
-from typing import Any
+from typing import Any, Optional
 
 from distributed import Client, Event, MultiLock, Variable, get_client, get_worker
 from distributed.protocol import pickle as dask_pickle
@@ -115,8 +115,12 @@ class WorkerLink:
             raise Cancelled()
         self._ask("checkpoint", None)  # paused: the executor holds this step at its checkpoint
 
-    def request_approval(self, node_id: str, prompt: str) -> bool:
-        return bool(self._ask("approve", prompt))
+    def request_approval(self, node_id: str, prompt: str) -> tuple[bool, Optional[str]]:
+        approved, comment = self._ask("approve", prompt)
+        return bool(approved), comment
+
+    def request_input(self, node_id: str, question: str, choices: Optional[list[str]]) -> str:
+        return self._ask("ask", {"question": question, "choices": choices})
 
     def add_step(self, step: Any, by_node: str) -> None:
         self._ask("add_step", dask_pickle.dumps(step))

@@ -392,7 +392,7 @@ class Store(ABC):
                                            f"command_id {command_id!r} was already used for another command")
                 return orjson.loads(row[3])
             try:
-                node_id = check_command(view.run, view.nodes, action, node_id)
+                node_id = check_command(view.run, view.nodes, action, node_id, payload)
             except (UnknownNode, CommandRejected) as exc:
                 return command_refusal(command_id, exc.code, str(exc))
             lease = c.execute(self._sql("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=?"),

@@ -1,15 +1,20 @@
-// The approvals a run waits for, as cards in the run view: who asks and when, the
-// question, an optional comment, Approve and Reject. A card lives as long as its
-// request is pending, across updates, so a comment being typed is never lost.
+// What a run waits on a human for, as cards in the run view: approvals (who asks and
+// when, the question, an optional comment, Approve and Reject) and questions (asks.ts).
+// A card lives as long as its request is pending, across updates, so a comment or an
+// answer being typed is never lost.
 import type { PendingApproval } from './protocol';
 import type { RunState } from './state';
+import { questionCard } from './asks';
 import { button, el, glyphIcon, setText } from './dom';
 import { clockTime } from './status';
 
+export type HumanAction = 'approve' | 'reject' | 'answer';
+
 export interface ApprovalCardsOptions {
-  /** Send the answer; the button is disabled while it is in flight, a refusal shown in `error`. */
-  answer: (a: PendingApproval, action: 'approve' | 'reject', b: HTMLButtonElement, error: HTMLElement,
-           comment: string | null) => void;
+  /** Send the answer (`payload`: an approval's comment, a question's text); the button is
+   *  disabled while it is in flight, a refusal shown in `error`. */
+  answer: (a: PendingApproval, action: HumanAction, b: HTMLButtonElement, error: HTMLElement,
+           payload: Record<string, string | null>) => void;
   /** Whether an answer to this request is in flight. */
   busy: (a: PendingApproval) => boolean;
   /** Show the asking step in the graph. */
@@ -18,8 +23,7 @@ export interface ApprovalCardsOptions {
 
 interface ApprovalCard {
   el: HTMLElement;
-  approve: HTMLButtonElement;
-  reject: HTMLButtonElement;
+  controls: (HTMLButtonElement | HTMLInputElement)[];
   node: HTMLButtonElement;
 }
 
@@ -42,15 +46,17 @@ export class ApprovalCards {
     for (const a of pending) {
       let card = this.cards.get(a.approval_id);
       if (!card) {
-        card = this.card(a);
+        card = a.kind === 'question'
+          ? questionCard(a, (text, b, err) => this.opts.answer(a, 'answer', b, err, { text }),
+                         this.opts.showStep)
+          : this.card(a);
         this.cards.set(a.approval_id, card);
         this.element.append(card.el);
       }
       const label = st.nodes.get(a.node_id)?.label ?? a.node_id;
       setText(card.node, label);
       const busy = this.opts.busy(a);
-      card.approve.disabled = busy;
-      card.reject.disabled = busy;
+      for (const c of card.controls) c.disabled = busy;
     }
     this.element.hidden = !pending.length;
   }
@@ -79,7 +85,7 @@ export class ApprovalCards {
     error.hidden = true;
     const answer = (action: 'approve' | 'reject', b: HTMLButtonElement) => {
       const text = comment.value.trim();
-      this.opts.answer(a, action, b, error, text || null);
+      this.opts.answer(a, action, b, error, { comment: text || null });
     };
     const approve = button('cr-btn cr-btn-primary', 'Approve', `Approve: ${a.prompt}`, glyphIcon('completed', 12));
     approve.dataset.action = 'approve';
@@ -93,6 +99,6 @@ export class ApprovalCards {
     form.append(comment, approve, reject);
     card.setAttribute('aria-label', `Approval needed for step ${a.node_id}`);
     card.append(head, prompt, form, error);
-    return { el: card, approve, reject, node };
+    return { el: card, controls: [approve, reject], node };
   }
 }

@@ -2,6 +2,7 @@
 // last agent message, metrics, result and files. Each section is rebuilt only when
 // what it shows changed, so an open traceback or a loaded image survives updates.
 import type { FileInfo, NodeInfo, RunInfo } from './protocol';
+import { renderAgentText } from './agenttext';
 import { button, el, glyphIcon } from './dom';
 import { formatCost } from './runlist';
 import { COMMAND_NODE_STATES } from './states';
@@ -176,7 +177,8 @@ export class DetailPane {
     return [a ? a.approval_id : '', () => {
       if (!a) return null;
       const box = el('div', 'cr-note cr-note-warn');
-      box.append(el('strong', '', 'Waiting for your approval: '), el('span', '', a.prompt),
+      const what = a.kind === 'question' ? 'Waiting for your answer: ' : 'Waiting for your approval: ';
+      box.append(el('strong', '', what), el('span', '', a.prompt),
                  el('div', 'cr-muted', `asked at ${clockTime(a.requested_at)} — answer it above the graph`));
       return box;
     }];
@@ -189,7 +191,7 @@ export class DetailPane {
       const box = el('div', 'cr-detail-block');
       const head = el('div', 'cr-block-title', 'Last message');
       head.append(el('span', 'cr-muted', ` · ${m.agent} · ${clockTime(m.timestamp)}`));
-      box.append(head, el('div', 'cr-message cr-wrap', m.message));
+      box.append(head, renderAgentText(m.message, 'cr-message'));
       return box;
     }];
   };

@@ -89,11 +89,14 @@ function describeMessage(ev: EventOf<'agent_message'>): LogEntry {
 
 function describeToolCall(ev: EventOf<'agent_tool_call'>): LogEntry {
   const d = ev.data;
+  const failed = typeof d.error === 'string' ? d.error : null;
   const parts = [`arguments: ${JSON.stringify(d.arguments ?? {}, null, 2)}`];
-  if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
+  if (failed !== null) parts.push(`error: ${failed}`);
+  else if (d.result !== undefined) parts.push(`result: ${JSON.stringify(d.result, null, 2)}`);
   return entry(ev, d.node_id, {
     agent: d.agent ?? null,
-    text: `called ${callSummary(String(d.tool), d.arguments ?? {})}`,
+    tone: failed !== null ? 'error' : 'info',
+    text: `called ${callSummary(String(d.tool), d.arguments ?? {})}${failed !== null ? ` — failed: ${failed.split('\n')[0]}` : ''}`,
     body: parts.join('\n'), bodyLabel: 'arguments and result'
   });
 }
@@ -145,6 +148,13 @@ export function describeEvent(ev: Envelope): LogEntry | null {
       return entry(ev, d.node_id, { tone: d.approved ? 'ok' : 'error',
                                     text: `${d.approved ? 'approved' : 'rejected'}${comment}` });
     }
+    case 'question_asked': {
+      const d = ev.data;
+      const choices = d.choices?.length ? ` (${d.choices.join(' / ')})` : '';
+      return entry(ev, d.node_id, { tone: 'warn', text: `asks: ${d.question}${choices}` });
+    }
+    case 'question_answered':
+      return entry(ev, ev.data.node_id, { tone: 'ok', text: `answered: “${ev.data.answer}”` });
     case 'error_occurred':
       return entry(ev, ev.data.node_id ?? null, { tone: 'error', text: `${ev.data.code}: ${ev.data.message}` });
     case 'step_started':

@@ -74,7 +74,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     sidebar.title.icon = runsIcon;
     shell.add(sidebar, 'left', { rank: 600 });
 
-    // Notifications: a new approval request (withdrawn once answered), or a failed run.
+    // Notifications: a new approval request or question (withdrawn once answered), or a failed run.
     let initial = true;
     const known = new Map<string, RunInfo>();
     const approvalToasts = new Map<string, string>(); // approval_id -> notification id
@@ -84,7 +84,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
         for (const alert of alertsFor(known.get(run.id), run, initial)) {
           const actions = [{ label: 'Open run', callback: () => openRun(run) }];
           if (alert.kind === 'approval') {
-            const id = Notification.warning(`${run.name} needs approval: ${alert.prompt}`,
+            const id = Notification.warning(
+              alert.question ? `${run.name} asks: ${alert.prompt}` : `${run.name} needs approval: ${alert.prompt}`,
                                             { actions, autoClose: false });
             approvalToasts.set(alert.approvalId, id);
           } else {

@@ -1,5 +1,6 @@
 // The activity log's DOM: one row per LogBook row, keyed by seq (data-seq) so a
 // row is never drawn twice; reconciled with the book once per animation frame.
+import { renderAgentText } from './agenttext';
 import { el } from './dom';
 import { GapEntry, LogBook, LogEntry, LogRow } from './eventlog';
 import { baseName, clockTime } from './status';
@@ -96,13 +97,16 @@ export class LogView {
     li.append(meta, this.eventText(e));
     if (e.body) {
       const det = el('details', 'cr-log-more');
-      det.append(el('summary', '', e.bodyLabel), el('pre', 'cr-pre', e.body));
+      // An agent's words as text and code blocks; other bodies (JSON, tracebacks) verbatim.
+      det.append(el('summary', '', e.bodyLabel),
+                 e.type === 'agent_message' ? renderAgentText(e.body) : el('pre', 'cr-pre', e.body));
       li.append(det);
     }
     return li;
   }
 
   private eventText(e: LogEntry): HTMLElement {
+    if (e.type === 'agent_message') return renderAgentText(e.text, 'cr-log-text');
     const text = el('div', 'cr-log-text');
     if (!e.file) {
       text.textContent = e.text;

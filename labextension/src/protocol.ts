@@ -78,6 +78,10 @@ export interface Protocol {
   PendingApproval?: PendingApproval;
   Ping?: Ping;
   Pong?: Pong;
+  QuestionAnsweredData?: QuestionAnsweredData;
+  QuestionAnsweredEvent?: QuestionAnsweredEvent;
+  QuestionAskedData?: QuestionAskedData;
+  QuestionAskedEvent?: QuestionAskedEvent;
   RequestState?: RequestState;
   Reset?: Reset;
   RunChanged?: RunChanged;
@@ -151,6 +155,10 @@ export interface AgentMessageData {
   agent: string;
   message: string;
   role?: string;
+  /**
+   * Who the message was sent to, when known
+   */
+  recipient?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -217,6 +225,10 @@ export interface AgentToolCallData {
   result?: {
     [k: string]: unknown;
   };
+  /**
+   * Why the call failed (no result then)
+   */
+  error?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -359,7 +371,7 @@ export interface Command {
   type: 'command';
   command_id: string;
   run_id: string;
-  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject';
+  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject' | 'answer';
   node_id?: string | null;
   payload?: {
     [k: string]: unknown;
@@ -620,6 +632,8 @@ export interface EventsMsg {
     | AgentToolCallEvent
     | ApprovalRequestedEvent
     | ApprovalReceivedEvent
+    | QuestionAskedEvent
+    | QuestionAnsweredEvent
     | CostUpdateEvent
     | MetricUpdateEvent
     | FileCreatedEvent
@@ -1073,6 +1087,71 @@ export interface StepRetryStartedData {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "QuestionAskedEvent".
+ */
+export interface QuestionAskedEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'question_asked';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: QuestionAskedData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "QuestionAskedData".
+ */
+export interface QuestionAskedData {
+  node_id: string;
+  question_id: string;
+  question: string;
+  /**
+   * The answers allowed; free text when absent
+   */
+  choices?: string[] | null;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "QuestionAnsweredEvent".
+ */
+export interface QuestionAnsweredEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'question_answered';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: QuestionAnsweredData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "QuestionAnsweredData".
+ */
+export interface QuestionAnsweredData {
+  node_id: string;
+  question_id: string;
+  answer: string;
+  command_id?: string | null;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "MetricUpdateEvent".
  */
 export interface MetricUpdateEvent {
@@ -1245,10 +1324,24 @@ export interface NodeInfo {
  * via the `definition` "PendingApproval".
  */
 export interface PendingApproval {
+  /**
+   * The approval's id, or the question's
+   */
   approval_id: string;
   node_id: string;
+  /**
+   * What the human is asked
+   */
   prompt: string;
   requested_at: string;
+  /**
+   * ctx.approve (approve / reject) or ctx.ask (answer)
+   */
+  kind?: 'approval' | 'question';
+  /**
+   * A question's allowed answers; free text when null
+   */
+  choices?: string[] | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

@@ -16,12 +16,12 @@ export function visibleRuns(runs: Iterable<RunInfo>, filter: RunFilter): RunInfo
 }
 
 export type Alert =
-  | { kind: 'approval'; run: RunInfo; prompt: string; approvalId: string }
+  | { kind: 'approval'; run: RunInfo; prompt: string; approvalId: string; question: boolean }
   | { kind: 'failed'; run: RunInfo };
 
 /**
  * Alerts a change of run document deserves, given what was known before: a new
- * pending approval, or the run becoming failed. Nothing for the first sighting of
+ * pending approval or question, or the run becoming failed. Nothing for the first sighting of
  * a run that was already in that condition when the page loaded (prev undefined and
  * `initial` true).
  */
@@ -31,7 +31,8 @@ export function alertsFor(prev: RunInfo | undefined, next: RunInfo, initial: boo
   const known = new Set((prev?.pending_approvals ?? []).map(a => a.approval_id));
   for (const a of next.pending_approvals) {
     if (!known.has(a.approval_id)) {
-      out.push({ kind: 'approval', run: next, prompt: a.prompt, approvalId: a.approval_id });
+      out.push({ kind: 'approval', run: next, prompt: a.prompt, approvalId: a.approval_id,
+                 question: a.kind === 'question' });
     }
   }
   if (next.state === 'failed' && prev?.state !== 'failed') out.push({ kind: 'failed', run: next });

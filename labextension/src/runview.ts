@@ -124,8 +124,8 @@ export class RunView {
       busy: key => this.busyKeys.has(key)
     });
     this.approvals = new ApprovalCards({
-      answer: (a, action, b, err, comment) =>
-        void this.send(approvalKey(a), b, err, action, a.node_id, { comment }),
+      answer: (a, action, b, err, payload) =>
+        void this.send(approvalKey(a), b, err, action, a.node_id, payload),
       busy: a => this.busyKeys.has(approvalKey(a)),
       showStep: id => this.dag.select(id, true)
     });

@@ -171,13 +171,27 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       const pending: PendingApproval = {
-        approval_id: d.approval_id, node_id: node.id, prompt: d.prompt, requested_at: ts
+        approval_id: d.approval_id, node_id: node.id, prompt: d.prompt, requested_at: ts,
+        kind: 'approval', choices: null
       };
       node.approval = pending;
       st.run.pending_approvals = [...st.run.pending_approvals, pending];
       return node.id;
     }
-    case 'approval_received': {
+    case 'question_asked': {
+      // A question waits with the approvals (kind "question"), as in snapshot.py.
+      const d = ev.data;
+      const node = st.nodes.get(d.node_id)!;
+      const pending: PendingApproval = {
+        approval_id: d.question_id, node_id: node.id, prompt: d.question, requested_at: ts,
+        kind: 'question', choices: d.choices ?? null
+      };
+      node.approval = pending;
+      st.run.pending_approvals = [...st.run.pending_approvals, pending];
+      return node.id;
+    }
+    case 'approval_received':
+    case 'question_answered': {
       const node = st.nodes.get(ev.data.node_id)!;
       dropApproval(st, node);
       return node.id;

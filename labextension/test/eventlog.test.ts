@@ -18,10 +18,10 @@ describe('which events the log lists', () => {
     const listed = [
       'agent_message', 'agent_thinking', 'agent_tool_call', 'file_created', 'file_updated',
       'step_failed', 'step_retry_started', 'approval_requested', 'approval_received',
-      'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
+      'question_asked', 'question_answered', 'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
       'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled'
     ];
-    const d = { node_id: 'n', agent: 'a', message: 'x', content: 'x', tool: 't', path: '/p/f.png', prompt: 'p',
+    const d = { node_id: 'n', agent: 'a', message: 'x', content: 'x', tool: 't', path: '/p/f.png', prompt: 'p', question: 'q', answer: 'a',
                 approved: true, code: 'c', old_state: 'executing', new_state: 'paused', attempt: 1,
                 error: { type: 'E', message: 'boom', traceback: 'tb' } };
     for (const t of EVENT_TYPES) expect(describeEvent(ev(1, t, d)) !== null, t).toBe(listed.includes(t));

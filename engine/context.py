@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 from .errors import WorkflowDefinitionError
 from .events import as_json, escape_surrogates, loggable
+from .output import current_mode
 from .step import Step, definable, make_step
 
 
@@ -180,14 +181,17 @@ class StepContext:
 
     def add_step(self, fn: Callable[..., Any], deps: Iterable[str] = (), *, name: Optional[str] = None,
                  retries: int = 0, retry_delay: float = 0.5, label: str = "",
-                 description: Optional[str] = None) -> str:
+                 description: Optional[str] = None, capture_output: Optional[str] = None) -> str:
         """Add a step to the running workflow (``dag_updated``); returns its node id.
+
+        ``capture_output``: as for ``@wf.step``; by default the adding step's own mode.
 
         Names, labels and descriptions define the DAG rather than report data: one with a
         lone surrogate (or a name with a NUL character) raises ``WorkflowDefinitionError``.
         """
         step = make_step(fn, name=name, deps=deps, retries=retries, retry_delay=retry_delay,
-                         label=label, description=description)
+                         label=label, description=description,
+                         capture_output=capture_output or current_mode())
         if "\x00" in step.id or not definable(step.spec()):
             raise WorkflowDefinitionError(
                 f"ctx.add_step: step {escape_surrogates(step.id)!r}: names, labels and descriptions "

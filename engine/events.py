@@ -220,6 +220,23 @@ class FileUpdatedData(FileData):
     pass
 
 
+class OutputLine(BaseModel):
+    stream: Literal["stdout", "stderr", "log", "warning", "dropped"] = Field(
+        description="Where it was written; 'dropped' marks output over the step's budget")
+    text: str = Field(description="One line, without its newline; ANSI escapes kept as written")
+    level: Optional[str] = Field(None, description="A log record's level, a warning's category")
+
+
+class StepOutputData(_Data):
+    node_id: str
+    attempt: int = Field(description="The attempt that wrote it")
+    lines: list[OutputLine] = Field(default_factory=list)
+    partial: Optional[OutputLine] = Field(
+        None, description="The line being written (e.g. a progress bar), replaced by the next event's")
+    dropped_lines: int = Field(0, description="Lines dropped since the previous event (over budget)")
+    dropped_bytes: int = 0
+
+
 class ErrorOccurredData(_Data):
     message: str
     code: str = Field(description="Machine-readable reason, e.g. executor_lost")
@@ -252,6 +269,7 @@ EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "file_created": FileCreatedData,
     "file_updated": FileUpdatedData,
     "error_occurred": ErrorOccurredData,
+    "step_output": StepOutputData,
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA_MODELS)

@@ -53,6 +53,7 @@ def completed_run(store, tmp: Path) -> str:
     def flaky(ctx, plan):
         attempts["flaky"] += 1
         ctx.progress(0.5, "working")
+        print(f"attempt {attempts['flaky']}")  # step_output
         if attempts["flaky"] == 1:
             raise RuntimeError("first attempt fails")
         ctx.metric("chi2", 1.25)

@@ -75,6 +75,7 @@ export interface Protocol {
   NodeInfo?: NodeInfo;
   NodeSpec?: NodeSpec;
   NodeState?: NodeState;
+  OutputLine?: OutputLine;
   PendingApproval?: PendingApproval;
   Ping?: Ping;
   Pong?: Pong;
@@ -90,6 +91,8 @@ export interface Protocol {
   StepCompletedEvent?: StepCompletedEvent;
   StepFailedData?: StepFailedData;
   StepFailedEvent?: StepFailedEvent;
+  StepOutputData?: StepOutputData;
+  StepOutputEvent?: StepOutputEvent;
   StepProgressData?: StepProgressData;
   StepProgressEvent?: StepProgressEvent;
   StepRetryStartedData?: StepRetryStartedData;
@@ -625,6 +628,7 @@ export interface EventsMsg {
     | FileCreatedEvent
     | FileUpdatedEvent
     | ErrorOccurredEvent
+    | StepOutputEvent
   )[];
 }
 /**
@@ -1175,6 +1179,66 @@ export interface FileUpdatedData {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "StepOutputEvent".
+ */
+export interface StepOutputEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'step_output';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: StepOutputData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "StepOutputData".
+ */
+export interface StepOutputData {
+  node_id: string;
+  /**
+   * The attempt that wrote it
+   */
+  attempt: number;
+  lines?: OutputLine[];
+  /**
+   * The line being written (e.g. a progress bar), replaced by the next event's
+   */
+  partial?: OutputLine | null;
+  /**
+   * Lines dropped since the previous event (over budget)
+   */
+  dropped_lines?: number;
+  dropped_bytes?: number;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "OutputLine".
+ */
+export interface OutputLine {
+  /**
+   * Where it was written; 'dropped' marks output over the step's budget
+   */
+  stream: 'stdout' | 'stderr' | 'log' | 'warning' | 'dropped';
+  /**
+   * One line, without its newline; ANSI escapes kept as written
+   */
+  text: string;
+  /**
+   * A log record's level, a warning's category
+   */
+  level?: string | null;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "FileInfo".
  */
 export interface FileInfo {
@@ -1239,6 +1303,14 @@ export interface NodeInfo {
     [k: string]: number;
   };
   approval: PendingApproval | null;
+  /**
+   * Lines of output the step recorded (step_output)
+   */
+  output_lines?: number;
+  /**
+   * Lines of output dropped over the step's budget
+   */
+  output_dropped?: number;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

@@ -114,8 +114,10 @@ class StepContext:
             "arguments": as_json(arguments or {}, "ctx.tool_call arguments"),
             "result": as_json(result, "ctx.tool_call result")}, "ctx.tool_call")
 
-    def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0) -> None:
-        """Tokens and money spent (``cost_update``); totals add up per node and per run.
+    def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0,
+             agent: Optional[str] = None) -> None:
+        """Tokens and money spent (``cost_update``); totals add up per node and per run
+        (and, in the run view, per model and per ``agent`` when given).
 
         Tokens are whole numbers in [0, MAX_TOKENS], ``usd`` a finite number in
         [0, MAX_USD]; anything else raises ``ValueError`` (``TypeError`` for what is no
@@ -127,6 +129,8 @@ class StepContext:
                 "usd": _number("ctx.cost", "usd", usd)}
         if not 0.0 <= data["usd"] <= MAX_USD:
             raise ValueError(f"ctx.cost: usd must be between 0 and {MAX_USD:g}, not {data['usd']}")
+        if agent is not None:
+            data["agent"] = str(agent)
         self._record("cost_update", data, "ctx.cost")
 
     def metric(self, name: str, value: float, step: Optional[int] = None,

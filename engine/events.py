@@ -191,6 +191,7 @@ class ApprovalReceivedData(_Data):
 class CostUpdateData(_Data):
     node_id: str
     model: str
+    agent: Optional[str] = Field(None, description="The agent that spent it, when known")
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0

@@ -375,6 +375,10 @@ export interface Command {
 export interface CostUpdateData {
   node_id: string;
   model: string;
+  /**
+   * The agent that spent it, when known
+   */
+  agent?: string | null;
   input_tokens?: number;
   output_tokens?: number;
   usd?: number;

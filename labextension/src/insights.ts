@@ -23,6 +23,22 @@ const TAB_LABEL: Record<TabId, string> = {
 export const HISTORY_CAP = 20000;
 const PAGE = 5000;
 
+/**
+ * Read the log back up to `upTo` (its last HISTORY_CAP events, PAGE at a time) into the
+ * feed; stops early when the log has no more (trimmed, unreachable).
+ */
+export async function readBack(history: NonNullable<Transport['history']>, runId: string, upTo: number,
+                               feed: InsightsFeed): Promise<void> {
+  let after = Math.max(0, upTo - HISTORY_CAP);
+  while (after < upTo) {
+    const page = await history(runId, after, Math.min(PAGE, upTo - after)).catch(() => []);
+    if (!page.length) break;
+    for (const ev of page) if (ev.seq <= upTo) feed.add(ev);
+    after = page[page.length - 1].seq;
+  }
+  feed.lastSeq = Math.max(feed.lastSeq, upTo);
+}
+
 /** The models of a run's insights, fed one event at a time, in seq order, once each. */
 export class InsightsFeed {
   readonly console = new ConsoleModel();
@@ -162,7 +178,8 @@ export class Insights {
       return;
     }
     this.held = [];
-    void this.readBack(history.bind(this.opts.transport), st.seq).finally(() => {
+    if (st.seq > HISTORY_CAP) this.historyNote = `Showing the last ${HISTORY_CAP.toLocaleString()} events' worth of history.`;
+    void readBack(history.bind(this.opts.transport), this.opts.runId, st.seq, this.feed).finally(() => {
       const held = this.held ?? [];
       this.held = null;
       for (const ev of held) this.feed.add(ev);
@@ -174,18 +191,6 @@ export class Insights {
 
   /** Called once the log has been read back (the run view schedules a render). */
   onLoaded: (() => void) | null = null;
-
-  private async readBack(history: NonNullable<Transport['history']>, upTo: number): Promise<void> {
-    let after = Math.max(0, upTo - HISTORY_CAP);
-    if (after > 0) this.historyNote = `Showing the last ${HISTORY_CAP.toLocaleString()} events' worth of history.`;
-    while (after < upTo) {
-      const page = await history(this.opts.runId, after, Math.min(PAGE, upTo - after)).catch(() => []);
-      if (!page.length) break;
-      for (const ev of page) if (ev.seq <= upTo) this.feed.add(ev);
-      after = page[page.length - 1].seq;
-    }
-    this.feed.lastSeq = Math.max(this.feed.lastSeq, upTo);
-  }
 
   /** Live events (already applied to the state). */
   onEvents(events: Envelope[]): void {

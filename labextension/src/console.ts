@@ -141,12 +141,12 @@ export function plainText(text: string): string {
   return text.includes('\x1b') ? text.replace(ESC, '') : text;
 }
 
-/** The tag a line shows for its stream: out, err, a log level, a warning's category. */
+/** The tag a line shows for its stream: out, err, warning, dropped, or a log record's level. */
 export function streamTag(l: ConsoleLine): string {
   if (l.stream === 'stdout') return 'out';
   if (l.stream === 'stderr') return 'err';
-  if (l.stream === 'dropped') return 'dropped';
-  return (l.level ?? l.stream).toLowerCase();
+  if (l.stream === 'log') return (l.level ?? 'log').toLowerCase();
+  return l.stream;
 }
 
 // -- the view -------------------------------------------------------------------------------
@@ -292,6 +292,7 @@ export class ConsoleView {
     r.dataset.stream = l.stream;
     if (l.level) r.dataset.level = l.level.toLowerCase();
     const tag = el('span', 'cr-console-tag', streamTag(l));
+    tag.title = l.level ? `${l.stream}: ${l.level}` : l.stream;
     const who = el('button', 'cr-console-node', this.opts.nodeLabel(l.nodeId));
     who.type = 'button';
     who.tabIndex = -1;

@@ -65,7 +65,7 @@ describe('console model', () => {
     expect(streamTag({ ...base, stream: 'stdout', level: null })).toBe('out');
     expect(streamTag({ ...base, stream: 'stderr', level: null })).toBe('err');
     expect(streamTag({ ...base, stream: 'log', level: 'WARNING' })).toBe('warning');
-    expect(streamTag({ ...base, stream: 'warning', level: 'DeprecationWarning' })).toBe('deprecationwarning');
+    expect(streamTag({ ...base, stream: 'warning', level: 'DeprecationWarning' })).toBe('warning');
     expect(streamTag({ ...base, stream: 'dropped', level: null })).toBe('dropped');
   });
 });

@@ -224,14 +224,15 @@ class FileUpdatedData(FileData):
 class OutputLine(BaseModel):
     stream: Literal["stdout", "stderr", "log", "warning", "dropped"] = Field(
         description="Where it was written; 'dropped' marks output over the step's budget")
-    text: str = Field(description="One line, without its newline; ANSI escapes kept as written")
+    text: str = Field(description="One line, or consecutive lines of one stream joined by newlines "
+                                  "(no trailing one); ANSI escapes kept as written")
     level: Optional[str] = Field(None, description="A log record's level, a warning's category")
 
 
 class StepOutputData(_Data):
     node_id: str
     attempt: int = Field(description="The attempt that wrote it")
-    lines: list[OutputLine] = Field(default_factory=list)
+    lines: list[OutputLine] = Field(default_factory=list, description="In the order written")
     partial: Optional[OutputLine] = Field(
         None, description="The line being written (e.g. a progress bar), replaced by the next event's")
     dropped_lines: int = Field(0, description="Lines dropped since the previous event (over budget)")

@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import thread as _cf_thread
 from contextlib import contextmanager
@@ -52,10 +53,12 @@ from .events import loggable
 MODES = ("tee", "capture", "off")
 FLUSH_S = 0.2
 BATCH_BYTES = 64 * 1024
+#: Writers are granted the budget in blocks of this much (one lock and clock read per block).
+GRANT_BYTES = 8 * 1024
 #: A longer line is recorded in pieces of this many characters.
 MAX_LINE = 8 * 1024
-RATE_BYTES = 256 * 1024
-BURST_BYTES = 1024 * 1024
+RATE_BYTES = 128 * 1024
+BURST_BYTES = 512 * 1024
 TOTAL_BYTES = 16 * 1024 * 1024
 #: Output waiting for the flusher beyond this is dropped (the run's log is behind).
 MAX_PENDING = 2 * 1024 * 1024
@@ -87,7 +90,15 @@ def _size(s: str) -> int:
 
 
 class _Sink:
-    """One attempt's output: lines waiting to be sent, the partial lines, the budget."""
+    """One attempt's output: what its writers hand over, and what the flusher makes of it.
+
+    Writers (any thread of the step) append raw chunks to a deque, paying for them from
+    an allowance granted out of the budget in blocks (``GRANT_BYTES``, under the lock);
+    past the budget they only count what they drop. Neither takes the lock per write
+    (see ``_Router.write``), so a flood costs little. With several threads of one step
+    flooding at once the drop counts may miss a few, and text a thread writes while the
+    attempt ends may be lost. The flusher alone splits chunks into lines (``_lines``).
+    """
 
     def __init__(self, node_id: str, attempt: int, tee: bool, emit: Callable[[dict], None]):
         self.node_id = node_id
@@ -96,144 +107,194 @@ class _Sink:
         self.emit = emit
         self.lock = threading.Lock()
         self.emit_lock = threading.Lock()  # one batch at a time, in order
-        self.lines: list[dict] = []
-        self.partial: dict[str, str] = {}
-        #: Streams whose current line was partly dropped: the rest of it is dropped too.
-        self.broken: set[str] = set()
-        self.partial_sent: Optional[tuple[str, str]] = None
+        # -- shared with the writers
+        #: (stream, text, level); level is set for whole lines (a log record, a warning),
+        #: stream is None for the marks "drop" (dropping starts) and {stream: open?} (it ends).
+        self.chunks: deque[tuple] = deque()
+        #: Bytes the writers may still append without asking (granted from the budget).
+        self.allow = 0
         self.pending = 0
         self.tokens = float(BURST_BYTES)
         self.stamp = time.monotonic()
         self.recorded = 0
         self.dropping = False
+        #: Counted by the writers, only ever increased (the flusher reads the difference:
+        #: resetting them would race with the unlocked fast path).
         self.dropped_lines = 0
         self.dropped_bytes = 0
-        self.marked_at = 0.0
+        self.reported = (0, 0)
+        #: Per stream, while dropping: whether the last dropped text left a line open.
+        self.open_line: dict[str, bool] = {}
         self.closed = False
+        # -- the flusher's own
+        self.partial: dict[str, str] = {}
+        #: Streams whose current line was partly dropped: the rest of it is dropped too.
+        self.broken: set[str] = set()
+        self.partial_sent: Optional[tuple[str, str]] = None
+        self.marked_at = 0.0
+        self.lost_lines = 0
+        self.lost_bytes = 0
 
     # -- writing (any thread of the step) ------------------------------------------------
 
-    def _afford(self, n: int) -> bool:
-        """Whether ``n`` more bytes fit the budget (called under the lock)."""
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(float(BURST_BYTES), self.tokens + (now - self.stamp) * RATE_BYTES)
         self.stamp = now
-        if (self.tokens < n or self.recorded + n > TOTAL_BYTES
-                or self.pending + n > MAX_PENDING):
-            if not self.dropping:
-                self.dropping = True
-                self._drop_partials()
-            return False
-        self.tokens -= n
-        self.recorded += n
-        self.pending += n
-        self.dropping = False
-        return True
 
-    def _drop_partials(self) -> None:
-        for stream, text in self.partial.items():
-            if text:
-                self.broken.add(stream)  # its line counts as dropped when it ends
-                self.dropped_bytes += _size(text)
-        self.partial = {}
-
-    def write(self, stream: str, s: str) -> bool:
-        """Take text written to ``stream``; False when the attempt is over (not recorded)."""
-        n = _size(s)
+    def take(self, stream: str, s: str, n: int, level: Optional[str] = None) -> bool:
+        """Take ``s`` (``n`` bytes) when the allowance does not cover it (or whole lines,
+        with their ``level``); False when the attempt is over (not recorded)."""
         with self.lock:
             if self.closed:
                 return False
-            if not self._afford(n):
-                self.dropped_bytes += n
-                self.dropped_lines += s.count("\n")
-                if s.endswith("\n"):
-                    self.broken.discard(stream)
-                elif s:
-                    self.broken.add(stream)
-                return True
+            if not self.dropping:
+                if n > self.allow:  # ask the budget for more
+                    self._refill()
+                    grant = int(min(self.tokens, max(GRANT_BYTES, n), TOTAL_BYTES - self.recorded,
+                                    MAX_PENDING - self.pending))
+                    if grant > 0:
+                        self.tokens -= grant
+                        self.recorded += grant
+                        self.pending += grant
+                        self.allow += grant
+                    if self.pending >= BATCH_BYTES:
+                        _flusher.kick()
+                if n <= self.allow:
+                    self.allow -= n
+                    self.chunks.append((stream, s, level))
+                    return True
+                self.dropping = True
+                self.allow = 0
+                self.chunks.append((None, "drop", None))
+            self.drop(stream, s, level)
+            return True
+
+    def drop(self, stream: str, s: str, level: Optional[str] = None) -> None:
+        self.dropped_bytes += _size(s)
+        if level is not None:  # whole lines
+            self.dropped_lines += s.count("\n") + 1
+            return
+        self.dropped_lines += s.count("\n")
+        if s:
+            self.open_line[stream] = s[-1] != "\n"
+
+    # -- sending (the flusher, or the step's thread at the end) -----------------------------
+
+    def _lines(self, chunks: list[tuple], out: list[dict]) -> None:
+        """Turn chunks into finished lines (appended to ``out``); keep what is unfinished."""
+        i, n = 0, len(chunks)
+        while i < n:
+            stream, s, level = chunks[i]
+            i += 1
+            if stream is None:
+                if s == "drop":  # what was left of each line is dropped with what follows
+                    for st, text in self.partial.items():
+                        if text:
+                            self.broken.add(st)
+                            self.lost_bytes += _size(text)
+                    self.partial = {}
+                else:  # dropping ended: a stream left in mid-line drops the rest of that line
+                    for st, open_ in s.items():
+                        (self.broken.add if open_ else self.broken.discard)(st)
+                continue
+            if level is not None:
+                for line in s.split("\n"):
+                    out.append({"stream": stream, "text": line, "level": level})
+                continue
+            parts = [s]  # the run of chunks to the same stream, joined at once
+            while i < n and chunks[i][0] == stream and chunks[i][2] is None:
+                parts.append(chunks[i][1])
+                i += 1
+            s = "".join(parts)
             if stream in self.broken:  # the end of a line whose start was dropped
                 end = s.find("\n")
                 if end < 0:
-                    self.dropped_bytes += n
-                    return True
+                    self.lost_bytes += _size(s)
+                    continue
                 self.broken.discard(stream)
-                self.dropped_lines += 1
-                self.dropped_bytes += end + 1
+                self.lost_lines += 1
+                self.lost_bytes += _size(s[:end + 1])
                 s = s[end + 1:]
             text = self.partial.get(stream, "") + s
             if "\n" in text:
                 *done, text = text.split("\n")
-                for line in done:
-                    self._line(stream, _overwritten(line))
+                out.extend({"stream": stream, "text": _overwritten(line)} for line in done)
             cut = text.rfind("\r", 0, len(text) - 1)
             if cut >= 0:
                 text = text[cut + 1:]
             while len(text) > MAX_LINE:
-                self._line(stream, text[:MAX_LINE])
+                out.append({"stream": stream, "text": text[:MAX_LINE]})
                 text = text[MAX_LINE:]
             self.partial[stream] = text
-            big = self.pending >= BATCH_BYTES
-        if big:
-            _flusher.kick()
-        return True
-
-    def record(self, stream: str, text: str, level: Optional[str] = None) -> None:
-        """Take whole lines (a logging record, a warning)."""
-        with self.lock:
-            if self.closed:
-                return
-            if not self._afford(_size(text)):
-                self.dropped_bytes += _size(text)
-                self.dropped_lines += text.count("\n") + 1
-                return
-            for line in text.split("\n"):
-                self._line(stream, line, level)
-
-    def _line(self, stream: str, text: str, level: Optional[str] = None) -> None:
-        line = {"stream": stream, "text": text}
-        if level is not None:
-            line["level"] = level
-        self.lines.append(line)
-
-    # -- sending (the flusher, or the step's thread at the end) -----------------------------
 
     def flush(self, final: bool = False) -> None:
         with self.emit_lock:
             with self.lock:
-                if final:
-                    if self.closed:
-                        return
-                    self.closed = True
-                    for stream, text in self.partial.items():
-                        if text:
-                            self._line(stream, _overwritten(text))
-                    self.partial = {}
-                lines, self.lines, self.pending = self.lines, [], 0
-                now = time.monotonic()
-                marker = self.dropped_lines or self.dropped_bytes
-                if marker and (final or not self.dropping or now - self.marked_at >= MARKER_S):
-                    dropped = (self.dropped_lines, self.dropped_bytes)
-                    self.dropped_lines = self.dropped_bytes = 0
-                    self.marked_at = now
-                    lines.append({"stream": "dropped", "text": _dropped_text(*dropped)})
-                else:
-                    dropped = (0, 0)
-                partial = None
-                if not final:
-                    partial = next(((k, v) for k, v in self.partial.items() if v), None)
-                partial_changed = partial != self.partial_sent
-                self.partial_sent = partial
+                if self.closed:
+                    return
+                self.closed = final
+                chunks = [self.chunks.popleft() for _ in range(len(self.chunks))]
+                self.pending = self.allow
+                if self.dropping and not final:
+                    self._refill()
+                    if self.tokens >= BATCH_BYTES and self.recorded + BATCH_BYTES <= TOTAL_BYTES:
+                        self.dropping = False
+                        chunks.append((None, dict(self.open_line), None))
+                        self.open_line = {}
+                counted = (self.dropped_lines, self.dropped_bytes)
+                self.lost_lines += counted[0] - self.reported[0]
+                self.lost_bytes += counted[1] - self.reported[1]
+                self.reported = counted
+                dropping = self.dropping
+            lines: list[dict] = []
+            self._lines(chunks, lines)
+            if final:
+                for stream, text in self.partial.items():
+                    if text:
+                        lines.append({"stream": stream, "text": _overwritten(text)})
+                self.partial = {}
+            now = time.monotonic()
+            dropped = (0, 0)
+            if (self.lost_lines or self.lost_bytes) and (final or not dropping
+                                                         or now - self.marked_at >= MARKER_S):
+                dropped = (self.lost_lines, self.lost_bytes)
+                self.lost_lines = self.lost_bytes = 0
+                self.marked_at = now
+                lines.append({"stream": "dropped", "text": _dropped_text(*dropped)})
+            partial = None if final else next(((k, v) for k, v in self.partial.items() if v), None)
+            partial_changed = partial != self.partial_sent
+            self.partial_sent = partial
             if not lines and not partial_changed:
                 return
-            data: dict[str, Any] = {"node_id": self.node_id, "attempt": self.attempt, "lines": lines}
+            data: dict[str, Any] = {"node_id": self.node_id, "attempt": self.attempt,
+                                    "lines": _merged(lines)}
             if partial is not None:
                 data["partial"] = {"stream": partial[0], "text": partial[1]}
-            if dropped[0] or dropped[1]:
+            if dropped != (0, 0):
                 data["dropped_lines"], data["dropped_bytes"] = dropped
             try:
                 self.emit(loggable(data, "step output"))
             except Exception:
                 log.debug("step %s: its output could not be recorded", self.node_id, exc_info=True)
+
+
+def _merged(lines: list[dict]) -> list[dict]:
+    """Consecutive lines of one stream (and level) as one entry, joined by newlines: a
+    batch of 10,000 lines is a few objects, in memory and in the log, not 10,000."""
+    out: list[dict] = []
+    texts: list[str] = []
+    for line in lines:
+        if out and out[-1]["stream"] == line["stream"] and out[-1].get("level") == line.get("level"):
+            texts.append(line["text"])
+            continue
+        if out:
+            out[-1]["text"] = "\n".join(texts)
+        out.append(line)
+        texts = [line["text"]]
+    if out:
+        out[-1]["text"] = "\n".join(texts)
+    return out
 
 
 def _overwritten(line: str) -> str:
@@ -300,13 +361,26 @@ class _Router:
 
     def write(self, s: str) -> int:
         sink = _current.get()
-        if sink is None or not isinstance(s, str):
+        if sink is None or type(s) is not str:
             return self._target.write(s)
         if _muted.get():  # a logging handler's copy of a record already captured
             return self._target.write(s) if sink.tee else len(s)
-        if sink.write(self._name, s) and not sink.tee:
-            return len(s)
-        return self._target.write(s)
+        # The hot path, inlined (no lock, no call; see _Sink): within the allowance, append;
+        # past the budget, count what is dropped; else ask the budget (sink.take).
+        n = len(s) if s.isascii() else _size(s)
+        if sink.closed:
+            return self._target.write(s)
+        if sink.dropping:
+            sink.dropped_bytes += n
+            sink.dropped_lines += s.count("\n")
+            if s:
+                sink.open_line[self._name] = s[-1] != "\n"
+        elif n <= sink.allow:
+            sink.allow -= n
+            sink.chunks.append((self._name, s, None))
+        elif not sink.take(self._name, s, n):
+            return self._target.write(s)  # the attempt just ended
+        return self._target.write(s) if sink.tee else n
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
@@ -347,7 +421,7 @@ def _showwarning(original: Callable) -> Callable:
         if sink is None or file is not None:
             return original(message, category, filename, lineno, file, line)
         text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
-        sink.record("warning", text, category.__name__)
+        sink.take("warning", text, _size(text), category.__name__)
         if sink.tee:
             token = _muted.set(True)
             try:
@@ -409,7 +483,7 @@ def _patch_logging() -> None:
             text += "\n" + formatter.formatException(record.exc_info)
         if record.name != "root":
             text = f"{record.name}: {text}"
-        sink.record("log", text, record.levelname)
+        sink.take("log", text, _size(text), record.levelname)
         token = _muted.set(True)
         try:
             handle(self, record)

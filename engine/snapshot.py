@@ -209,7 +209,7 @@ class RunState:
         node = self.nodes[d["node_id"]]
         # (.get: a node document stored before output was recorded has neither count.)
         node["output_lines"] = node.get("output_lines", 0) + sum(
-            1 for line in d["lines"] if line["stream"] != "dropped")
+            line["text"].count("\n") + 1 for line in d["lines"] if line["stream"] != "dropped")
         node["output_dropped"] = node.get("output_dropped", 0) + d.get("dropped_lines", 0)
         return node["id"]
 

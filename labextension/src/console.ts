@@ -68,10 +68,13 @@ export class ConsoleModel {
     this.nodes.set(d.node_id, ring);
     if (this.nodes.size > NODE_RINGS) this.nodes.delete(this.nodes.keys().next().value!);
     for (const l of d.lines ?? []) {
-      const line: ConsoleLine = { seq: ev.seq, nodeId: d.node_id, attempt: d.attempt, stream: l.stream,
-                                  level: l.level ?? null, text: l.text };
-      this.run.push(line);
-      ring.push(line);
+      // An entry holds consecutive lines of one stream, joined by newlines.
+      for (const text of l.text.split('\n')) {
+        const line: ConsoleLine = { seq: ev.seq, nodeId: d.node_id, attempt: d.attempt, stream: l.stream,
+                                    level: l.level ?? null, text };
+        this.run.push(line);
+        ring.push(line);
+      }
     }
     if (d.partial) {
       this.partial.set(d.node_id, { seq: ev.seq, nodeId: d.node_id, attempt: d.attempt,

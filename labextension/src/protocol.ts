@@ -1212,6 +1212,9 @@ export interface StepOutputData {
    * The attempt that wrote it
    */
   attempt: number;
+  /**
+   * In the order written
+   */
   lines?: OutputLine[];
   /**
    * The line being written (e.g. a progress bar), replaced by the next event's
@@ -1233,7 +1236,7 @@ export interface OutputLine {
    */
   stream: 'stdout' | 'stderr' | 'log' | 'warning' | 'dropped';
   /**
-   * One line, without its newline; ANSI escapes kept as written
+   * One line, or consecutive lines of one stream joined by newlines (no trailing one); ANSI escapes kept as written
    */
   text: string;
   /**

@@ -156,7 +156,9 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       // Bounded: the state counts output; the lines stay in the log (console.ts reads them).
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
-      node.output_lines = (node.output_lines ?? 0) + (d.lines ?? []).filter(l => l.stream !== 'dropped').length;
+      let lines = 0;
+      for (const l of d.lines ?? []) if (l.stream !== 'dropped') lines += l.text.split('\n').length;
+      node.output_lines = (node.output_lines ?? 0) + lines;
       node.output_dropped = (node.output_dropped ?? 0) + (d.dropped_lines ?? 0);
       return node.id;
     }

@@ -52,6 +52,14 @@ describe('console model', () => {
     expect(m.lines('a').map(l => l.text)).toEqual(['a1', 'a2']);
   });
 
+  it('splits an entry of consecutive lines joined by newlines', () => {
+    const m = new ConsoleModel();
+    m.add(ev(1, 'step_output', { node_id: 'a', attempt: 1, lines: [
+      { stream: 'stdout', text: 'one\ntwo\nthree' }, { stream: 'log', level: 'INFO', text: 'rec' }] }) as any);
+    expect(m.lines('a').map(l => [l.stream, l.text])).toEqual([
+      ['stdout', 'one'], ['stdout', 'two'], ['stdout', 'three'], ['log', 'rec']]);
+  });
+
   it('shows a partial line (a progress bar) until the next event replaces it', () => {
     const m = new ConsoleModel();
     m.add(out(1, 'a', [], { partial: { stream: 'stderr', text: ' 40%|████' } }));

@@ -33,9 +33,10 @@ def output_of(run, node_id=None) -> list[dict]:
     lines = []
     for ev in run.events():
         if ev.event_type == "step_output" and (node_id is None or ev.data.node_id == node_id):
-            for line in ev.data.lines:
-                lines.append({"node": ev.data.node_id, "attempt": ev.data.attempt,
-                              **line.model_dump(exclude_none=True)})
+            for entry in ev.data.lines:  # consecutive lines of one stream, joined
+                for text in entry.text.split("\n"):
+                    lines.append({"node": ev.data.node_id, "attempt": ev.data.attempt,
+                                  **entry.model_dump(exclude_none=True), "text": text})
     return lines
 
 

@@ -4,13 +4,15 @@
 // turns ANSI colour codes into styled text (never HTML), filters by a search string,
 // and follows new output until the reader scrolls up.
 import type { EventOf } from './state';
-import { el, setText } from './dom';
+import { el, setText, throttled } from './dom';
 
 export const LINE_CAP = 5000;
 /** Steps whose own last LINE_CAP lines are held (the ones written to last). */
 export const NODE_RINGS = 20;
 const ROW_H = 18;
 const OVERSCAN = 10;
+/** New output is drawn at most this often (ms): a flood scrolls at 10 frames a second. */
+const REDRAW_MS = 100;
 
 export interface ConsoleLine {
   seq: number;
@@ -176,6 +178,7 @@ export class ConsoleView {
   private follow = true;
   private programmatic = false;
   private query = '';
+  private readonly redraw = throttled(() => this.render(true), REDRAW_MS);
 
   constructor(private readonly model: ConsoleModel, private readonly opts: ConsoleViewOptions) {
     this.element = el('section', 'cr-console');
@@ -237,9 +240,12 @@ export class ConsoleView {
     this.scope.value = this.nodeId ?? '';
   }
 
-  /** Redraw if the model changed (cheap when it did not). */
+  /** Redraw if the model changed (at most every REDRAW_MS); `force`: now. */
   render(force = false): void {
-    if (!force && this.shownVersion === this.model.version) return;
+    if (!force) {
+      if (this.shownVersion !== this.model.version) this.redraw();
+      return;
+    }
     this.shownVersion = this.model.version;
     let lines = this.model.lines(this.nodeId);
     if (this.query) lines = lines.filter(l => plainText(l.text).toLowerCase().includes(this.query));

@@ -1,7 +1,7 @@
 // Cost: totals by model, by agent and by step, and the run's cumulative cost and tokens
 // over time, from cost_update events as they arrive.
 import type { EventOf } from './state';
-import { el } from './dom';
+import { el, throttled } from './dom';
 import { lineChart, Point, pushPoint } from './metricchart';
 import { formatCost } from './runlist';
 import { formatCount } from './status';
@@ -52,16 +52,24 @@ export interface CostViewOptions {
 /** Rows shown per table (the most expensive first). */
 const TOP = 15;
 
+/** The tables and charts are rebuilt at most this often (ms) while costs stream in. */
+const REDRAW_MS = 500;
+
 export class CostView {
   readonly element = el('section', 'cr-cost');
   private shown = -1;
+  private readonly draw = throttled(() => this.redraw(), REDRAW_MS);
 
   constructor(private readonly model: CostModel, private readonly opts: CostViewOptions) {
     this.element.setAttribute('aria-label', 'Cost');
   }
 
+  /** Redraw when the totals changed, at most every REDRAW_MS (a late change is drawn then). */
   render(): void {
-    if (this.shown === this.model.version) return;
+    if (this.shown !== this.model.version) this.draw();
+  }
+
+  private redraw(): void {
     this.shown = this.model.version;
     const m = this.model;
     if (!m.total.calls) {

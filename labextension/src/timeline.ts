@@ -123,6 +123,10 @@ export class TimelineView {
   private cursor = 0;
   private drag: { x: number; win: [number, number] } | null = null;
   private shownVersion = -1;
+  /** Theme colours, read once per theme (reading styles forces a style recalculation). */
+  private colors: { theme: string; values: Map<string, string> } | null = null;
+  /** Labels clipped to the label column, by label. */
+  private readonly clipped = new Map<string, string>();
 
   constructor(private readonly model: TimelineModel, private readonly opts: TimelineViewOptions) {
     this.element = el('section', 'cr-timeline');
@@ -333,6 +337,18 @@ export class TimelineView {
     this.draw();
   }
 
+  private color(name: string): string {
+    const b = document.body?.dataset ?? {};
+    const theme = `${b.jpThemeName ?? ''}|${b.jpThemeLight ?? ''}`;
+    if (this.colors?.theme !== theme) this.colors = { theme, values: new Map() };
+    let v = this.colors.values.get(name);
+    if (v === undefined) {
+      v = getComputedStyle(this.element).getPropertyValue(name).trim() || '#888';
+      this.colors.values.set(name, v);
+    }
+    return v;
+  }
+
   /** Draw the rows in view. */
   draw(): void {
     this.shownVersion = this.model.version;
@@ -349,8 +365,7 @@ export class TimelineView {
     }
     const ctx = this.canvas.getContext('2d');
     if (!ctx) return;
-    const css = getComputedStyle(this.element);
-    const color = (v: string) => css.getPropertyValue(v).trim() || '#888';
+    const color = (v: string) => this.color(v);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, w, h);
     const [a, b] = this.span();
@@ -372,7 +387,14 @@ export class TimelineView {
         ctx.fillRect(0, y, w, ROW_H);
       }
       ctx.fillStyle = id === this.selected ? color('--cr-brand') : fg;
-      ctx.fillText(clip(ctx, this.opts.nodeLabel(id), LABEL_W - 12), 6, y + ROW_H / 2);
+      const label = this.opts.nodeLabel(id);
+      let shown = this.clipped.get(label);
+      if (shown === undefined) {
+        shown = clip(ctx, label, LABEL_W - 12);
+        if (this.clipped.size > 5000) this.clipped.clear();
+        this.clipped.set(label, shown);
+      }
+      ctx.fillText(shown, 6, y + ROW_H / 2);
       const r = m.rows.get(id);
       if (!r) continue;
       ctx.save();

@@ -114,17 +114,15 @@ def main(only):
                 scenario(b, name, f"speed=3&autoapprove=1&theme={theme}",
                          lambda pg: pg.wait_for_selector('[data-node-id=report][data-status=running]', timeout=60000),
                          lambda pg, tab=tab: (pg.click(f'.cr-tab[data-tab={tab}]'), pg.wait_for_timeout(700)))
-            name = f"tab-timeline-2000-{theme}"
-            if not only or name in only:
+            for tab, started in (("timeline", 300), ("console", 100)):
+                name = f"tab-{tab}-2000-{theme}"
+                if only and name not in only:
+                    continue
                 scenario(b, name, f"nodes=2000&lines=1000&theme={theme}&layout=panel",
-                         lambda pg: pg.wait_for_function("document.querySelectorAll('[data-node-id][data-status=completed]').length > 300", timeout=60000),
-                         lambda pg: (pg.click('.cr-tab[data-tab=timeline]'), pg.wait_for_timeout(800)),
-                         viewport=(1500, 900), full=True)
-            name = f"tab-console-2000-{theme}"
-            if not only or name in only:
-                scenario(b, name, f"nodes=2000&lines=1000&theme={theme}&layout=panel",
-                         lambda pg: pg.wait_for_function("document.querySelectorAll('[data-node-id][data-status=completed]').length > 100", timeout=60000),
-                         lambda pg: (pg.click('.cr-tab[data-tab=console]'), pg.wait_for_timeout(800)),
+                         lambda pg, n=started: pg.wait_for_function(
+                             f"document.querySelectorAll('[data-node-id][data-status=completed]').length > {n}",
+                             timeout=60000),
+                         lambda pg, tab=tab: (pg.click(f'.cr-tab[data-tab={tab}]'), pg.wait_for_timeout(800)),
                          viewport=(1500, 900), full=True)
         b.close()
 

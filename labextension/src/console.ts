@@ -167,8 +167,8 @@ export class ConsoleView {
   private readonly viewport = el('div', 'cr-console-viewport');
   private readonly spacer = el('div', 'cr-console-spacer');
   private readonly rows = el('div', 'cr-console-rows');
-  private readonly scope = el('select', 'cr-console-scope');
-  private readonly search = el('input', 'cr-console-search');
+  private readonly scope = el('select', 'cr-input cr-console-scope');
+  private readonly search = el('input', 'cr-input cr-console-search');
   private readonly followBox = el('input');
   private readonly status = el('span', 'cr-muted cr-console-status');
   private nodeId: string | null = null;

@@ -207,10 +207,7 @@ def test_timeline_of_a_2000_step_run(shared_lab, page, stores):
 
 def test_quickstart_plot_shows_as_a_thumbnail_and_opens_in_a_tab(shared_lab, page, stores):
     store = stores(shared_lab)
-    h.open_notebook(page, shared_lab, "quickstart.ipynb")
-    h.run_all(page)
-    view = h.wait_view(page)
-    run_id = h.view_run_id(view)
+    view, run_id = h.run_quickstart(page, shared_lab)
     h.wait_view(page, run_id, state="completed", timeout=240_000)
     files = _tab(view, "files")
     img = files.locator("img.cr-thumb-img")

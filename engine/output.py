@@ -61,7 +61,7 @@ RATE_BYTES = 128 * 1024
 BURST_BYTES = 512 * 1024
 TOTAL_BYTES = 16 * 1024 * 1024
 #: Output waiting for the flusher beyond this is dropped (the run's log is behind).
-MAX_PENDING = 2 * 1024 * 1024
+MAX_PENDING = 512 * 1024
 #: While output is being dropped, a marker goes out at most this often.
 MARKER_S = 1.0
 
@@ -108,9 +108,12 @@ class _Sink:
         self.lock = threading.Lock()
         self.emit_lock = threading.Lock()  # one batch at a time, in order
         # -- shared with the writers
-        #: (stream, text, level); level is set for whole lines (a log record, a warning),
-        #: stream is None for the marks "drop" (dropping starts) and {stream: open?} (it ends).
-        self.chunks: deque[tuple] = deque()
+        #: Text written to the current stream (a str: no tuple per write, a flood of small
+        #: writes stays small in memory); (stream,): the stream changes; (stream, text,
+        #: level): whole lines (a log record, a warning); (None, "drop", None): dropping
+        #: starts; (None, {stream: line open?}, None): it ends.
+        self.chunks: deque = deque()
+        self.stream: Optional[str] = None  # the stream the last text chunk went to
         #: Bytes the writers may still append without asking (granted from the budget).
         self.allow = 0
         self.pending = 0
@@ -127,6 +130,7 @@ class _Sink:
         self.open_line: dict[str, bool] = {}
         self.closed = False
         # -- the flusher's own
+        self.reading: Optional[str] = None  # the stream of the text chunks being read
         self.partial: dict[str, str] = {}
         #: Streams whose current line was partly dropped: the rest of it is dropped too.
         self.broken: set[str] = set()
@@ -162,13 +166,23 @@ class _Sink:
                         _flusher.kick()
                 if n <= self.allow:
                     self.allow -= n
-                    self.chunks.append((stream, s, level))
+                    if level is not None:
+                        self.chunks.append((stream, s, level))
+                    else:
+                        self.text(stream, s)
                     return True
                 self.dropping = True
                 self.allow = 0
                 self.chunks.append((None, "drop", None))
             self.drop(stream, s, level)
             return True
+
+    def text(self, stream: str, s: str) -> None:
+        """Append text written to ``stream`` (the allowance paid for it)."""
+        if self.stream is not stream:
+            self.stream = stream
+            self.chunks.append((stream,))
+        self.chunks.append(s)
 
     def drop(self, stream: str, s: str, level: Optional[str] = None) -> None:
         self.dropped_bytes += _size(s)
@@ -181,52 +195,56 @@ class _Sink:
 
     # -- sending (the flusher, or the step's thread at the end) -----------------------------
 
-    def _lines(self, chunks: list[tuple], out: list[dict]) -> None:
+    def _lines(self, chunks: list, out: list[list]) -> None:
         """Turn chunks into finished lines (appended to ``out``); keep what is unfinished."""
         i, n = 0, len(chunks)
         while i < n:
-            stream, s, level = chunks[i]
+            item = chunks[i]
             i += 1
-            if stream is None:
-                if s == "drop":  # what was left of each line is dropped with what follows
+            if item.__class__ is str:
+                parts = [item]  # the run of text to one stream, joined at once
+                while i < n and chunks[i].__class__ is str:
+                    parts.append(chunks[i])
+                    i += 1
+                self._text(self.reading, "".join(parts), out)
+            elif len(item) == 1:
+                self.reading = item[0]
+            elif item[0] is None:
+                if item[1] == "drop":  # what was left of each line is dropped with what follows
                     for st, text in self.partial.items():
                         if text:
                             self.broken.add(st)
                             self.lost_bytes += _size(text)
                     self.partial = {}
                 else:  # dropping ended: a stream left in mid-line drops the rest of that line
-                    for st, open_ in s.items():
+                    for st, open_ in item[1].items():
                         (self.broken.add if open_ else self.broken.discard)(st)
-                continue
-            if level is not None:
-                for line in s.split("\n"):
-                    out.append({"stream": stream, "text": line, "level": level})
-                continue
-            parts = [s]  # the run of chunks to the same stream, joined at once
-            while i < n and chunks[i][0] == stream and chunks[i][2] is None:
-                parts.append(chunks[i][1])
-                i += 1
-            s = "".join(parts)
-            if stream in self.broken:  # the end of a line whose start was dropped
-                end = s.find("\n")
-                if end < 0:
-                    self.lost_bytes += _size(s)
-                    continue
-                self.broken.discard(stream)
-                self.lost_lines += 1
-                self.lost_bytes += _size(s[:end + 1])
-                s = s[end + 1:]
-            text = self.partial.get(stream, "") + s
-            if "\n" in text:
-                *done, text = text.split("\n")
-                out.extend({"stream": stream, "text": _overwritten(line)} for line in done)
-            cut = text.rfind("\r", 0, len(text) - 1)
-            if cut >= 0:
-                text = text[cut + 1:]
-            while len(text) > MAX_LINE:
-                out.append({"stream": stream, "text": text[:MAX_LINE]})
-                text = text[MAX_LINE:]
-            self.partial[stream] = text
+            else:
+                stream, text, level = item
+                _add(out, stream, text.split("\n"), level)
+
+    def _text(self, stream: str, s: str, out: list[list]) -> None:
+        """Text written to ``stream``: its finished lines to ``out``, the rest kept."""
+        if stream in self.broken:  # the end of a line whose start was dropped
+            end = s.find("\n")
+            if end < 0:
+                self.lost_bytes += _size(s)
+                return
+            self.broken.discard(stream)
+            self.lost_lines += 1
+            self.lost_bytes += _size(s[:end + 1])
+            s = s[end + 1:]
+        text = self.partial.get(stream, "") + s
+        if "\n" in text:
+            *done, text = text.split("\n")
+            _add(out, stream, [_overwritten(line) for line in done] if "\r" in s else done)
+        cut = text.rfind("\r", 0, len(text) - 1)
+        if cut >= 0:
+            text = text[cut + 1:]
+        while len(text) > MAX_LINE:
+            _add(out, stream, [text[:MAX_LINE]])
+            text = text[MAX_LINE:]
+        self.partial[stream] = text
 
     def flush(self, final: bool = False) -> None:
         with self.emit_lock:
@@ -247,12 +265,12 @@ class _Sink:
                 self.lost_bytes += counted[1] - self.reported[1]
                 self.reported = counted
                 dropping = self.dropping
-            lines: list[dict] = []
+            lines: list[list] = []
             self._lines(chunks, lines)
             if final:
                 for stream, text in self.partial.items():
                     if text:
-                        lines.append({"stream": stream, "text": _overwritten(text)})
+                        _add(lines, stream, [_overwritten(text)])
                 self.partial = {}
             now = time.monotonic()
             dropped = (0, 0)
@@ -261,14 +279,14 @@ class _Sink:
                 dropped = (self.lost_lines, self.lost_bytes)
                 self.lost_lines = self.lost_bytes = 0
                 self.marked_at = now
-                lines.append({"stream": "dropped", "text": _dropped_text(*dropped)})
+                _add(lines, "dropped", [_dropped_text(*dropped)])
             partial = None if final else next(((k, v) for k, v in self.partial.items() if v), None)
             partial_changed = partial != self.partial_sent
             self.partial_sent = partial
             if not lines and not partial_changed:
                 return
             data: dict[str, Any] = {"node_id": self.node_id, "attempt": self.attempt,
-                                    "lines": _merged(lines)}
+                                    "lines": [_entry(*e) for e in lines]}
             if partial is not None:
                 data["partial"] = {"stream": partial[0], "text": partial[1]}
             if dropped != (0, 0):
@@ -279,22 +297,20 @@ class _Sink:
                 log.debug("step %s: its output could not be recorded", self.node_id, exc_info=True)
 
 
-def _merged(lines: list[dict]) -> list[dict]:
-    """Consecutive lines of one stream (and level) as one entry, joined by newlines: a
-    batch of 10,000 lines is a few objects, in memory and in the log, not 10,000."""
-    out: list[dict] = []
-    texts: list[str] = []
-    for line in lines:
-        if out and out[-1]["stream"] == line["stream"] and out[-1].get("level") == line.get("level"):
-            texts.append(line["text"])
-            continue
-        if out:
-            out[-1]["text"] = "\n".join(texts)
-        out.append(line)
-        texts = [line["text"]]
-    if out:
-        out[-1]["text"] = "\n".join(texts)
-    return out
+def _add(out: list[list], stream: str, lines: list[str], level: Optional[str] = None) -> None:
+    """Add lines to a batch: consecutive lines of one stream (and level) make one entry,
+    sent joined by newlines, so 10,000 lines are a few objects, in memory and in the log."""
+    if out and out[-1][0] == stream and out[-1][1] == level:
+        out[-1][2].extend(lines)
+    else:
+        out.append([stream, level, list(lines)])
+
+
+def _entry(stream: str, level: Optional[str], lines: list[str]) -> dict:
+    entry = {"stream": stream, "text": "\n".join(lines)}
+    if level is not None:
+        entry["level"] = level
+    return entry
 
 
 def _overwritten(line: str) -> str:
@@ -377,7 +393,10 @@ class _Router:
                 sink.open_line[self._name] = s[-1] != "\n"
         elif n <= sink.allow:
             sink.allow -= n
-            sink.chunks.append((self._name, s, None))
+            if sink.stream is not self._name:
+                sink.text(self._name, s)
+            else:
+                sink.chunks.append(s)
         elif not sink.take(self._name, s, n):
             return self._target.write(s)  # the attempt just ended
         return self._target.write(s) if sink.tee else n

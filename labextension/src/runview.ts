@@ -75,6 +75,8 @@ export class RunView {
   private dirtyNodes = new Set<string>();
   private dirtyLog = false;
   private dirtyInsights = false;
+  /** While another tab hides the graph, what it has not drawn yet (drawn when shown). */
+  private dagBehind: { nodes: Set<string>; full: boolean } | null = null;
   private disposed = false;
   private countdown: ReturnType<typeof setTimeout> | null = null;
 
@@ -149,6 +151,12 @@ export class RunView {
       live: () => !!this.state && !isSettled(this.state.run.state),
       onTab: tab => {
         this.dag.element.hidden = tab !== 'graph';
+        if (tab !== 'graph') this.dagBehind ??= { nodes: new Set(), full: false };
+        else if (this.dagBehind) {
+          const behind = this.dagBehind;
+          this.dagBehind = null;
+          if (this.state) this.dag.update(this.state, behind.nodes, behind.full);
+        }
         this.dirtyInsights = true;
         this.schedule();
       }
@@ -283,7 +291,12 @@ export class RunView {
     this.dirtyLog = true;
     this.dirtyRun ||= u.runChanged || u.snapshot;
     for (const id of u.nodes) this.dirtyNodes.add(id);
-    this.dag.update(u.state, u.nodes, u.snapshot);
+    if (this.dagBehind) {  // hidden: no drawing, only what to draw when shown
+      for (const id of u.nodes) this.dagBehind.nodes.add(id);
+      this.dagBehind.full ||= u.snapshot;
+    } else {
+      this.dag.update(u.state, u.nodes, u.snapshot);
+    }
     this.schedule();
   }
 

@@ -20,6 +20,12 @@ Five figures:
   snapshot to the end of the window (then the server is frozen and the last batch drained);
   also every node drawn in the DOM must show the server's status.
 
+With ``--lines`` (default 1,000), a second pair of pages adds ~that many step output
+lines a second (step_output events from the running steps, batched per step every
+200 ms as engine.output does) and shows the run view's console, timeline and cost
+tabs in turn, one second each, through the window (issue 13: long tasks target 0,
+frame p95 ≤ 20 ms); every tab's model takes every event all along.
+
 Baseline, the same run, same browser, same parameters: the same harness page with
 ``?view=list``: the same fake server, executor, pacer, transport and ``RunFollower``, but
 drawn as one plain ``<div>`` per node (in a scrolling box) whose ``textContent`` is set at
@@ -30,6 +36,7 @@ The harness is bundled first if ``dev/harness.js`` is missing or stale (``node
 dev/build.mjs``, via labextension/dev/measure.py, whose helpers this script imports).
 
     python benchmarks/widget_render.py [--nodes 2000] [--seconds 30] [--rate 200] [--warmup 3]
+                                       [--lines 1000]
 """
 
 from __future__ import annotations
@@ -81,8 +88,9 @@ NEXT_FRAMES = "() => new Promise(r => requestAnimationFrame(() => requestAnimati
 
 
 def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmup: float,
-             **params) -> dict:
-    """One page: first render, ``warmup`` s, then ``seconds`` of streaming measured."""
+             tabs: tuple[str, ...] = (), **params) -> dict:
+    """One page: first render, ``warmup`` s, then ``seconds`` of streaming measured
+    (showing each of ``tabs`` in turn, a second each)."""
     list_view = params.get("view") == "list"
     url = measure.harness_url(nodes, rate=rate, **params)
     page, cdp = measure.open_harness(browser, url, init_scripts=(measure.OBSERVE, LONGTASKS))
@@ -111,7 +119,12 @@ def run_page(browser, label: str, nodes: int, seconds: float, rate: float, warmu
         per_second, ended_early = [], False
         end = time.monotonic() + seconds
         last = before
+        shown = 0
         while time.monotonic() < end - 1e-3:
+            if tabs:
+                page.evaluate("t => document.querySelector(`.cr-tab[data-tab=${t}]`).click()",
+                              tabs[shown % len(tabs)])
+                shown += 1
             page.wait_for_timeout(min(1.0, end - time.monotonic()) * 1000)
             now = page.evaluate(PROBE)
             per_second.append((now["emitted"] - last["emitted"]) / max(1e-3, (now["t"] - last["t"]) / 1000))
@@ -191,6 +204,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="streaming window, after the warm-up")
     p.add_argument("--rate", type=float, default=200.0, help="mean events/s the fake executor is paced to")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds between first render and the window")
+    p.add_argument("--lines", type=int, default=1000,
+                   help="output lines/s for the console+timeline+cost pages (0: skip them)")
     args = p.parse_args()
     n, secs, rate = args.nodes, args.seconds, args.rate
 
@@ -209,6 +224,11 @@ def main() -> int:
                  f"{measure.VIEWPORT['width']}x{measure.VIEWPORT['height']}")
             dag = run_page(browser, "run view", n, secs, rate, args.warmup)
             base = run_page(browser, "plain list", n, secs, rate, args.warmup, view="list")
+            if args.lines:
+                tabs = run_page(browser, "console, timeline, cost", n, secs, rate, args.warmup,
+                                tabs=("console", "timeline", "cost"), lines=args.lines)
+                tabs_base = run_page(browser, "plain list + output", n, secs, rate, args.warmup,
+                                     view="list", lines=args.lines)
         finally:
             browser.close()
 
@@ -231,6 +251,18 @@ def main() -> int:
     emit(f"widget_render.applied_{n}", frac(dag), "fraction of sent events applied",
          baseline, frac(base), "1 (applied == sent; drawn statuses match the server's)",
          dag["applied"] == dag["sent"] and dag["drawn"]["wrong"] == 0 and not dag["errors"])
+    if args.lines:
+        cond = f"{n} nodes, ~{rate:g} events/s + ~{args.lines} output lines/s for {secs:g} s"
+        full = not tabs["ended_early"] and tabs["seconds"] >= 0.95 * secs
+        label = baseline + f", plus the same ~{args.lines} output lines/s (not drawn)"
+        emit(f"widget_render.tabs_long_tasks_{n}", len(tabs["long_tasks"]),
+             "long tasks > 50 ms while streaming, console/timeline/cost shown in turn", label,
+             len(tabs_base["long_tasks"]), f"0 ({cond})", not tabs["long_tasks"] and full)
+        p95 = tabs["frames"]["p95"]
+        emit(f"widget_render.tabs_frame_p95_ms_{n}", p95, "ms (rAF interval p95 while streaming)",
+             label, tabs_base["frames"]["p95"], f"<= 20 ms ({cond})", p95 <= 20 and full)
+        emit(f"widget_render.tabs_applied_{n}", frac(tabs), "fraction of sent events applied", label,
+             frac(tabs_base), "1", tabs["applied"] == tabs["sent"] and not tabs["errors"])
     note_load("end")
     return 0
 

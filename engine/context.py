@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 from .errors import WorkflowDefinitionError
 from .events import as_json, escape_surrogates, loggable
+from .output import current_mode
 from .step import Step, definable, make_step
 
 
@@ -121,8 +122,10 @@ class StepContext:
             data["error"] = str(error)
         self._record("agent_tool_call", data, "ctx.tool_call")
 
-    def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0) -> None:
-        """Tokens and money spent (``cost_update``); totals add up per node and per run.
+    def cost(self, model: str, input_tokens: int = 0, output_tokens: int = 0, usd: float = 0.0,
+             agent: Optional[str] = None) -> None:
+        """Tokens and money spent (``cost_update``); totals add up per node and per run
+        (and, in the run view, per model and per ``agent`` when given).
 
         Tokens are whole numbers in [0, MAX_TOKENS], ``usd`` a finite number in
         [0, MAX_USD]; anything else raises ``ValueError`` (``TypeError`` for what is no
@@ -134,6 +137,8 @@ class StepContext:
                 "usd": _number("ctx.cost", "usd", usd)}
         if not 0.0 <= data["usd"] <= MAX_USD:
             raise ValueError(f"ctx.cost: usd must be between 0 and {MAX_USD:g}, not {data['usd']}")
+        if agent is not None:
+            data["agent"] = str(agent)
         self._record("cost_update", data, "ctx.cost")
 
     def metric(self, name: str, value: float, step: Optional[int] = None,
@@ -204,14 +209,17 @@ class StepContext:
 
     def add_step(self, fn: Callable[..., Any], deps: Iterable[str] = (), *, name: Optional[str] = None,
                  retries: int = 0, retry_delay: float = 0.5, label: str = "",
-                 description: Optional[str] = None) -> str:
+                 description: Optional[str] = None, capture_output: Optional[str] = None) -> str:
         """Add a step to the running workflow (``dag_updated``); returns its node id.
+
+        ``capture_output``: as for ``@wf.step``; by default the adding step's own mode.
 
         Names, labels and descriptions define the DAG rather than report data: one with a
         lone surrogate (or a name with a NUL character) raises ``WorkflowDefinitionError``.
         """
         step = make_step(fn, name=name, deps=deps, retries=retries, retry_delay=retry_delay,
-                         label=label, description=description)
+                         label=label, description=description,
+                         capture_output=capture_output or current_mode())
         if "\x00" in step.id or not definable(step.spec()):
             raise WorkflowDefinitionError(
                 f"ctx.add_step: step {escape_surrogates(step.id)!r}: names, labels and descriptions "

@@ -207,6 +207,7 @@ class QuestionAnsweredData(_Data):
 class CostUpdateData(_Data):
     node_id: str
     model: str
+    agent: Optional[str] = Field(None, description="The agent that spent it, when known")
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
@@ -234,6 +235,24 @@ class FileCreatedData(FileData):
 
 class FileUpdatedData(FileData):
     pass
+
+
+class OutputLine(BaseModel):
+    stream: Literal["stdout", "stderr", "log", "warning", "dropped"] = Field(
+        description="Where it was written; 'dropped' marks output over the step's budget")
+    text: str = Field(description="One line, or consecutive lines of one stream joined by newlines "
+                                  "(no trailing one); ANSI escapes kept as written")
+    level: Optional[str] = Field(None, description="A log record's level, a warning's category")
+
+
+class StepOutputData(_Data):
+    node_id: str
+    attempt: int = Field(description="The attempt that wrote it")
+    lines: list[OutputLine] = Field(default_factory=list, description="In the order written")
+    partial: Optional[OutputLine] = Field(
+        None, description="The line being written (e.g. a progress bar), replaced by the next event's")
+    dropped_lines: int = Field(0, description="Lines dropped since the previous event (over budget)")
+    dropped_bytes: int = 0
 
 
 class ErrorOccurredData(_Data):
@@ -270,6 +289,7 @@ EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "file_created": FileCreatedData,
     "file_updated": FileUpdatedData,
     "error_occurred": ErrorOccurredData,
+    "step_output": StepOutputData,
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA_MODELS)

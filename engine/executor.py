@@ -36,6 +36,7 @@ from .errors import (
     error_info,
 )
 from .events import escape_surrogates, loggable, new_event
+from .output import capture
 from .snapshot import RunState
 from .step import Step
 from .store.base import Commit, Store
@@ -452,7 +453,9 @@ class Executor:
             kwargs = {d: self.results[d] for d in step.inputs}
             if step.wants_ctx:
                 kwargs["ctx"] = StepContext(self, node_id)
-            result = step.fn(**kwargs)
+            with capture(step.capture_output or "tee", node_id, self.attempt_of(node_id),
+                         self._record_output):
+                result = step.fn(**kwargs)
         except Cancelled:
             self._end_attempt(node_id, cancelled=True)
         except BaseException as exc:  # the step's own failure
@@ -565,6 +568,9 @@ class Executor:
     def attempt_of(self, node_id: str) -> int:
         """The node's current attempt (1, then 2 on the first retry, ...)."""
         return self.view.nodes[node_id]["attempt"]
+
+    def _record_output(self, data: dict) -> None:
+        self.record("step_output", data)
 
     def record_file(self, node_id: str, data: dict) -> None:
         """``file_created`` for a path new to the node, ``file_updated`` after that."""

@@ -78,6 +78,8 @@ def new_node_doc(spec: dict, position: int) -> dict:
         "files": [],
         "metrics": {},
         "approval": None,
+        "output_lines": 0,
+        "output_dropped": 0,
     }
 
 
@@ -202,6 +204,15 @@ class RunState:
         node["metrics"] = {**node["metrics"], d["name"]: d["value"]}
         return node["id"]
 
+    def _output(self, d: dict, ts: str) -> str:
+        # Bounded: the snapshot counts output; the lines themselves stay in the log.
+        node = self.nodes[d["node_id"]]
+        # (.get: a node document stored before output was recorded has neither count.)
+        node["output_lines"] = node.get("output_lines", 0) + sum(
+            line["text"].count("\n") + 1 for line in d["lines"] if line["stream"] != "dropped")
+        node["output_dropped"] = node.get("output_dropped", 0) + d.get("dropped_lines", 0)
+        return node["id"]
+
     def _file(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]
         entry = {k: d[k] for k in ("path", "size", "mime", "description") if d.get(k) is not None}
@@ -279,6 +290,7 @@ _HANDLERS = {
     "agent_message": RunState._agent_message,
     "cost_update": RunState._cost,
     "metric_update": RunState._metric,
+    "step_output": RunState._output,
     "file_created": RunState._file,
     "file_updated": RunState._file,
     "approval_requested": RunState._approval_requested,
@@ -345,6 +357,8 @@ class NodeInfo(BaseModel):
     files: list[FileInfo]
     metrics: dict[str, float]
     approval: Optional[PendingApproval]
+    output_lines: int = Field(0, description="Lines of output the step recorded (step_output)")
+    output_dropped: int = Field(0, description="Lines of output dropped over the step's budget")
 
 
 class RunInfo(BaseModel):

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .errors import WorkflowDefinitionError
 from .events import loggable
+from .output import check_mode
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Step:
     wants_ctx: bool = field(default=False, compare=False)
     #: The dependencies whose results the function takes as keyword arguments.
     inputs: tuple[str, ...] = field(default=(), compare=False)
+    #: What happens to its output (engine.output): "tee", "capture", "off"; None: the
+    #: workflow's choice.
+    capture_output: Optional[str] = field(default=None, compare=False)
 
     def spec(self) -> dict:
         """The node's description as recorded in the event log."""
@@ -33,7 +37,7 @@ class Step:
 
 def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Iterable[str] = (),
               retries: int = 0, retry_delay: float = 0.5, label: str = "",
-              description: Optional[str] = None) -> Step:
+              description: Optional[str] = None, capture_output: Optional[str] = None) -> Step:
     """Build a Step, checking that the function's parameters can all be supplied."""
     if not callable(fn):
         raise WorkflowDefinitionError(f"step {fn!r} is not callable")
@@ -47,6 +51,11 @@ def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Itera
         raise WorkflowDefinitionError(f"step {step_id!r} depends on itself (a cycle)")
     if not isinstance(retries, int) or retries < 0:
         raise WorkflowDefinitionError(f"step {step_id!r}: retries must be an int >= 0")
+    if capture_output is not None:
+        try:
+            check_mode(capture_output, f"step {step_id!r}")
+        except ValueError as exc:
+            raise WorkflowDefinitionError(str(exc)) from None
     wants_ctx = False
     params = inspect.signature(fn).parameters
     for p in params.values():
@@ -64,7 +73,7 @@ def make_step(fn: Callable[..., Any], *, name: Optional[str] = None, deps: Itera
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     return Step(step_id, fn, deps, retries, retry_delay, label,
                 description if description is not None else doc.split("\n\n")[0], wants_ctx,
-                tuple(d for d in deps if takes_all or d in params))
+                tuple(d for d in deps if takes_all or d in params), capture_output)
 
 
 def definable(fields: dict) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterable, Optional
 
 import networkx as nx
 
 from .errors import WorkflowDefinitionError
 from .events import escape_surrogates
+from .output import check_mode
 from .run import start_run
 from .step import Step, definable, make_step
 from .store import open_store
@@ -25,20 +27,30 @@ class Workflow:
     <WorkflowState.completed: 'completed'>
     """
 
-    def __init__(self, name: str, description: str = ""):
+    def __init__(self, name: str, description: str = "", *, capture_output: str = "tee"):
+        """``capture_output``: what happens to what the steps print, log or warn
+        (engine.output): ``"tee"`` records it as the step's events and still shows it in
+        the cell, ``"capture"`` records it only, ``"off"`` leaves it alone. A step's own
+        ``capture_output=`` wins."""
         if not name:
             raise WorkflowDefinitionError("a workflow needs a name")
+        try:
+            self.capture_output = check_mode(capture_output, f"workflow {name!r}")
+        except ValueError as exc:
+            raise WorkflowDefinitionError(str(exc)) from None
         self.name = name
         self.description = description
         self.steps: dict[str, Step] = {}
 
     def step(self, name: Optional[str] = None, *, deps: Iterable[str] = (), retries: int = 0,
-             retry_delay: float = 0.5, label: str = "", description: Optional[str] = None):
+             retry_delay: float = 0.5, label: str = "", description: Optional[str] = None,
+             capture_output: Optional[str] = None):
         """Decorator: add the function as a step. Unknown deps and cycles are refused here."""
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add(make_step(fn, name=name, deps=deps, retries=retries,
-                               retry_delay=retry_delay, label=label, description=description))
+                               retry_delay=retry_delay, label=label, description=description,
+                               capture_output=capture_output))
             return fn
 
         if callable(name):  # used bare: @wf.step
@@ -102,7 +114,9 @@ class Workflow:
         (see engine.dask).
         """
         self.validate()
-        return start_run(store if store is not None else open_store(), self.name, self.steps,
+        steps = {sid: s if s.capture_output else dataclasses.replace(s, capture_output=self.capture_output)
+                 for sid, s in self.steps.items()}
+        return start_run(store if store is not None else open_store(), self.name, steps,
                          description=self.description, max_workers=max_workers, owner=owner,
                          run_id=run_id, dask=dask)
 

@@ -40,7 +40,7 @@ def completed_run(store, tmp: Path) -> str:
         ctx.message("Plan: two fits and a report.", agent="planner")
         ctx.thinking("Two models should be enough.", agent="planner")
         ctx.tool_call("search", {"q": "planck 2018"}, result={"hits": 3}, agent="planner")
-        ctx.cost(model="m", input_tokens=120, output_tokens=30, usd=0.0012)
+        ctx.cost(model="m", input_tokens=120, output_tokens=30, usd=0.0012, agent="planner")
 
         def extra(ctx, plan):
             ctx.progress(1.0, "done")
@@ -53,6 +53,7 @@ def completed_run(store, tmp: Path) -> str:
     def flaky(ctx, plan):
         attempts["flaky"] += 1
         ctx.progress(0.5, "working")
+        print(f"attempt {attempts['flaky']}")  # step_output
         if attempts["flaky"] == 1:
             raise RuntimeError("first attempt fails")
         ctx.metric("chi2", 1.25)

@@ -44,7 +44,7 @@ class Payload:
     """One attempt, as shipped to the worker. Opaque to Dask, so it does not walk the inputs."""
 
     __slots__ = ("run_id", "token", "node_id", "attempt", "topic", "control", "key", "fn",
-                 "filename", "kwargs", "wants_ctx")
+                 "filename", "kwargs", "wants_ctx", "capture_output")
 
     def __init__(self, **fields: Any):
         for name, value in fields.items():

@@ -207,7 +207,8 @@ class DaskRunner:
                              control=self._control.name, key=a.key, fn=a.step.fn,
                              filename=getattr(getattr(a.step.fn, "__code__", None),
                                               "co_filename", None),
-                             kwargs=a.kwargs, wants_ctx=a.step.wants_ctx) for a in batch]
+                             kwargs=a.kwargs, wants_ctx=a.step.wants_ctx,
+                             capture_output=a.step.capture_output or "tee") for a in batch]
         try:
             futures = self.client.map(run_attempt, payloads, key=[a.key for a in batch],
                                       pure=False)

@@ -14,6 +14,7 @@ from distributed.protocol import pickle as dask_pickle
 from ..context import StepContext
 from ..errors import Cancelled, WorkerLost, error_info
 from ..events import loggable
+from ..output import capture
 from .channel import ANSWER_POLL_S, GO, INLINE_RESULT_BYTES, STOP, Payload, answer_name, claim_name
 
 
@@ -36,7 +37,8 @@ def run_attempt(p: Payload) -> Any:
     if p.wants_ctx:
         kwargs["ctx"] = StepContext(link, p.node_id)
     try:
-        value = fn(**kwargs)
+        with capture(p.capture_output, p.node_id, p.attempt, link.record_output):
+            value = fn(**kwargs)
     except Cancelled:
         link.send("end", {"outcome": "cancelled"})
         return None
@@ -100,6 +102,9 @@ class WorkerLink:
 
     def record(self, etype: str, data: dict) -> None:
         self.send("event", [etype, data])  # checked by the StepContext, on this worker
+
+    def record_output(self, data: dict) -> None:
+        self.send("event", ["step_output", data])  # checked by engine.output, on this worker
 
     def record_file(self, node_id: str, data: dict) -> None:
         self.send("file", data)  # created or updated: the executor knows the node's files

@@ -53,8 +53,10 @@ def main():
         resume.click()
         expect(root).to_have_attribute("data-state", "executing", timeout=10000)
 
-        # Keyboard: Tab into the graph, Enter selects, arrows move.
+        # Keyboard: Tab to the view's tabs (one tab stop), Tab into the graph, Enter selects, arrows move.
         page.locator("button[data-action=cancel]").focus()
+        page.keyboard.press("Tab")
+        check("Tab reaches the view's tabs", page.evaluate("document.activeElement.dataset.tab") == "graph")
         page.keyboard.press("Tab")
         focused = page.evaluate("document.activeElement.dataset.nodeId || document.activeElement.dataset.key")
         check("Tab reaches a graph node", focused == "plan", str(focused))
@@ -90,7 +92,7 @@ def main():
 
         # Files: served paths linked, others text only; images previewed.
         page.click("[data-node-id=plot_spectra]")
-        img = page.locator(".cr-file-img")
+        img = page.locator(".cr-detail .cr-thumb-img")
         check("image file previewed", img.count() == 1 and img.get_attribute("src").startswith("data:image/png"))
         page.click("[data-node-id=camb_lcdm]")
         names = page.eval_on_selector_all(".cr-file .cr-file-name", "els => els.map(e => [e.tagName, e.textContent])")

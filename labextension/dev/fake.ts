@@ -30,8 +30,10 @@ export interface StepCtx {
   message(agent: string, text: string): void;
   thinking(agent: string, text: string): void;
   toolCall(agent: string, tool: string, args: Record<string, unknown>, result?: Record<string, unknown>): void;
-  cost(model: string, input: number, output: number, usd: number): void;
-  metric(name: string, value: number, unit?: string): void;
+  cost(model: string, input: number, output: number, usd: number, agent?: string): void;
+  metric(name: string, value: number, unit?: string, step?: number): void;
+  /** Output lines as engine/output.py batches them: [stream, text, level?]; a partial line. */
+  output(lines: Array<[string, string, string?]>, partial?: string): void;
   file(path: string, mime: string, size: number, description?: string, updated?: boolean): void;
   checkpoint(): Promise<void>;
   sleep(ms: number): Promise<void>;
@@ -45,6 +47,8 @@ export class FakeServer {
   private timer: ReturnType<typeof setTimeout> | null = null;
   onEvents: (events: Envelope[]) => void = () => undefined;
   emitted = 0;
+  /** The run's log (history reads it, like the REST events endpoint). */
+  readonly log: Envelope[] = [];
 
   constructor(readonly runId: string, name: string, description: string, readonly batchMs = 50) {
     const now = new Date().toISOString();
@@ -72,6 +76,7 @@ export class FakeServer {
       timestamp: new Date().toISOString(), data: clone(data)
     } as unknown as Envelope;
     applyEvent(this.st, ev);
+    this.log.push(ev);
     this.queue.push(ev);
     this.emitted++;
     // Batch like the server's hub does: many events per frame when many are ready.
@@ -282,8 +287,15 @@ export class FakeExecutor {
       message: (agent, text) => emit('agent_message', { agent, message: text, role: 'assistant' }),
       thinking: (agent, text) => emit('agent_thinking', { agent, content: text }),
       toolCall: (agent, tool, args, result) => emit('agent_tool_call', { agent, tool, arguments: args, result }),
-      cost: (model, input, output, usd) => emit('cost_update', { model, input_tokens: input, output_tokens: output, usd }),
-      metric: (name, value, unit) => emit('metric_update', { name, value, unit: unit ?? null }),
+      cost: (model, input, output, usd, agent) =>
+        emit('cost_update', { model, input_tokens: input, output_tokens: output, usd, ...(agent ? { agent } : {}) }),
+      metric: (name, value, unit, step) =>
+        emit('metric_update', { name, value, unit: unit ?? null, ...(step !== undefined ? { step } : {}) }),
+      output: (lines, partial) => emit('step_output', {
+        attempt: ex.st.nodes.get(id)!.attempt,
+        lines: lines.map(([stream, text, level]) => ({ stream, text, ...(level ? { level } : {}) })),
+        ...(partial !== undefined ? { partial: { stream: 'stderr', text: partial } } : {})
+      }),
       file: (path, mime, size, description, updated) =>
         emit(updated ? 'file_updated' : 'file_created', { path, mime, size, description: description ?? null }),
       checkpoint: () => this.checkpoint(id),
@@ -509,6 +521,10 @@ export class FakeTransport implements Transport {
           : { type: 'events', run_id: runId, events: backlog });
       }
     }, ms);
+  }
+
+  history(_runId: string, afterSeq: number, limit: number): Promise<Envelope[]> {
+    return new Promise(resolve => setTimeout(() => resolve(clone(this.server.log.slice(afterSeq, afterSeq + limit))), 60));
   }
 
   command(_runId: string, action: string, nodeId?: string | null,

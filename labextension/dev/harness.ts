@@ -10,6 +10,7 @@
 //   &executor_lost=1 the executor dies after a few seconds
 //   &rate=200        steer the executor's speed so that ~200 events/s are emitted
 //   &view=list       benchmarks/widget_render.py's baseline: a plain list, not the run view
+//   &lines=1000      ~1,000 output lines a second from the running steps (step_output)
 import { FakeExecutor, FakeServer, FakeTransport } from './fake';
 import { bigSteps, cmbSteps } from './scenarios';
 import { RunView } from '../src/runview';
@@ -26,6 +27,7 @@ const theme = ['dark', 'none'].includes(params.get('theme') ?? '') ? params.get(
 const panel = params.get('layout') === 'panel';
 const rate = Number(params.get('rate') || 0);
 const listView = params.get('view') === 'list';
+const linesPerS = Number(params.get('lines') || 0);
 
 document.documentElement.dataset.theme = theme;
 if (theme !== 'none') document.body.dataset.jpThemeLight = String(theme === 'light');
@@ -178,6 +180,31 @@ function pace(server: FakeServer, executor: FakeExecutor, target: number): void 
   }, 500);
 }
 
+/**
+ * `?lines=L`: ~L output lines a second from the running steps, batched as engine/output.py
+ * does (one step_output event per step every 200 ms).
+ */
+function firehose(server: FakeServer, perSecond: number): void {
+  let n = 0;
+  const timer = setInterval(() => {
+    if (SETTLED_WORKFLOW_STATES.has(server.st.run.state)) {
+      clearInterval(timer);
+      return;
+    }
+    const running = [...server.st.nodes.values()].filter(x => x.status === 'running').slice(0, 5);
+    if (!running.length) return;
+    const each = Math.max(1, Math.round(perSecond / 5 / running.length));
+    for (const node of running) {
+      const lines = [];
+      for (let i = 0; i < each; i++, n++) {
+        lines.push(n % 50 === 0 ? { stream: 'log', level: 'WARNING', text: `tile: residual ${n} above threshold` }
+          : { stream: 'stdout', text: `[${node.id}] iteration ${n}: \x1b[32mok\x1b[0m chi2=${(1 + (n % 97) / 100).toFixed(2)}` });
+      }
+      server.emit('step_output', { node_id: node.id, attempt: node.attempt, lines });
+    }
+  }, 200);
+}
+
 function start(): { view: RunView | ListView; transport: FakeTransport; executor: FakeExecutor; server: FakeServer } {
   const runId = big ? 'b16e5d2a-2000-4c1f-9e0d-7a1f3c9b2d41' : '5f3c9a1e-8b2d-4e6f-a7c1-0d9e8b7a6c5f';
   const name = big ? `Tile reduction (${big} steps)` : 'CMB power spectrum: ΛCDM and extensions';
@@ -190,6 +217,7 @@ function start(): { view: RunView | ListView; transport: FakeTransport; executor
   if (panel) host.classList.add('cmbagent-run-panel');
   const view = listView ? new ListView(host, runId, transport) : new RunView(host, { runId, transport, fileUrl });
   if (rate > 0) pace(server, executor, rate);
+  if (linesPerS > 0) firehose(server, linesPerS);
   setTimeout(() => {
     const steps = big ? bigSteps(big) : cmbSteps({ hardFailure: params.get('fail') === '1',
                                                    autoApprove: params.get('autoapprove') === '1' });

@@ -20,18 +20,28 @@ const COSMOLOGIES: Array<{ id: string; label: string; desc: string; sigma8: numb
 
 async function camb(ctx: StepCtx, c: typeof COSMOLOGIES[number], opts: CmbOptions): Promise<string> {
   ctx.message('engineer', `Setting up CAMB for ${c.desc}: lmax = 2500, lensing on, accuracy boost 1.2.`);
-  ctx.cost('gpt-4.1', 1840, 312, 0.0061);
+  ctx.cost('gpt-4.1', 1840, 312, 0.0061, 'engineer');
+  ctx.output([['stdout', `CAMB 1.5.4 — ${c.desc}`], ['stdout', '\x1b[1mparameters\x1b[0m: H0=67.36 ombh2=0.02237 omch2=0.1200 tau=0.0544'],
+              ['log', 'camb: using HMcode-2020 for the non-linear P(k)', 'INFO']]);
   const steps = 8;
   for (let i = 1; i <= steps; i++) {
     await ctx.sleep(c.ms / steps);
     ctx.progress(i / steps, i < steps ? `transfer functions, k-bin ${i * 64} of ${steps * 64}` : 'lensed C_ℓ');
+    const bar = '█'.repeat(i * 2).padEnd(16, ' ');
+    ctx.output([['stdout', `k-bin ${i * 64}/${steps * 64}: \x1b[32mconverged\x1b[0m in ${(c.ms / steps / 1000).toFixed(2)} s`]],
+               `transfer: ${Math.round((100 * i) / steps)}%|${bar}| ${i * 64}/${steps * 64}`);
+    if (i === 4 && c.id === 'camb_mnu') {
+      ctx.output([['warning', 'camb/results.py:412: UserWarning: massive neutrinos: accuracy_boost < 2 may bias P(k) at k > 5 h/Mpc', 'UserWarning']]);
+    }
     if (c.id === 'camb_wcdm' && ctx.attempt === 1 && i === 3) {
+      ctx.output([['stderr', '\x1b[31mCAMBError\x1b[0m: w = -1.3 crosses the phantom divide; set dark_energy_model="ppf"']]);
       throw Object.assign(new Error('w = -1.3 crosses the phantom divide; set dark_energy_model="ppf"'), { name: 'CAMBError' });
     }
     if (c.id === 'camb_neff' && opts.hardFailure && ctx.attempt === 1 && i === 5) {
       throw Object.assign(new Error('Helium fraction from BBN is out of the tabulated range for N_eff = 3.9 (YHe table ends at N_eff = 3.8)'), { name: 'ValueError' });
     }
   }
+  ctx.output([['stdout', `σ8 = ${c.sigma8}; lensed C_ℓ written`]]);
   ctx.metric('sigma8', c.sigma8);
   ctx.metric('chi2_planck', 2764.3 + (c.sigma8 - 0.81) * 900);
   ctx.file(`${ROOT}/out/cl_${c.id.slice(5)}.dat`, 'text/plain', 160_412, 'Lensed TT, EE, TE, BB spectra');
@@ -45,11 +55,11 @@ async function plan(ctx: StepCtx): Promise<string> {
   ctx.progress(0.3, 'reading the request');
   ctx.toolCall('planner', 'search_literature', { query: 'Planck 2018 cosmological parameters TT,TE,EE+lowE+lensing', max_results: 3 },
                { hits: ['arXiv:1807.06209', 'arXiv:1907.12875', 'arXiv:2007.04997'] });
-  ctx.cost('gpt-4.1', 5210, 640, 0.0187);
+  ctx.cost('gpt-4.1', 5210, 640, 0.0187, 'planner');
   await ctx.sleep(1100);
   ctx.progress(0.8, 'writing the plan');
   ctx.message('planner', 'Plan: run CAMB for 4 cosmologies in parallel (ΛCDM, wCDM with w = −1.3, Σmν = 0.3 eV, N_eff = 3.9), fit H0 and Ωm to Planck 2018 TT, plot the spectra with residuals, and write a short report.');
-  ctx.cost('gpt-4.1', 2280, 455, 0.0093);
+  ctx.cost('gpt-4.1-mini', 2280, 455, 0.0023, 'planner');
   await ctx.sleep(500);
   return "['camb_lcdm', 'camb_wcdm', 'camb_mnu', 'camb_neff'] -> fit_params -> plot_spectra -> report";
 }
@@ -59,11 +69,13 @@ async function fit(ctx: StepCtx, opts: CmbOptions): Promise<string> {
   for (let i = 1; i <= 6; i++) {
     await ctx.sleep(700);
     ctx.progress(i / 10, `MCMC: ${i * 2000} of 12000 samples, R−1 = ${(0.4 / i).toFixed(3)}`);
-    ctx.metric('gelman_rubin_r_minus_1', 0.4 / i);
+    ctx.metric('gelman_rubin_r_minus_1', 0.4 / i, undefined, i * 2000);
+    ctx.metric('log_likelihood', -1381 - 40 / i + i * 0.8, undefined, i * 2000);
+    ctx.output([['log', `mcmc: ${i * 2000} samples, acceptance 0.${23 + i}`, 'INFO']]);
   }
   ctx.metric('H0', 67.36);
   ctx.metric('Omega_m', 0.3153);
-  ctx.cost('gpt-4.1', 3900, 820, 0.0144);
+  ctx.cost('o3', 3900, 820, 0.0344, 'researcher');
   const prompt = 'Best fit: H0 = 67.36 ± 0.54 km/s/Mpc, Ωm = 0.315 ± 0.007 (R−1 = 0.067). Accept this fit and go on to the plots?';
   const ok = opts.autoApprove ? (await ctx.sleep(1500), true) : await ctx.approve(prompt);
   if (!ok) return 'None  # fit rejected by the user';
@@ -82,7 +94,7 @@ async function plot(ctx: StepCtx): Promise<string> {
   ctx.toolCall('engineer', 'execute_python', { code: "fig = plot_spectra(results, data='planck18_tt.txt')\nfig.savefig('plots/cl_tt.png', dpi=150)" },
                { stdout: 'saved plots/cl_tt.png (1500×900)' });
   ctx.file(`${ROOT}/plots/cl_tt.png`, 'image/png', 182_553, 'TT power spectra with Planck 2018 data');
-  ctx.cost('gpt-4.1', 2630, 388, 0.0083);
+  ctx.cost('gpt-4.1', 2630, 388, 0.0083, 'engineer');
   await ctx.sleep(900);
   return "Figure(1500x900, axes=2)";
 }
@@ -91,7 +103,7 @@ async function report(ctx: StepCtx): Promise<string> {
   ctx.message('writer', 'Writing report.md: method, fit results, figure, caveats (ΛCDM preferred; wCDM Δχ² = +31).');
   await ctx.sleep(1600);
   ctx.progress(0.6, 'drafting');
-  ctx.cost('gpt-4.1', 6120, 1490, 0.0298);
+  ctx.cost('claude-sonnet', 6120, 1490, 0.0298, 'writer');
   await ctx.sleep(900);
   ctx.file(`${ROOT}/report.md`, 'text/markdown', 6_912, 'Analysis report');
   return `'${ROOT}/report.md'`;
@@ -161,7 +173,7 @@ export function bigSteps(n: number, seed = 7): StepDef[] {
         fn: async ctx => {
           await ctx.sleep(dur / 2);
           ctx.progress(0.5, `${verb}: half done`);
-          ctx.cost('small-model', 120, 30, 0.00004);
+          ctx.cost('small-model', 120, 30, 0.00004, verb);
           if (flaky && ctx.attempt === 1) throw Object.assign(new Error(`transient I/O error reading tile ${g}.${i}`), { name: 'OSError' });
           await ctx.sleep(dur / 2);
           return `tile(${g}, ${i})`;

@@ -105,6 +105,25 @@ def main(only):
             scenario(b, name, f"nodes=2000&theme={theme}",
                      lambda pg: pg.wait_for_function("document.querySelectorAll('[data-node-id][data-status=completed]').length > 150", timeout=60000),
                      zoom)
+        # The run view's tabs (src/insights.ts), in a cell and in a panel, light and dark.
+        for theme in ("light", "dark"):
+            for tab in ("console", "timeline", "cost", "files", "metrics"):
+                name = f"tab-{tab}-{theme}"
+                if only and name not in only:
+                    continue
+                scenario(b, name, f"speed=3&autoapprove=1&theme={theme}",
+                         lambda pg: pg.wait_for_selector('[data-node-id=report][data-status=running]', timeout=60000),
+                         lambda pg, tab=tab: (pg.click(f'.cr-tab[data-tab={tab}]'), pg.wait_for_timeout(700)))
+            for tab, started in (("timeline", 300), ("console", 100)):
+                name = f"tab-{tab}-2000-{theme}"
+                if only and name not in only:
+                    continue
+                scenario(b, name, f"nodes=2000&lines=1000&theme={theme}&layout=panel",
+                         lambda pg, n=started: pg.wait_for_function(
+                             f"document.querySelectorAll('[data-node-id][data-status=completed]').length > {n}",
+                             timeout=60000),
+                         lambda pg, tab=tab: (pg.click(f'.cr-tab[data-tab={tab}]'), pg.wait_for_timeout(800)),
+                         viewport=(1500, 900), full=True)
         b.close()
 
 

@@ -600,7 +600,8 @@ export class DagView {
 
   /** Keep the whole graph in view while the reader has not zoomed or panned. */
   private onResize(): void {
-    if (!this.layout || this.nav.moved || this.resizeFrame) return;
+    // Hidden (another tab of the run view shows): nothing to fit until shown again.
+    if (!this.layout || this.nav.moved || this.resizeFrame || !this.element.clientWidth) return;
     this.resizeFrame = requestAnimationFrame(() => {
       this.resizeFrame = 0;
       if (!this.layout || !this.state) return;

@@ -4,14 +4,16 @@
 import type { FileInfo, NodeInfo, RunInfo } from './protocol';
 import { renderAgentText } from './agenttext';
 import { button, el, glyphIcon } from './dom';
+import { FileLinks, fileLink, thumbnail } from './files';
 import { formatCost } from './runlist';
 import { COMMAND_NODE_STATES } from './states';
 import {
-  baseName, clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, STATUS_LABEL
+  clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, STATUS_LABEL
 } from './status';
 
-export interface DetailPaneOptions {
-  fileUrl?: (path: string) => string | null;
+export interface DetailPaneOptions extends FileLinks {
+  /** Show the step's output in the console. */
+  showOutput?: (nodeId: string) => void;
   /** Send a retry for the node; the pane passes its button and error line. */
   retry: (nodeId: string, button: HTMLButtonElement, error: HTMLElement) => void;
   /** Whether a command keyed `key` is in flight (its button stays disabled). */
@@ -37,7 +39,7 @@ export class DetailPane {
     this.body = el('div', 'cr-detail-body');
     const sections: Section[] = [
       this.head, this.facts, this.progress, this.errorBox, this.approval, this.message,
-      this.metrics, this.result, this.files
+      this.output, this.metrics, this.result, this.files
     ];
     this.slots = sections.map(section => ({ el: el('div', 'cr-detail-section'), sig: null, section }));
     this.body.append(...this.slots.map(s => s.el));
@@ -196,6 +198,23 @@ export class DetailPane {
     }];
   };
 
+  private output: Section = n => {
+    const lines = n.output_lines ?? 0, dropped = n.output_dropped ?? 0;
+    return [`${n.id}|${lines}|${dropped}`, () => {
+      if (!lines && !dropped) return null;
+      const row = el('div', 'cr-detail-output');
+      const text = `Output: ${lines.toLocaleString()} line${lines === 1 ? '' : 's'}` +
+        (dropped ? ` (${dropped.toLocaleString()} dropped over the output budget)` : '');
+      row.append(el('span', '', text));
+      if (this.opts.showOutput) {
+        const b = button('cr-btn', 'Show in console', `Show the output of ${n.label} in the console`);
+        b.addEventListener('click', () => this.opts.showOutput!(n.id));
+        row.append(b);
+      }
+      return row;
+    }];
+  };
+
   private metrics: Section = n => {
     const entries = Object.entries(n.metrics ?? {});
     return [JSON.stringify(entries), () => {
@@ -233,31 +252,13 @@ export class DetailPane {
 
   private fileRow(f: FileInfo): HTMLElement {
     const li = el('li', 'cr-file');
-    const url = this.opts.fileUrl?.(f.path) ?? null;
-    const name = baseName(f.path);
     // Only paths the server serves get a link; anything else is text, never a guessed URL.
-    let nameEl: HTMLElement;
-    if (url) {
-      const a = el('a', 'cr-file-name', name);
-      a.href = url;
-      a.target = '_blank';
-      a.rel = 'noopener';
-      nameEl = a;
-    } else {
-      nameEl = el('span', 'cr-file-name', name);
-    }
-    nameEl.title = f.path;
     const meta = [f.mime, formatBytes(f.size), clockTime(f.timestamp)].filter(Boolean).join(' · ');
-    li.append(nameEl, el('span', 'cr-muted', meta ? ` ${meta}` : ''));
+    li.append(fileLink(f, this.opts), el('span', 'cr-muted', meta ? ` ${meta}` : ''));
     if (f.description) li.append(el('div', 'cr-file-desc', f.description));
     li.append(el('div', 'cr-mono cr-muted cr-file-path', f.path));
-    if (url && f.mime?.startsWith('image/')) {
-      const img = el('img', 'cr-file-img');
-      img.src = url;
-      img.alt = f.description || name;
-      img.loading = 'lazy';
-      li.append(img);
-    }
+    const thumb = thumbnail(f, this.opts);
+    if (thumb) li.append(thumb);
     return li;
   }
 }

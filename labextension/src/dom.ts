@@ -44,3 +44,20 @@ export function glyphIcon(status: NodeState, size = 14): SVGSVGElement {
   s.append(svg('path', { d: g.d }, g.fill ? 'cr-glyph-fill' : 'cr-glyph-stroke'));
   return s;
 }
+
+/** `fn`, run at most every `ms`: a call within that time runs it once, when the time is up. */
+export function throttled(fn: () => void, ms: number): () => void {
+  let last = -Infinity;
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  const run = () => {
+    timer = null;
+    last = performance.now();
+    fn();
+  };
+  return () => {
+    if (timer) return;
+    const wait = last + ms - performance.now();
+    if (wait > 0) timer = setTimeout(run, wait);
+    else run();
+  };
+}

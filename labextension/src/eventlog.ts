@@ -165,6 +165,7 @@ export function describeEvent(ev: Envelope): LogEntry | null {
     case 'dag_node_status_changed':
     case 'cost_update':
     case 'metric_update':
+    case 'step_output': // the console shows output
       return null;
     default:
       return notListed(ev);

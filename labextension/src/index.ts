@@ -5,7 +5,7 @@ import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apput
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 import { sharedConnection } from './connection';
-import { extensionAvailable, fileUrl, pageServerInfo } from './page';
+import { extensionAvailable, fileUrl, pageServerInfo, serverPath } from './page';
 import type { RunInfo, WorkflowState } from './protocol';
 import { alertsFor } from './runlist';
 import { RunView } from './runview';
@@ -51,11 +51,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const conn = sharedConnection(info.wsUrl, info.token, info.baseUrl);
     const panels = new Map<string, MainAreaWidget<RunPanelContent>>();
 
+    // A recorded file opens in a main-area tab (JupyterLab's viewer for its type), from
+    // run panels and from notebook widgets on this page alike (files.ts pageOpener).
+    const openFile = (path: string): boolean => {
+      const rel = serverPath(conn.rootDir, path);
+      if (rel === null) return false;
+      void app.commands.execute('docmanager:open', { path: rel });
+      return true;
+    };
+    (globalThis as { __cmbagentOpenFile?: (path: string) => boolean }).__cmbagentOpenFile = openFile;
+
     const openRun = (run: Pick<RunInfo, 'id' | 'name'>) => {
       let panel = panels.get(run.id);
       if (!panel || panel.isDisposed) {
         const content = new RunPanelContent(run.id, host => new RunView(host, {
-          runId: run.id, transport: conn, fileUrl: p => fileUrl(info.baseUrl, conn.rootDir, p)
+          runId: run.id, transport: conn, fileUrl: p => fileUrl(info.baseUrl, conn.rootDir, p), openFile
         }));
         panel = new MainAreaWidget({ content });
         panel.id = `cmbagent-run-${run.id}`;

@@ -32,14 +32,20 @@ export function pageServerInfo(): ServerInfo | null {
   }
 }
 
-/** The /files/ URL of a path under the server's root directory, else null (never served). */
-export function fileUrl(baseUrl: string, rootDir: string | null, path: string): string | null {
+/** A path as the server's contents see it (relative to its root), if it is under the root. */
+export function serverPath(rootDir: string | null, path: string): string | null {
   if (!rootDir || !path.startsWith('/')) return null;
   const root = rootDir.endsWith('/') ? rootDir : rootDir + '/';
   if (!path.startsWith(root)) return null;
   const rel = path.slice(root.length);
   if (!rel || rel.split('/').some(p => p === '..' || p === '')) return null;
-  return join(baseUrl, 'files/' + rel.split('/').map(encodeURIComponent).join('/'));
+  return rel;
+}
+
+/** The /files/ URL of a path under the server's root directory, else null (never served). */
+export function fileUrl(baseUrl: string, rootDir: string | null, path: string): string | null {
+  const rel = serverPath(rootDir, path);
+  return rel === null ? null : join(baseUrl, 'files/' + rel.split('/').map(encodeURIComponent).join('/'));
 }
 
 /** Is the cmbagent server extension serving this page's server? */

@@ -75,6 +75,7 @@ export interface Protocol {
   NodeInfo?: NodeInfo;
   NodeSpec?: NodeSpec;
   NodeState?: NodeState;
+  OutputLine?: OutputLine;
   PendingApproval?: PendingApproval;
   Ping?: Ping;
   Pong?: Pong;
@@ -94,6 +95,8 @@ export interface Protocol {
   StepCompletedEvent?: StepCompletedEvent;
   StepFailedData?: StepFailedData;
   StepFailedEvent?: StepFailedEvent;
+  StepOutputData?: StepOutputData;
+  StepOutputEvent?: StepOutputEvent;
   StepProgressData?: StepProgressData;
   StepProgressEvent?: StepProgressEvent;
   StepRetryStartedData?: StepRetryStartedData;
@@ -384,6 +387,10 @@ export interface Command {
 export interface CostUpdateData {
   node_id: string;
   model: string;
+  /**
+   * The agent that spent it, when known
+   */
+  agent?: string | null;
   input_tokens?: number;
   output_tokens?: number;
   usd?: number;
@@ -639,6 +646,7 @@ export interface EventsMsg {
     | FileCreatedEvent
     | FileUpdatedEvent
     | ErrorOccurredEvent
+    | StepOutputEvent
   )[];
 }
 /**
@@ -1254,6 +1262,69 @@ export interface FileUpdatedData {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "StepOutputEvent".
+ */
+export interface StepOutputEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'step_output';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: StepOutputData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "StepOutputData".
+ */
+export interface StepOutputData {
+  node_id: string;
+  /**
+   * The attempt that wrote it
+   */
+  attempt: number;
+  /**
+   * In the order written
+   */
+  lines?: OutputLine[];
+  /**
+   * The line being written (e.g. a progress bar), replaced by the next event's
+   */
+  partial?: OutputLine | null;
+  /**
+   * Lines dropped since the previous event (over budget)
+   */
+  dropped_lines?: number;
+  dropped_bytes?: number;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "OutputLine".
+ */
+export interface OutputLine {
+  /**
+   * Where it was written; 'dropped' marks output over the step's budget
+   */
+  stream: 'stdout' | 'stderr' | 'log' | 'warning' | 'dropped';
+  /**
+   * One line, or consecutive lines of one stream joined by newlines (no trailing one); ANSI escapes kept as written
+   */
+  text: string;
+  /**
+   * A log record's level, a warning's category
+   */
+  level?: string | null;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "FileInfo".
  */
 export interface FileInfo {
@@ -1318,6 +1389,14 @@ export interface NodeInfo {
     [k: string]: number;
   };
   approval: PendingApproval | null;
+  /**
+   * Lines of output the step recorded (step_output)
+   */
+  output_lines?: number;
+  /**
+   * Lines of output dropped over the step's budget
+   */
+  output_dropped?: number;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

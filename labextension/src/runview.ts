@@ -11,6 +11,8 @@ import { DagView } from './dagview';
 import { DetailPane } from './detailpane';
 import { button, el, glyphIcon, setText } from './dom';
 import { LogBook } from './eventlog';
+import type { FileLinks } from './files';
+import { Insights } from './insights';
 import { LogView } from './logview';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
@@ -18,11 +20,9 @@ import {
   RUN_STATE_LOOK, RunAction, storeDownText
 } from './status';
 
-export interface RunViewOptions {
+export interface RunViewOptions extends FileLinks {
   runId: string;
   transport: Transport;
-  /** The URL the browser can load a recorded file from, or null if it is not served. */
-  fileUrl?: (path: string) => string | null;
 }
 
 export type ConnectionAttr = 'live' | 'reconnecting' | 'offline' | 'comm';
@@ -63,6 +63,7 @@ export class RunView {
   private readonly detail: DetailPane;
   private readonly book = new LogBook(50);
   private readonly log: LogView;
+  private readonly insights: Insights;
   private state: RunState | null = null;
   private conn: ConnectionInfo;
   private lastUpdateAt = 0;
@@ -73,6 +74,9 @@ export class RunView {
   private dirtyRun = false;
   private dirtyNodes = new Set<string>();
   private dirtyLog = false;
+  private dirtyInsights = false;
+  /** While another tab hides the graph, what it has not drawn yet (drawn when shown). */
+  private dagBehind: { nodes: Set<string>; full: boolean } | null = null;
   private disposed = false;
   private countdown: ReturnType<typeof setTimeout> | null = null;
 
@@ -120,6 +124,11 @@ export class RunView {
     });
     this.detail = new DetailPane({
       fileUrl: opts.fileUrl,
+      openFile: opts.openFile,
+      showOutput: id => {
+        this.insights.console.setScope(id);
+        this.insights.show('console');
+      },
       retry: (id, b, err) => void this.send(`retry:${id}`, b, err, 'retry', id),
       busy: key => this.busyKeys.has(key)
     });
@@ -135,11 +144,33 @@ export class RunView {
       select: id => this.dag.select(id, true)
     });
 
+    const nodeLabel = (id: string) => this.state?.nodes.get(id)?.label ?? id;
+    this.insights = new Insights({
+      runId: opts.runId, transport: opts.transport, fileUrl: opts.fileUrl, openFile: opts.openFile,
+      nodeLabel, select: id => this.dag.select(id, true),
+      live: () => !!this.state && !isSettled(this.state.run.state),
+      onTab: tab => {
+        this.dag.element.hidden = tab !== 'graph';
+        if (tab !== 'graph') this.dagBehind ??= { nodes: new Set(), full: false };
+        else if (this.dagBehind) {
+          const behind = this.dagBehind;
+          this.dagBehind = null;
+          if (this.state) this.dag.update(this.state, behind.nodes, behind.full);
+        }
+        this.dirtyInsights = true;
+        this.schedule();
+      }
+    });
+    this.insights.onLoaded = () => {
+      this.dirtyInsights = true;
+      this.schedule();
+    };
+
     const body = el('div', 'cr-body');
     const side = el('div', 'cr-side');
     side.append(this.detail.element, this.log.element);
     const main = el('div', 'cr-main');
-    main.append(this.dag.element);
+    main.append(this.insights.tabs, this.dag.element, this.insights.panels);
     body.append(main, side);
     root.append(this.header(), this.attention(), body);
     host.append(root);
@@ -164,6 +195,7 @@ export class RunView {
     if (this.countdown) clearTimeout(this.countdown);
     if (this.frame) cancelAnimationFrame(this.frame);
     this.dag.dispose();
+    this.insights.dispose();
     this.element.remove();
   }
 
@@ -249,12 +281,22 @@ export class RunView {
       const first = this.book.lastSeq < 0;
       this.book.onSnapshot(u.state.seq);
       if (first && u.state.seq > 0) this.backfill(u.state.seq);
+      this.insights.onSnapshot(u.state);
     }
-    if (u.events.length) this.book.onEvents(u.events);
+    if (u.events.length) {
+      this.book.onEvents(u.events);
+      this.insights.onEvents(u.events);
+    }
+    this.dirtyInsights = true;
     this.dirtyLog = true;
     this.dirtyRun ||= u.runChanged || u.snapshot;
     for (const id of u.nodes) this.dirtyNodes.add(id);
-    this.dag.update(u.state, u.nodes, u.snapshot);
+    if (this.dagBehind) {  // hidden: no drawing, only what to draw when shown
+      for (const id of u.nodes) this.dagBehind.nodes.add(id);
+      this.dagBehind.full ||= u.snapshot;
+    } else {
+      this.dag.update(u.state, u.nodes, u.snapshot);
+    }
     this.schedule();
   }
 
@@ -287,8 +329,10 @@ export class RunView {
     }
     if (this.dirtyRun || (sel && this.dirtyNodes.has(sel))) this.renderDetail();
     if (this.dirtyLog) this.log.sync();
+    if (this.dirtyInsights) this.insights.render(st, sel);
     this.dirtyRun = false;
     this.dirtyLog = false;
+    this.dirtyInsights = false;
     this.dirtyNodes.clear();
   }
 
@@ -391,6 +435,8 @@ export class RunView {
 
   private onSelect(_id: string | null): void {
     this.renderDetail();
+    this.dirtyInsights = true;
+    this.schedule();
   }
 
   // -- commands -------------------------------------------------------------------------
@@ -491,7 +537,10 @@ export class RunView {
 
   private tick(): void {
     const run = this.state?.run;
-    if (run && !isSettled(run.state)) this.renderElapsed(run);
+    if (run && !isSettled(run.state)) {
+      this.renderElapsed(run);
+      if (this.insights.tab === 'timeline') this.insights.timeline.render(); // the "now" line
+    }
     const sel = this.dag.selectedId;
     const node = sel ? this.state?.nodes.get(sel) : undefined;
     if (node?.started_at && !node.finished_at) this.renderDetail(); // its duration ticks

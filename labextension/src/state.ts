@@ -63,7 +63,7 @@ function newNode(spec: NodeSpec, position: number): NodeInfo {
     status: 'pending', attempt: 0, progress: null, progress_message: null,
     started_at: null, finished_at: null, error: null, result_preview: null,
     cost_usd: 0, input_tokens: 0, output_tokens: 0, last_message: null,
-    files: [], metrics: {}, approval: null
+    files: [], metrics: {}, approval: null, output_lines: 0, output_dropped: 0
   };
 }
 
@@ -150,6 +150,16 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       node.metrics = { ...node.metrics, [d.name]: d.value };
+      return node.id;
+    }
+    case 'step_output': {
+      // Bounded: the state counts output; the lines stay in the log (console.ts reads them).
+      const d = ev.data;
+      const node = st.nodes.get(d.node_id)!;
+      let lines = 0;
+      for (const l of d.lines ?? []) if (l.stream !== 'dropped') lines += l.text.split('\n').length;
+      node.output_lines = (node.output_lines ?? 0) + lines;
+      node.output_dropped = (node.output_dropped ?? 0) + (d.dropped_lines ?? 0);
       return node.id;
     }
     case 'file_created':

@@ -385,6 +385,14 @@ def save(page) -> None:
 # --------------------------------------------------------------------------------------
 # The run view (notebook widget or sidebar panel): the DOM hook contract
 
+def run_quickstart(page, lab: LabServer):
+    """quickstart.ipynb, Run All: its widget's view (once shown) and its run's id."""
+    open_notebook(page, lab, "quickstart.ipynb")
+    run_all(page)
+    view = wait_view(page)
+    return view, view_run_id(view)
+
+
 def run_view(page, run_id: Optional[str] = None, within: str = ""):
     sel = f"[data-cmbagent-run='{run_id}']" if run_id else "[data-cmbagent-run]"
     return page.locator(f"{within} {sel}".strip()).first

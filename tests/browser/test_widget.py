@@ -49,10 +49,7 @@ def _widget_of(page, lab, run_id: str, notebook: str, **attrs: str):
 def test_quickstart_runs_to_completed(shared_lab, page, stores):
     """quickstart.ipynb, Run All: the widget follows the run to completed, node by node."""
     store = stores(shared_lab)
-    h.open_notebook(page, shared_lab, "quickstart.ipynb")
-    h.run_all(page)
-    view = h.wait_view(page)
-    run_id = h.view_run_id(view)
+    view, run_id = h.run_quickstart(page, shared_lab)
     view.locator("[data-node-id][data-status='running']").first.wait_for(state="attached",
                                                                          timeout=120_000)
     h.scroll_to_top(view)

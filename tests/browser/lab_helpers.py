@@ -103,6 +103,29 @@ def gated(name, gate, description="a browser-test workflow with a long, gated st
     return wf
 
 
+def long_calls(name, gate):
+    """Three parallel steps inside one long call each (no ctx.checkpoint until `gate`
+    exists, like a CAMB run), then combine."""
+    wf = Workflow(name, description="a browser-test workflow whose steps sit in long calls")
+
+    def make(step):
+        def call(ctx):
+            ctx.progress(0.5, "inside one long call")
+            while not Path(gate).exists():
+                time.sleep(0.05)
+            return step
+        return call
+
+    for step in ("camb_a", "camb_b", "camb_c"):
+        wf.step(step)(make(step))
+
+    @wf.step(deps=["camb_a", "camb_b", "camb_c"])
+    def combine(ctx, camb_a, camb_b, camb_c):
+        return [camb_a, camb_b, camb_c]
+
+    return wf
+
+
 def needs_approval(name, prompt="Ship the result?"):
     """compute -> review (asks a human: ctx.approve) -> publish."""
     wf = Workflow(name, description="a browser-test workflow that asks for approval")

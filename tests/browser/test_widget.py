@@ -109,6 +109,42 @@ def test_pause_and_resume_from_the_widget(shared_lab, page, stores):
     _assert_caught_up(view, store, run_id)
 
 
+def test_pausing_says_which_steps_it_waits_for(shared_lab, page, stores):
+    """Steps inside a long call (no checkpoint) finish it before the run pauses: the view
+    names them meanwhile, and the banner goes when the run is paused."""
+    store = stores(shared_lab)
+    gate = h.new_gate(shared_lab, "pausing")
+    nb = h.write_notebook(shared_lab, "widget-pausing.ipynb", [f"""
+        from e2e_flows import long_calls
+        run = long_calls("widget-pausing", "{gate}").start()
+        run
+    """])
+    h.open_notebook(page, shared_lab, nb)
+    h.run_all(page)
+    view = h.wait_view(page, state="executing")
+    run_id = h.view_run_id(view)
+    for step in ("camb_a", "camb_b", "camb_c"):
+        h.wait_node(view, step, "running")
+    h.click_action(view, "pause")
+    h.wait_view(page, run_id, state="pausing", timeout=20_000)
+    note = view.locator(".cr-pausing")
+    h.scroll_to_top(view)
+    shot(page, "widget-pausing")
+    note.wait_for(state="visible", timeout=10_000)
+    assert note.inner_text().splitlines()[0] == (
+        "Pausing — 3 running steps finish their current call first: camb_a, camb_b, camb_c.")
+    assert "ctx.checkpoint()" in note.inner_text()
+    assert note.get_attribute("data-waiting-for") == "camb_a camb_b camb_c"
+
+    h.release(shared_lab, gate)  # the calls end; nothing new starts; the run is paused
+    h.wait_view(page, run_id, state="paused", timeout=30_000)
+    note.wait_for(state="hidden", timeout=10_000)
+    assert h.node_status(store, run_id, "combine") == "pending"
+    h.click_action(view, "resume")
+    h.wait_view(page, run_id, state="completed")
+    assert store.run(run_id).state == "completed"
+
+
 def test_approve_from_the_widget(shared_lab, page, stores):
     """A step's ctx.approve() that the notebook does not answer: the widget's Approve does."""
     store = stores(shared_lab)

@@ -16,7 +16,7 @@ import { PauseNote } from './pausenote';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
   clockTime, formatCount, GLYPHS, isLegal, isSettled, OUTCOMES, progressText, RUN_ACTIONS,
-  RUN_STATE_LOOK, RunAction, storeDownText
+  RUN_STATE_LOOK, RunAction, storeDownText, unknownRunText
 } from './status';
 
 export interface RunViewOptions {
@@ -241,7 +241,10 @@ export class RunView {
     if (this.disposed) return;
     if (u.error) {
       this.element.dataset.state = "unknown";
-      this.dag.setMessage(`This run cannot be shown: ${u.error.message}`);
+      setText(this.stateText, u.error.code === 'unknown_run' ? 'unknown run' : 'cannot show');
+      this.dag.setMessage(u.error.code === 'unknown_run'
+        ? unknownRunText(this.opts.runId)
+        : `This run cannot be shown: ${u.error.message}`);
       return;
     }
     if (!u.state) return;

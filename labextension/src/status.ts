@@ -160,6 +160,13 @@ export function storeDownText(since: string, what: 'view' | 'list' = 'view'): st
   return `Run store not answering since ${clockTime(since)} — the ${what} catches up by itself`;
 }
 
+/** What a view of a run that the server's store does not have (or hides) says. */
+export function unknownRunText(runId: string): string {
+  return `No run ${runId} in the run store this Jupyter server reads. It may have been started `
+    + 'with another store (CMBAGENT_DB_URL), belong to another user, or have been deleted; a notebook '
+    + 'saved elsewhere shows the runs of the machine it was saved on.';
+}
+
 /** Metric values: few significant digits, exponent for very large or small ones. */
 export function formatMetric(v: number): string {
   if (!Number.isFinite(v)) return String(v);

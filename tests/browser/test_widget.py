@@ -8,7 +8,10 @@ view is checked against.
 
 from __future__ import annotations
 
+import json
+
 import lab_helpers as h
+from cmbagent_jupyter import launch
 from lab_helpers import module_lab, shared_lab, shot, stores  # noqa: F401 (fixtures)
 
 
@@ -46,30 +49,79 @@ def _widget_of(page, lab, run_id: str, notebook: str, **attrs: str):
     return view
 
 
-def test_quickstart_runs_to_completed(shared_lab, page, stores):
-    """quickstart.ipynb, Run All: the widget follows the run to completed, node by node."""
-    store = stores(shared_lab)
-    h.open_notebook(page, shared_lab, "quickstart.ipynb")
-    h.run_all(page)
-    view = h.wait_view(page)
-    run_id = h.view_run_id(view)
-    view.locator("[data-node-id][data-status='running']").first.wait_for(state="attached",
-                                                                         timeout=120_000)
-    h.scroll_to_top(view)
-    shot(page, "widget-quickstart-running")
+def test_the_demo_runs_the_quickstart_in_a_copy_and_approve_is_clicked(tmp_path, page, stores):
+    """``./dev demo``'s JupyterLab (launch.py's arguments, its copy of notebooks/):
+    quickstart.ipynb opens unmodified, no news pop-up covers it, Run All asks and waits
+    for a click on Approve in the widget, the run completes, and saving the notebook
+    leaves the committed notebooks/ as they were."""
+    committed = {p.name: p.read_bytes() for p in (h.ROOT / "notebooks").glob("*.ipynb")}
+    workspace = tmp_path / "demo"
+    copied = launch.prepare_workspace(h.ROOT / "notebooks", workspace)
+    assert sorted(p.name for p in copied) == sorted(committed)
+    args = launch.lab_args(workspace)
+    assert args[1:3] == ["-m", "jupyterlab"] and f"--ServerApp.root_dir={workspace}" in args
+    # LabServer gives the root, --allow-root and --no-browser itself.
+    args = [a for a in args[3:] if not a.startswith("--ServerApp.root_dir=")
+            and a not in ("--allow-root", "--no-browser")]
+    lab = h.LabServer(workspace, tmp_path / "home", "sqlite:///" + str(tmp_path / "runs.sqlite").lstrip("/"),
+                      extra_args=args, quiet_news=False).start()
+    try:
+        store = stores(lab)
+        h.open_notebook(page, lab, "quickstart.ipynb")
+        tab = page.locator(".lm-TabBar-tab.jp-mod-current", has_text="quickstart.ipynb")
+        assert "jp-mod-dirty" not in (tab.get_attribute("class") or ""), "opens modified"
+        assert page.locator(f"{h.NOTEBOOK} .jp-OutputArea-output").count() == 0, "opens with outputs"
+        h.run_all(page)
+        view = h.wait_view(page)
+        run_id = h.view_run_id(view)
+        view.locator("[data-node-id][data-status='running']").first.wait_for(state="attached",
+                                                                             timeout=120_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-running")
 
-    # The notebook answers the reviewer's approval in code; then everything completes.
-    h.wait_view(page, run_id, state="completed", timeout=240_000)
-    statuses = h.wait_nodes(view, "completed")
-    assert set(statuses) == {n["id"] for n in store.run(run_id).snapshot()["nodes"]}
-    assert len(statuses) == 9
-    assert view.get_attribute("data-connection") == "live"
-    assert store.run(run_id).state == "completed"
-    _assert_caught_up(view, store, run_id)
-    # The approval was answered (in code): its notification must not linger.
-    h.approval_toasts(page, "quickstart-H0-fit").first.wait_for(state="detached", timeout=30_000)
-    h.scroll_to_top(view)
-    shot(page, "widget-quickstart-completed")
+        card = view.locator("[data-approval-node='review']")
+        card.wait_for(state="visible", timeout=240_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-approval")
+        assert page.locator(".Toastify__toast", has_text="news").count() == 0, "the news pop-up is shown"
+        h.click_action(card, "approve")
+        h.wait_view(page, run_id, state="completed", timeout=120_000)
+        h.wait_cell_output(page, "answered in the widget")
+        statuses = h.wait_nodes(view, "completed")
+        assert set(statuses) == {n["id"] for n in store.run(run_id).snapshot()["nodes"]}
+        assert len(statuses) == 9
+        received = [e.data for e in store.run(run_id).events() if e.event_type == "approval_received"]
+        assert [(r.node_id, r.approved, r.comment) for r in received] == [("review", True, None)]
+        _assert_caught_up(view, store, run_id)
+        h.approval_toasts(page, "quickstart-H0-fit").first.wait_for(state="detached", timeout=30_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-completed")
+
+        h.wait_kernel_idle(page)
+        h.save(page)
+        saved = json.loads((workspace / "quickstart.ipynb").read_text())
+        assert any(c.get("outputs") for c in saved["cells"]), "the copy was saved with its outputs"
+        assert (workspace / "outputs" / "quickstart_spectra.png").exists()
+        assert {p.name: p.read_bytes() for p in (h.ROOT / "notebooks").glob("*.ipynb")} == committed
+    finally:
+        lab.stop()
+
+
+def test_a_widget_for_an_unknown_run_says_so_in_the_view(shared_lab, page):
+    """A notebook saved on another machine: ``RunWidget(run_id=...)`` of a run this store
+    has never seen shows a view saying so, not a traceback."""
+    ghost = "0123456789abcdef0123456789abcdef"
+    nb = h.write_notebook(shared_lab, "widget-unknown.ipynb", [f"""
+        from cmbagent_jupyter.widget import RunWidget
+        RunWidget(run_id="{ghost}")
+    """])
+    h.open_notebook(page, shared_lab, nb)
+    h.run_all(page)
+    view = h.wait_view(page, ghost, state="unknown")
+    view.get_by_text(f"No run {ghost} in the run store this Jupyter server reads").wait_for(timeout=30_000)
+    assert "unknown run" in view.locator(".cr-state").inner_text()
+    assert page.locator(f"{h.NOTEBOOK} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    shot(page, "widget-unknown-run")
 
 
 def test_pause_and_resume_from_the_widget(shared_lab, page, stores):

@@ -77,6 +77,7 @@ def new_node_doc(spec: dict, position: int) -> dict:
         "last_message": None,
         "files": [],
         "metrics": {},
+        "metric_stats": {},
         "approval": None,
     }
 
@@ -199,7 +200,13 @@ class RunState:
 
     def _metric(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]
-        node["metrics"] = {**node["metrics"], d["name"]: d["value"]}
+        name, value = d["name"], d["value"]
+        node["metrics"] = {**node["metrics"], name: value}
+        was = node.get("metric_stats", {}).get(name)  # absent in snapshots of older versions
+        stats = ({"min": value, "max": value, "count": 1} if was is None else
+                 {"min": min(was["min"], value), "max": max(was["max"], value), "count": was["count"] + 1})
+        stats.update(step=d.get("step"), unit=d.get("unit"))
+        node["metric_stats"] = {**node.get("metric_stats", {}), name: stats}
         return node["id"]
 
     def _file(self, d: dict, ts: str) -> str:
@@ -308,6 +315,14 @@ class PendingApproval(BaseModel):
     requested_at: str
 
 
+class MetricStats(BaseModel):
+    min: float
+    max: float
+    count: int = Field(description="How many values the step reported under this name")
+    step: Optional[int] = Field(description="The step of the last value, if it gave one")
+    unit: Optional[str] = Field(description="The unit of the last value, if it gave one")
+
+
 class NodeInfo(BaseModel):
     id: str
     label: str
@@ -328,7 +343,9 @@ class NodeInfo(BaseModel):
     output_tokens: int
     last_message: Optional[AgentLine]
     files: list[FileInfo]
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(description="The last value of each metric")
+    metric_stats: dict[str, MetricStats] = Field(default_factory=dict,
+                                                 description="Per metric: min, max, count, the last step and unit")
     approval: Optional[PendingApproval]
 
 

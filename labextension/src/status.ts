@@ -1,6 +1,6 @@
 // Statuses, their glyphs and words, which run commands are legal when, and small
 // formatters: pure, shared by the DAG view and the run view (and unit-tested).
-import type { NodeInfo, NodeState, WorkflowState } from './protocol';
+import type { MetricStats, NodeInfo, NodeState, WorkflowState } from './protocol';
 import { CommandAction, COMMAND_RUN_STATES, NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
 
 /** Words a human reads (the data-status attribute keeps the machine name). */
@@ -174,6 +174,14 @@ export function formatMetric(v: number): string {
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
   return String(Number(v.toPrecision(5)));
+}
+
+/** A metric's hover text: its last value, then min and max over every value it reported. */
+export function metricSummary(last: number, s: MetricStats | undefined): string {
+  const unit = s?.unit ? ` ${s.unit}` : '';
+  const head = `last ${formatMetric(last)}${unit}${s?.step !== null && s?.step !== undefined ? ` (step ${s.step})` : ''}`;
+  if (!s || s.count < 2) return `${head} · the only value`;
+  return `${head} · min ${formatMetric(s.min)} · max ${formatMetric(s.max)} over ${s.count} values`;
 }
 
 export function formatBytes(n: number | null | undefined): string {

@@ -12,7 +12,7 @@ import json
 
 import lab_helpers as h
 from cmbagent_jupyter import launch
-from lab_helpers import module_lab, shared_lab, shot, stores  # noqa: F401 (fixtures)
+from lab_helpers import module_lab, shared_lab, shot, stores, wait_until  # noqa: F401 (fixtures)
 
 
 #: "Within a few seconds": how long a click may take to reach the run's executor.
@@ -47,6 +47,14 @@ def _widget_of(page, lab, run_id: str, notebook: str, **attrs: str):
     view.locator("[data-seq][data-type='agent_message']").first.wait_for(state="attached",
                                                                           timeout=60_000)
     return view
+
+
+#: Pixels of the activity list's top visible row above its top edge (0: the row is whole).
+TOP_ROW_CUT = """l => {
+  const rows = [...l.children];
+  const top = rows.find(r => r.offsetTop + r.offsetHeight > l.scrollTop);
+  return top ? Math.round(l.scrollTop - top.offsetTop) : 0;
+}"""
 
 
 def test_the_demo_runs_the_quickstart_in_a_copy_and_approve_is_clicked(tmp_path, page, stores):
@@ -84,6 +92,10 @@ def test_the_demo_runs_the_quickstart_in_a_copy_and_approve_is_clicked(tmp_path,
         h.scroll_to_top(view)
         shot(page, "widget-quickstart-approval")
         assert page.locator(".Toastify__toast", has_text="news").count() == 0, "the news pop-up is shown"
+        # The activity list follows its tail with the top row whole (not cut, not faded).
+        log = view.locator(".cr-log-list")
+        wait_until(lambda: log.evaluate(TOP_ROW_CUT) == 0, 10, "the top activity row to be whole")
+        assert log.evaluate("l => getComputedStyle(l).maskImage || 'none'") == "none"
         h.click_action(card, "approve")
         h.wait_view(page, run_id, state="completed", timeout=120_000)
         h.wait_cell_output(page, "answered in the widget")
@@ -96,6 +108,15 @@ def test_the_demo_runs_the_quickstart_in_a_copy_and_approve_is_clicked(tmp_path,
         h.approval_toasts(page, "quickstart-H0-fit").first.wait_for(state="detached", timeout=30_000)
         h.scroll_to_top(view)
         shot(page, "widget-quickstart-completed")
+        # A metric says it is the last value, and min / max over all of them on hover.
+        view.locator("[data-node-id='fit']").click()
+        chi2 = view.locator(".cr-metrics tr", has_text="chi2").locator("td")
+        chi2.wait_for(timeout=10_000)
+        assert chi2.inner_text().endswith(" last")
+        assert chi2.get_attribute("title").startswith("last ")
+        assert " · min " in chi2.get_attribute("title") and "over 4 values" in chi2.get_attribute("title")
+        chi2.hover()
+        shot(page, "widget-quickstart-metric")
 
         h.wait_kernel_idle(page)
         h.save(page)

@@ -68,6 +68,15 @@ def script(page: Path) -> str:
         f"    {line}\n" for chunk in body for line in chunk.splitlines())
 
 
+def test_every_import_the_readme_names_inline_works():
+    """``from x import y`` in the README's prose (e.g. RunWidget's import path) imports."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = re.findall(r"`(from [\w.]+ import [\w, ]+)`", text)
+    assert "from cmbagent_jupyter.widget import RunWidget" in named
+    for statement in named:
+        exec(statement, {})
+
+
 def test_the_readme_has_python_blocks_and_the_headline_one_approves():
     readme = blocks(ROOT / "README.md")
     assert len(readme) >= 2

@@ -215,6 +215,20 @@ def write_notebook(lab: LabServer, name: str, cells: Iterable[str]) -> str:
     return name
 
 
+def start_flow_in_notebook(page, lab: LabServer, notebook: str, flow: str, call: str):
+    """A notebook whose one cell runs ``run = <call>.start()`` (``flow`` imported from
+    e2e_flows) and displays ``run``, run in the page: its view once executing, and the id."""
+    nb = write_notebook(lab, notebook, [f"""
+        from e2e_flows import {flow}
+        run = {call}.start()
+        run
+    """])
+    open_notebook(page, lab, nb)
+    run_all(page)
+    view = wait_view(page, state="executing")
+    return view, view_run_id(view)
+
+
 def new_gate(lab: LabServer, prefix: str = "gate") -> str:
     """A fresh release-file name (relative to the lab root: the kernels' cwd)."""
     return f"release-{prefix}-{uuid.uuid4().hex[:8]}"

@@ -148,15 +148,8 @@ def test_a_widget_for_an_unknown_run_says_so_in_the_view(shared_lab, page):
 def test_pause_and_resume_from_the_widget(shared_lab, page, stores):
     store = stores(shared_lab)
     gate = h.new_gate(shared_lab, "pause")
-    nb = h.write_notebook(shared_lab, "widget-pause.ipynb", [f"""
-        from e2e_flows import gated
-        run = gated("widget-pause", "{gate}").start()
-        run
-    """])
-    h.open_notebook(page, shared_lab, nb)
-    h.run_all(page)
-    view = h.wait_view(page, state="executing")
-    run_id = h.view_run_id(view)
+    view, run_id = h.start_flow_in_notebook(page, shared_lab, "widget-pause.ipynb", "gated",
+                                            f'gated("widget-pause", "{gate}")')
     h.wait_node(view, "long_step", "running")
     shot(page, "widget-running")
 
@@ -187,15 +180,8 @@ def test_pausing_says_which_steps_it_waits_for(shared_lab, page, stores):
     names them meanwhile, and the banner goes when the run is paused."""
     store = stores(shared_lab)
     gate = h.new_gate(shared_lab, "pausing")
-    nb = h.write_notebook(shared_lab, "widget-pausing.ipynb", [f"""
-        from e2e_flows import long_calls
-        run = long_calls("widget-pausing", "{gate}").start()
-        run
-    """])
-    h.open_notebook(page, shared_lab, nb)
-    h.run_all(page)
-    view = h.wait_view(page, state="executing")
-    run_id = h.view_run_id(view)
+    view, run_id = h.start_flow_in_notebook(page, shared_lab, "widget-pausing.ipynb", "long_calls",
+                                            f'long_calls("widget-pausing", "{gate}")')
     for step in ("camb_a", "camb_b", "camb_c"):
         h.wait_node(view, step, "running")
     h.click_action(view, "pause")

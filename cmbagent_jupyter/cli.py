@@ -3,14 +3,19 @@
     cmbagent-jupyter runs [--url URL --token T | --store [DB_URL]]
     cmbagent-jupyter watch RUN_ID [--url URL --token T] [--plain] [--answer | --no-answer]
 
-Without ``--url`` the first running Jupyter server (``jupyter server list``) is used,
-with its token. ``runs --store`` reads the store directly, no server needed.
+Without ``--url``, the running Jupyter servers (``jupyter server list``) are asked in
+this order, and the first is used with its token: those whose root directory contains
+the current directory (the deepest root first), then the others; the most recently
+started first within each. Which server was asked is printed on stderr. ``runs --store``
+reads the store directly, no server needed. When a server does not have a run (or has
+no runs) that the default store does, the CLI says so.
 ``watch`` redraws in place when stdout is a terminal, and otherwise prints one line
 per applied event. It exits when the run is completed, failed or cancelled and every
 event the server had by then was applied: 0 for completed, 1 for failed or cancelled,
-2 for errors (no server, bad token, unknown run), 130 on Ctrl-C. While the run waits on
-a human, lines typed on standard input answer it (``--answer``, the default when stdin
-is a terminal; see ``terminal_answers``).
+2 for errors (no server, bad token, unknown run), 130 on Ctrl-C, 141 when its output
+is closed early (``| head``). While the run waits on a human, lines typed on standard
+input answer it (``--answer``, the default when stdin is a terminal; see
+``terminal_answers``).
 """
 
 from __future__ import annotations
@@ -212,7 +217,8 @@ def _pid_alive(pid) -> bool:
 
 
 def running_servers() -> list[dict]:
-    """Info of the running Jupyter servers, most recently started first.
+    """Info of the running Jupyter servers, most recently started first (each with its
+    ``started`` mtime added).
 
     The same ``jpserver-*.json`` files of the Jupyter runtime dir that
     ``jupyter_server.serverapp.list_running_servers()`` reads, read without importing
@@ -233,20 +239,67 @@ def running_servers() -> list[dict]:
         except (OSError, ValueError):
             continue
         if isinstance(info, dict) and info.get("url") and _pid_alive(info.get("pid")):
-            found.append((mtime, info))
-    return [info for _, info in sorted(found, key=lambda x: x[0], reverse=True)]
+            found.append({**info, "started": mtime})
+    return sorted(found, key=lambda info: (-info["started"], info["url"]))
 
 
-def resolve_server(url: Optional[str], token: Optional[str]) -> tuple[str, Optional[str]]:
-    """``--url``/``--token``, or the first running Jupyter server and its token."""
+def _root_depth(info: dict, cwd: str) -> int:
+    """How deep the server's root directory is if it contains ``cwd``, else -1."""
+    root = info.get("root_dir") or info.get("notebook_dir")
+    if not root:
+        return -1
+    root = os.path.realpath(os.path.expanduser(root))
+    try:
+        inside = os.path.commonpath([root, cwd]) == root
+    except ValueError:  # different drives
+        return -1
+    return root.count(os.sep) if inside else -1
+
+
+def choose_servers(servers: list[dict], cwd: str) -> list[dict]:
+    """``servers`` in the order they are tried: roots containing ``cwd`` first, the
+    deepest first; then the rest; the newest first among equals (a stable order)."""
+    cwd = os.path.realpath(cwd)
+    return sorted(servers, key=lambda info: (-_root_depth(info, cwd), -info["started"], info["url"]))
+
+
+def resolve_server(url: Optional[str], token: Optional[str], err: TextIO) -> tuple[str, Optional[str]]:
+    """``--url``/``--token``, or the chosen running Jupyter server and its token; says
+    on ``err`` which server is asked."""
     if url:
+        print(f"cmbagent-jupyter: asking {url}", file=err, flush=True)
         return url, token if token is not None else os.environ.get("JUPYTER_TOKEN") or None
-    servers = running_servers()
+    servers = choose_servers(running_servers(), os.getcwd())
     if not servers:
         raise CliError("no running Jupyter server found (`jupyter server list` is empty); "
                        "start one, or pass --url and --token")
     info = servers[0]
+    root = info.get("root_dir") or info.get("notebook_dir") or "?"
+    others = f"; {len(servers) - 1} other server(s) running, choose one with --url" if len(servers) > 1 else ""
+    print(f"cmbagent-jupyter: asking the Jupyter server at {info['url']} (root {root}){others}",
+          file=err, flush=True)
     return info["url"], token if token is not None else (info.get("token") or None)
+
+
+def store_note(run_id: Optional[str] = None) -> str:
+    """What the default store has that the server did not show: the run ``run_id``, or
+    any runs; "" when it has neither (or cannot be read)."""
+    from engine import StoreError, UnknownRun
+    from engine.store import open_existing_store
+
+    try:
+        store = open_existing_store()
+        if store is None:
+            return ""
+        if run_id is None:
+            count = len(store.runs())
+            return (f"; the store at {store.url} has {count} run(s): that server uses another store "
+                    "or serves another user (`cmbagent-jupyter runs --store` lists them)") if count else ""
+        store.run_doc(run_id)
+    except (UnknownRun, StoreError, OSError):  # unknown there too, or unreadable: nothing to add
+        return ""
+    return (f"; run {run_id} is in the store at {store.url}, so that server uses another store "
+            "or serves another user: choose a server with --url")
 
 
 async def _wait_connected(client: Client, ready, timeout: Optional[float]) -> None:
@@ -267,7 +320,7 @@ async def _wait_connected(client: Client, ready, timeout: Optional[float]) -> No
 # -- commands --------------------------------------------------------------------------------
 
 
-async def cmd_runs(args, out: TextIO) -> int:
+async def cmd_runs(args, out: TextIO, err: TextIO) -> int:
     if args.store is not None:
         import engine
 
@@ -275,7 +328,7 @@ async def cmd_runs(args, out: TextIO) -> int:
         # executors may use it too), and the process ends soon anyway.
         runs = engine.open_store(args.store or None).runs()
     else:
-        url, token = resolve_server(args.url, args.token)
+        url, token = resolve_server(args.url, args.token, err)
         client = Client(url, token)
         try:
             client.subscribe_runs()
@@ -283,12 +336,16 @@ async def cmd_runs(args, out: TextIO) -> int:
             runs = list(client.runs().values())
         finally:
             await client.close()
+        if not runs:
+            note = store_note()
+            if note:
+                print(f"cmbagent-jupyter: no runs on {url}{note}", file=err, flush=True)
     print(runs_table(runs), file=out)
     return 0
 
 
 async def cmd_watch(args, out: TextIO, err: TextIO, inp: Optional[TextIO] = None) -> int:
-    url, token = resolve_server(args.url, args.token)
+    url, token = resolve_server(args.url, args.token, err)
     tty = out.isatty() and not args.plain
     inp = inp or sys.stdin
     answering = args.answer if args.answer is not None else inp.isatty()
@@ -312,7 +369,7 @@ async def cmd_watch(args, out: TextIO, err: TextIO, inp: Optional[TextIO] = None
             except asyncio.TimeoutError:
                 pass
             except RunNotFound as exc:
-                raise CliError(str(exc)) from None
+                raise CliError(f"{url}: {exc}{store_note(args.run_id)}") from None
             except StopAsyncIteration:
                 return 1
             if isinstance(item, Marker):
@@ -358,7 +415,7 @@ async def cmd_watch(args, out: TextIO, err: TextIO, inp: Optional[TextIO] = None
                 try:
                     target = await client.server_last_seq(args.run_id)
                 except RunNotFound as exc:
-                    raise CliError(str(exc)) from None
+                    raise CliError(f"{url}: {exc}{store_note(args.run_id)}") from None
                 except Exception:  # the server is away; ask again once reconnected
                     target = None
             finished = settled and target is not None and follower.last >= target
@@ -387,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def server_args(p):
-        p.add_argument("--url", help="server base URL (default: the first running Jupyter server)")
+        p.add_argument("--url", help="server base URL (default: the running Jupyter server whose root "
+                       "contains the current directory, else the newest)")
         p.add_argument("--token", help="server token (default: the running server's, or $JUPYTER_TOKEN)")
         p.add_argument("--timeout", type=float, default=15.0,
                        help="seconds to wait for the first connection (default 15)")
@@ -418,7 +476,7 @@ async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
         if args.command == "runs":
             if args.store is not None and (args.url or args.token):
                 raise CliError("--store reads the store directly; it does not take --url/--token")
-            return await cmd_runs(args, out)
+            return await cmd_runs(args, out, err)
         return await cmd_watch(args, out, err, inp)
     except CliError as exc:
         print(f"cmbagent-jupyter: error: {exc}", file=err, flush=True)
@@ -427,9 +485,16 @@ async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
-        return asyncio.run(amain(argv))
+        code = asyncio.run(amain(argv))
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as a pipeline expects. Python
+        # would flush stdout again at exit and complain: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

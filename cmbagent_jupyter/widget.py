@@ -36,7 +36,8 @@ COMM_RESYNC_S = 5.0
 
 
 class RunWidget(anywidget.AnyWidget):
-    """Shows one run live. ``RunWidget(run_id=...)`` attaches to any run in the store."""
+    """Shows one run live. ``RunWidget(run_id=...)`` attaches to any run in the store; for
+    a run the store does not have (a notebook saved elsewhere), the view says so."""
 
     _esm = STATIC / "widget.js"
     _css = STATIC / "widget.css"
@@ -49,7 +50,6 @@ class RunWidget(anywidget.AnyWidget):
         if not run_id:
             raise ValueError("RunWidget needs a run_id (or run=)")
         store = store or engine.open_store()
-        store.run_doc(run_id)  # unknown runs fail here, clearly
         super().__init__(run_id=run_id, **kwargs)
         self._store = store
         self._link: Optional[_CommLink] = None

@@ -133,25 +133,55 @@ class Run:
 
     def wait(self, timeout: Optional[float] = None) -> WorkflowState:
         """Block until the run is completed, failed or cancelled; return that state."""
+        def settled(doc: dict) -> Optional[WorkflowState]:
+            state = WorkflowState(doc["state"])
+            return state if state in states.SETTLED_WORKFLOW_STATES else None
+        return self._poll(settled, timeout, "settled", 0.5)
+
+    def wait_for_approval(self, node_id: Optional[str] = None,
+                          timeout: Optional[float] = None) -> dict:
+        """Block until a step asks for approval (``node_id``'s, if given); return the
+        pending approval (``approval_id``, ``node_id``, ``prompt``, ``requested_at``).
+
+        A step asks only when it reaches ``ctx.approve()``, so call this before
+        ``approve()`` / ``reject()`` when the run was just started. Raises EngineError
+        if the run settles first, TimeoutError after ``timeout`` seconds.
+        """
+        def asked(doc: dict) -> Optional[dict]:
+            for pending in doc["pending_approvals"]:
+                if node_id is None or pending["node_id"] == node_id:
+                    return pending
+            if WorkflowState(doc["state"]) in states.SETTLED_WORKFLOW_STATES:
+                raise EngineError(f"run {self.id} is {doc['state']}: no approval was asked"
+                                  + (f" by {node_id!r}" if node_id else ""))
+            return None
+        return self._poll(asked, timeout, "asking for an approval", 0.02)
+
+    def _poll(self, check: Callable[[dict], Any], timeout: Optional[float], what: str,
+              local_every: float) -> Any:
+        """Read the run document until ``check`` returns something other than None
+        (every ``local_every`` s, or at once when it settles, while it executes here)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        state: Optional[WorkflowState] = None
+        doc: Optional[dict] = None
         while True:
             try:
-                state = self.state
+                doc = self.store.run_doc(self.id)
             except Exception as exc:
                 if not self.store.transient(exc):
                     raise
                 # The store is briefly unreachable (an outage, a stalled database): the
                 # run goes on meanwhile, and so does the wait, up to its timeout.
-            if state in states.SETTLED_WORKFLOW_STATES:
-                return state
+            found = None if doc is None else check(doc)
+            if found is not None:
+                return found
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                still = state.value if state is not None else "unknown (the store is unreachable)"
-                raise TimeoutError(f"run {self.id} is still {still} after {timeout} s")
+                still = doc["state"] if doc is not None else "unknown (the store is unreachable)"
+                raise TimeoutError(f"run {self.id} is still {still} after {timeout} s, "
+                                   f"not {what}")
             ex = local_executor(self.id)
             if ex is not None and not ex.stopped.is_set():  # a stopped one has nothing to say
-                ex.settled.wait(0.5 if left is None else min(left, 0.5))
+                ex.settled.wait(local_every if left is None else min(left, local_every))
             else:
                 time.sleep(0.02 if left is None else max(0.0, min(left, 0.02)))
 

@@ -77,6 +77,7 @@ def new_node_doc(spec: dict, position: int) -> dict:
         "last_message": None,
         "files": [],
         "metrics": {},
+        "metric_stats": {},
         "approval": None,
         "output_lines": 0,
         "output_dropped": 0,
@@ -201,7 +202,13 @@ class RunState:
 
     def _metric(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]
-        node["metrics"] = {**node["metrics"], d["name"]: d["value"]}
+        name, value = d["name"], d["value"]
+        node["metrics"] = {**node["metrics"], name: value}
+        was = node.get("metric_stats", {}).get(name)  # absent in snapshots of older versions
+        stats = ({"min": value, "max": value, "count": 1} if was is None else
+                 {"min": min(was["min"], value), "max": max(was["max"], value), "count": was["count"] + 1})
+        stats.update(step=d.get("step"), unit=d.get("unit"))
+        node["metric_stats"] = {**node.get("metric_stats", {}), name: stats}
         return node["id"]
 
     def _output(self, d: dict, ts: str) -> str:
@@ -335,6 +342,14 @@ class PendingApproval(BaseModel):
     choices: Optional[list[str]] = Field(None, description="A question's allowed answers; free text when null")
 
 
+class MetricStats(BaseModel):
+    min: float
+    max: float
+    count: int = Field(description="How many values the step reported under this name")
+    step: Optional[int] = Field(description="The step of the last value, if it gave one")
+    unit: Optional[str] = Field(description="The unit of the last value, if it gave one")
+
+
 class NodeInfo(BaseModel):
     id: str
     label: str
@@ -355,7 +370,9 @@ class NodeInfo(BaseModel):
     output_tokens: int
     last_message: Optional[AgentLine]
     files: list[FileInfo]
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(description="The last value of each metric")
+    metric_stats: dict[str, MetricStats] = Field(default_factory=dict,
+                                                 description="Per metric: min, max, count, the last step and unit")
     approval: Optional[PendingApproval]
     output_lines: int = Field(0, description="Lines of output the step recorded (step_output)")
     output_dropped: int = Field(0, description="Lines of output dropped over the step's budget")

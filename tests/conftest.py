@@ -16,6 +16,8 @@ def pytest_configure(config):
         path = os.path.join(tempfile.mkdtemp(prefix="cmbagent-tests-"), "default.sqlite")
         os.environ["CMBAGENT_DB_URL"] = "sqlite:///" + path.lstrip("/")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # The quickstart leaves its approval to a click for a while; nbval has nobody to click.
+    os.environ.setdefault("QUICKSTART_ANSWER_AFTER_S", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ from .postgres import PostgresStore
 from .redact import redact_url
 from .sqlite import SQLiteStore
 
-__all__ = ["open_store", "close_store", "default_url", "Store", "SQLiteStore", "PostgresStore", "Commit",
+__all__ = ["open_store", "open_existing_store", "close_store", "default_url", "Store", "SQLiteStore", "PostgresStore", "Commit",
            "EventList", "Lease", "redact_url"]
 
 #: Options any store takes, and those only one kind does (as URL query or keyword).
@@ -75,6 +75,15 @@ def open_store(url: Optional[str] = None, **options) -> Store:
             store = _cache[key] = factory(target, **options)
     store.reap()
     return store
+
+
+def open_existing_store(url: Optional[str] = None) -> Optional[Store]:
+    """``open_store(url)`` if that store already exists, else None (a SQLite file is
+    not created; a PostgreSQL database is assumed to exist: its server says if not)."""
+    factory, target, _ = _resolve(url or default_url(), {})
+    if factory is SQLiteStore and not os.path.exists(target):
+        return None
+    return open_store(url)
 
 
 def close_store(url: Optional[str] = None) -> None:

@@ -8,7 +8,8 @@ import { FileLinks, fileLink, thumbnail } from './files';
 import { formatCost } from './runlist';
 import { COMMAND_NODE_STATES } from './states';
 import {
-  clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, STATUS_LABEL
+  clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, metricSummary,
+  STATUS_LABEL
 } from './status';
 
 export interface DetailPaneOptions extends FileLinks {
@@ -217,13 +218,19 @@ export class DetailPane {
 
   private metrics: Section = n => {
     const entries = Object.entries(n.metrics ?? {});
-    return [JSON.stringify(entries), () => {
+    const stats = n.metric_stats ?? {};
+    return [JSON.stringify([entries, stats]), () => {
       if (!entries.length) return null;
       const box = el('div', 'cr-detail-block');
       const table = el('table', 'cr-metrics');
       for (const [k, v] of entries) {
         const tr = el('tr');
-        tr.append(el('th', '', k), el('td', 'cr-mono', formatMetric(v)));
+        const value = el('td', 'cr-mono', formatMetric(v));
+        const s = stats[k];
+        if (s?.unit) value.append(el('span', 'cr-muted', ` ${s.unit}`));
+        value.append(el('span', 'cr-muted cr-metric-last', ' last'));
+        value.title = metricSummary(v, s);
+        tr.append(el('th', '', k), value);
         table.append(tr);
       }
       box.append(el('div', 'cr-block-title', 'Metrics'), table);

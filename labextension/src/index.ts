@@ -1,5 +1,8 @@
 // JupyterLab plugin: the "Workflow runs" sidebar, run panels in the main area,
 // notifications for approvals and failures, and palette commands for the selected run.
+// It runs in Jupyter Notebook 7 too, whose shell is not JupyterLab's: there the runs
+// panel is a left side panel and a run opens in the "down" area, since Notebook 7's
+// main area holds the page's one document.
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -37,9 +40,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: 'cmbagent-jupyter:plugin',
   description: 'Workflow runs, live: a sidebar listing every run, with the DAG view and controls.',
   autoStart: true,
-  requires: [ILabShell],
-  optional: [ICommandPalette],
-  activate: async (app: JupyterFrontEnd, shell: ILabShell, palette: ICommandPalette | null) => {
+  optional: [ILabShell, ICommandPalette],
+  activate: async (app: JupyterFrontEnd, labShell: ILabShell | null, palette: ICommandPalette | null) => {
+    const shell = app.shell;
+    const runArea = labShell ? 'main' : 'down';
     const info = pageServerInfo();
     if (!info) return;
     if (!(await extensionAvailable(info))) {
@@ -75,14 +79,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
         panel.title.closable = true;
         panels.set(run.id, panel);
         panel.disposed.connect(() => panels.delete(run.id));
-        shell.add(panel, 'main');
+        // Notebook 7's down area opens at its content's minimum height: give it one.
+        if (!labShell) content.node.style.minHeight = '45vh';
+        shell.add(panel, runArea);
       }
       shell.activateById(panel.id);
     };
 
     const sidebar = new RunsPanel({ connection: conn, open: openRun });
     sidebar.title.icon = runsIcon;
+    if (!labShell) sidebar.title.label = 'Workflow runs'; // Notebook 7's View menu lists side panels by label
     shell.add(sidebar, 'left', { rank: 600 });
+    // JupyterLab shows the panel's tab in its left bar; Notebook 7 has no such bar: this
+    // command (in the palette, Ctrl+Shift+C, in both) opens it.
+    app.commands.addCommand('cmbagent:show-runs', {
+      label: 'Show the workflow runs',
+      execute: () => shell.activateById(sidebar.id)
+    });
+    palette?.addItem({ command: 'cmbagent:show-runs', category: 'Workflow runs' });
 
     // Notifications: a new approval request or question (withdrawn once answered), or a failed run.
     let initial = true;

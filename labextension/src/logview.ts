@@ -35,12 +35,36 @@ export class LogView {
     this.list.setAttribute('aria-relevant', 'additions');
     this.empty = el('p', 'cr-muted cr-log-empty', 'Agent messages, files, failures, approvals and run state changes appear here as they happen.');
     this.element.append(head, this.empty, this.list);
-    this.list.addEventListener('scroll', () => this.markScrolled(), { passive: true });
+    // Follow the tail while the newest row is in sight; stop when the reader scrolls up.
+    this.list.addEventListener('scroll', () => { this.following = this.tailInSight(); }, { passive: true });
   }
 
-  /** Fade the top edge when rows are scrolled past, so a cut row reads as "more above". */
-  private markScrolled(): void {
-    this.list.classList.toggle('cr-scrolled', this.list.scrollTop > 2);
+  private following = true;
+
+  private tailInSight(): boolean {
+    const last = this.list.lastElementChild as HTMLElement | null;
+    return !last || last.offsetTop + last.offsetHeight <= this.list.scrollTop + this.list.clientHeight + 2;
+  }
+
+  /**
+   * Scroll to the newest row with the top row whole: the list scrolls to the first row
+   * that starts at or below its furthest scroll, padding its end by what is missing (less
+   * than a row), so no row is cut in half at the top edge.
+   */
+  private showTail(): void {
+    const list = this.list;
+    list.style.paddingBottom = '';
+    const end = list.scrollHeight - list.clientHeight;
+    if (end <= 0) return;
+    let top = end;
+    for (const li of Array.from(list.children) as HTMLElement[]) {
+      if (li.offsetTop >= end) {
+        top = li.offsetTop;
+        break;
+      }
+    }
+    if (top > end) list.style.paddingBottom = `${top - end}px`;
+    list.scrollTop = top;
   }
 
   /** Make the DOM match the book: drop rows it no longer has, append the new ones. */
@@ -52,7 +76,6 @@ export class LogView {
         this.rows.delete(k);
       }
     }
-    const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 32;
     let added = false;
     let prev: HTMLElement | null = null;
     for (const r of this.book.rows) {
@@ -67,9 +90,7 @@ export class LogView {
       }
       prev = li;
     }
-    // Follow the tail, unless the reader scrolled up to read something.
-    if (added && atBottom) this.list.scrollTop = this.list.scrollHeight;
-    this.markScrolled();
+    if (added && this.following) this.showTail();
     const n = this.book.rows.filter(r => r.kind === 'event').length;
     this.count.textContent = n ? ` · last ${n}` : '';
     this.empty.hidden = this.book.rows.length > 0;

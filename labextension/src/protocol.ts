@@ -70,6 +70,7 @@ export interface Protocol {
   FileUpdatedEvent?: FileUpdatedEvent;
   Hello?: Hello;
   Layout?: Layout;
+  MetricStats?: MetricStats;
   MetricUpdateData?: MetricUpdateData;
   MetricUpdateEvent?: MetricUpdateEvent;
   NodeInfo?: NodeInfo;
@@ -1363,6 +1364,26 @@ export interface Layout {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "MetricStats".
+ */
+export interface MetricStats {
+  min: number;
+  max: number;
+  /**
+   * How many values the step reported under this name
+   */
+  count: number;
+  /**
+   * The step of the last value, if it gave one
+   */
+  step: number | null;
+  /**
+   * The unit of the last value, if it gave one
+   */
+  unit: string | null;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "NodeInfo".
  */
 export interface NodeInfo {
@@ -1385,8 +1406,17 @@ export interface NodeInfo {
   output_tokens: number;
   last_message: AgentLine | null;
   files: FileInfo[];
+  /**
+   * The last value of each metric
+   */
   metrics: {
     [k: string]: number;
+  };
+  /**
+   * Per metric: min, max, count, the last step and unit
+   */
+  metric_stats?: {
+    [k: string]: MetricStats;
   };
   approval: PendingApproval | null;
   /**

@@ -14,10 +14,11 @@ import { LogBook } from './eventlog';
 import type { FileLinks } from './files';
 import { Insights } from './insights';
 import { LogView } from './logview';
+import { PauseNote } from './pausenote';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
   clockTime, formatCount, GLYPHS, isLegal, isSettled, OUTCOMES, progressText, RUN_ACTIONS,
-  RUN_STATE_LOOK, RunAction, storeDownText
+  RUN_STATE_LOOK, RunAction, storeDownText, unknownRunText
 } from './status';
 
 export interface RunViewOptions extends FileLinks {
@@ -46,7 +47,7 @@ export function connectionLabel(kind: Transport['kind'], info: ConnectionInfo): 
 
 const ACTION_TEXT: Record<RunAction, { label: string; aria: string; help: string }> = {
   pause: { label: 'Pause', aria: 'Pause the run',
-           help: 'Pause: no new step starts; running steps stop at their next checkpoint' },
+           help: 'Pause: no new step starts; running steps stop at their next ctx.checkpoint() (a long call finishes first)' },
   resume: { label: 'Resume', aria: 'Resume the run', help: 'Resume the paused run' },
   cancel: { label: 'Cancel', aria: 'Cancel the run',
             help: 'Cancel the run: running steps stop at their next checkpoint, the rest never start' }
@@ -100,6 +101,7 @@ export class RunView {
   private readonly stale = el('div', 'cr-banner cr-banner-warn cr-stale');
   private readonly storeDown = el('div', 'cr-banner cr-banner-warn cr-store');
   private readonly approvals: ApprovalCards;
+  private readonly pauseNote = new PauseNote();
   private readonly attentionEl = el('div', 'cr-attention');
   private alertSig = '';
 
@@ -261,7 +263,7 @@ export class RunView {
     this.storeDown.hidden = true;
     this.storeDown.title = 'The Jupyter server cannot reach the run store (its database). Events, '
       + 'snapshots and commands wait for it; nothing is lost, and nothing needs doing.';
-    wrap.append(this.alert, this.stale, this.storeDown, this.approvals.element);
+    wrap.append(this.alert, this.pauseNote.element, this.stale, this.storeDown, this.approvals.element);
     return wrap;
   }
 
@@ -271,7 +273,10 @@ export class RunView {
     if (this.disposed) return;
     if (u.error) {
       this.element.dataset.state = "unknown";
-      this.dag.setMessage(`This run cannot be shown: ${u.error.message}`);
+      setText(this.stateText, u.error.code === 'unknown_run' ? 'unknown run' : 'cannot show');
+      this.dag.setMessage(u.error.code === 'unknown_run'
+        ? unknownRunText(this.opts.runId)
+        : `This run cannot be shown: ${u.error.message}`);
       return;
     }
     if (!u.state) return;
@@ -325,6 +330,7 @@ export class RunView {
     if (this.dirtyRun) {
       this.renderRun(st.run);
       this.approvals.render(st);
+      this.pauseNote.render(st);
       this.updateAttention();
     }
     if (this.dirtyRun || (sel && this.dirtyNodes.has(sel))) this.renderDetail();
@@ -532,7 +538,7 @@ export class RunView {
   /** The attention area takes no room when nothing in it is shown. */
   private updateAttention(): void {
     this.attentionEl.hidden = this.alert.hidden && this.stale.hidden && this.storeDown.hidden
-      && this.approvals.element.hidden;
+      && this.approvals.element.hidden && this.pauseNote.element.hidden;
   }
 
   private tick(): void {

@@ -133,7 +133,7 @@ export class RunsPanel extends Widget {
     li.dataset.state = r.state;
     li.tabIndex = 0;
     li.setAttribute('role', 'button');
-    li.setAttribute('aria-label', `${r.name}, ${r.state.replace('_', ' ')}, open`);
+    li.setAttribute('aria-label', `${r.name} ${r.id.slice(0, 8)}, ${r.state.replace('_', ' ')}, open`);
     if (r.id === this.selected) li.classList.add('cmbagent-selected');
     const top = el('div', 'cmbagent-run-top');
     const name = el('span', 'cmbagent-run-name', r.name);
@@ -150,10 +150,15 @@ export class RunsPanel extends Widget {
     bar.setAttribute('aria-valuenow', String(r.done));
     const meta = el('div', 'cmbagent-run-meta');
     const started = r.started_at ?? r.created_at;
+    // Runs of one workflow share a name: the short id and the start time tell them apart.
+    const shortId = el('span', 'cmbagent-run-id', r.id.slice(0, 8));
+    shortId.title = `Run id ${r.id}`;
     meta.append(
+      shortId,
       el('span', 'cmbagent-run-count', `${r.done}/${r.total}`),
       el('span', 'cmbagent-run-start', new Date(started).toLocaleString([], {
-        month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })),
+        month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
+        hour12: false })),
       el('span', 'cmbagent-run-duration', formatDuration(runDuration(r, Date.now()))),
       el('span', 'cmbagent-run-cost', formatCost(r.cost_usd))
     );

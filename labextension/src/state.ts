@@ -2,7 +2,7 @@
 // This is the TypeScript twin of engine/snapshot.py's RunState.apply; a test
 // replays logs recorded by Python and compares with Python's snapshots.
 import type {
-  Edge, EdgeInfo, EventsMsg, FileInfo, Layout, NodeInfo, NodeSpec, PendingApproval, RunInfo,
+  Edge, EdgeInfo, EventsMsg, FileInfo, Layout, MetricStats, NodeInfo, NodeSpec, PendingApproval, RunInfo,
   SnapshotMsg
 } from './protocol';
 import { FINAL_NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
@@ -63,7 +63,7 @@ function newNode(spec: NodeSpec, position: number): NodeInfo {
     status: 'pending', attempt: 0, progress: null, progress_message: null,
     started_at: null, finished_at: null, error: null, result_preview: null,
     cost_usd: 0, input_tokens: 0, output_tokens: 0, last_message: null,
-    files: [], metrics: {}, approval: null, output_lines: 0, output_dropped: 0
+    files: [], metrics: {}, metric_stats: {}, approval: null, output_lines: 0, output_dropped: 0
   };
 }
 
@@ -150,6 +150,12 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
       node.metrics = { ...node.metrics, [d.name]: d.value };
+      const was = node.metric_stats?.[d.name]; // absent in snapshots of older versions
+      const stats: MetricStats = was
+        ? { min: Math.min(was.min, d.value), max: Math.max(was.max, d.value), count: was.count + 1,
+            step: d.step ?? null, unit: d.unit ?? null }
+        : { min: d.value, max: d.value, count: 1, step: d.step ?? null, unit: d.unit ?? null };
+      node.metric_stats = { ...node.metric_stats, [d.name]: stats };
       return node.id;
     }
     case 'step_output': {

@@ -1,6 +1,6 @@
 // Statuses, their glyphs and words, which run commands are legal when, and small
 // formatters: pure, shared by the DAG view and the run view (and unit-tested).
-import type { NodeInfo, NodeState, WorkflowState } from './protocol';
+import type { MetricStats, NodeInfo, NodeState, WorkflowState } from './protocol';
 import { CommandAction, COMMAND_RUN_STATES, NODE_STATES, SETTLED_WORKFLOW_STATES } from './states';
 
 /** Words a human reads (the data-status attribute keeps the machine name). */
@@ -160,6 +160,13 @@ export function storeDownText(since: string, what: 'view' | 'list' = 'view'): st
   return `Run store not answering since ${clockTime(since)} — the ${what} catches up by itself`;
 }
 
+/** What a view of a run that the server's store does not have (or hides) says. */
+export function unknownRunText(runId: string): string {
+  return `No run ${runId} in the run store this Jupyter server reads. It may have been started `
+    + 'with another store (CMBAGENT_DB_URL), belong to another user, or have been deleted; a notebook '
+    + 'saved elsewhere shows the runs of the machine it was saved on.';
+}
+
 /** Metric values: few significant digits, exponent for very large or small ones. */
 export function formatMetric(v: number): string {
   if (!Number.isFinite(v)) return String(v);
@@ -167,6 +174,14 @@ export function formatMetric(v: number): string {
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(3);
   return String(Number(v.toPrecision(5)));
+}
+
+/** A metric's hover text: its last value, then min and max over every value it reported. */
+export function metricSummary(last: number, s: MetricStats | undefined): string {
+  const unit = s?.unit ? ` ${s.unit}` : '';
+  const head = `last ${formatMetric(last)}${unit}${s?.step !== null && s?.step !== undefined ? ` (step ${s.step})` : ''}`;
+  if (!s || s.count < 2) return `${head} · the only value`;
+  return `${head} · min ${formatMetric(s.min)} · max ${formatMetric(s.max)} over ${s.count} values`;
 }
 
 export function formatBytes(n: number | null | undefined): string {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { NodeInfo, WorkflowState } from '../src/protocol';
 import { COMMAND_RUN_STATES, NODE_STATES, WORKFLOW_STATES } from '../src/states';
 import {
-  countsText, dominantStatus, formatCount, GLYPHS, glyphAt, isLegal, isSettled, nodeSubtitle,
+  countsText, dominantStatus, formatCount, GLYPHS, glyphAt, isLegal, isSettled, metricSummary, nodeSubtitle,
   progressText, RUN_ACTIONS, storeDownText, truncate
 } from '../src/status';
 
@@ -106,5 +106,15 @@ describe('store status', () => {
                                                            second: '2-digit', hour12: false });
     expect(storeDownText(since)).toBe(`Run store not answering since ${clock} — the view catches up by itself`);
     expect(storeDownText(since, 'list')).toContain('the list catches up by itself');
+  });
+});
+
+describe('metric hover text', () => {
+  it('gives the last value with its step and unit, then min and max over every value', () => {
+    expect(metricSummary(1931.9, { min: 1900.2, max: 2288.3, count: 4, step: 3, unit: null }))
+      .toBe('last 1931.9 (step 3) · min 1900.2 · max 2288.3 over 4 values');
+    expect(metricSummary(67.43, { min: 67.43, max: 67.43, count: 1, step: null, unit: 'km/s/Mpc' }))
+      .toBe('last 67.43 km/s/Mpc · the only value');
+    expect(metricSummary(2, undefined)).toBe('last 2 · the only value');
   });
 });

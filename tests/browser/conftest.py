@@ -36,8 +36,11 @@ def pytest_collection_modifyitems(config, items):
 class LabServer:
     """JupyterLab in a subprocess; can be killed (-9) and started again on the same port."""
 
-    def __init__(self, root: Path, home: Path, db_url: str, extra_args=()):
+    def __init__(self, root: Path, home: Path, db_url: str, extra_args=(), quiet_news: bool = True,
+                 app: str = "jupyterlab"):
         self.root, self.home, self.db_url = root, home, db_url
+        self.app = app  # the module run: "jupyterlab", or "notebook" (Jupyter Notebook 7)
+        self.quiet_news = quiet_news  # False: the server's own arguments must keep news away
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.extra_args = list(extra_args)
@@ -53,7 +56,9 @@ class LabServer:
         return f"{self.base}{path}{sep}token={self.token}"
 
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_TOKEN")}
+        # The quickstart waits its default minute for a click (the browser tests click).
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("JUPYTER_TOKEN") and k != "QUICKSTART_ANSWER_AFTER_S"}
         env.update({
             "CMBAGENT_DB_URL": self.db_url,
             "JUPYTER_CONFIG_DIR": str(self.home / "config"),
@@ -67,13 +72,14 @@ class LabServer:
     def start(self) -> "LabServer":
         settings = self.home / "settings" / "@jupyterlab" / "apputils-extension"
         settings.mkdir(parents=True, exist_ok=True)
-        # No "would you like news?" toast over the page under test.
-        (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-        args = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
+        if self.quiet_news:  # no "would you like news?" toast over the page under test
+            (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+        # LabServerApp: the class of these settings in JupyterLab and in Notebook 7 alike.
+        args = [sys.executable, "-m", self.app, "--no-browser", f"--port={self.port}",
                 "--ServerApp.port_retries=0", "--ip=127.0.0.1",
                 f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
-                f"--LabApp.user_settings_dir={self.home / 'settings'}",
-                f"--LabApp.workspaces_dir={self.home / 'workspaces'}", *self.extra_args]
+                f"--LabServerApp.user_settings_dir={self.home / 'settings'}",
+                f"--LabServerApp.workspaces_dir={self.home / 'workspaces'}", *self.extra_args]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.append("--allow-root")
         self.proc = subprocess.Popen(args, env=self.env(), stdout=open(self.log, "ab"),

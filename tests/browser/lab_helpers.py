@@ -103,6 +103,29 @@ def gated(name, gate, description="a browser-test workflow with a long, gated st
     return wf
 
 
+def long_calls(name, gate):
+    """Three parallel steps inside one long call each (no ctx.checkpoint until `gate`
+    exists, like a CAMB run), then combine."""
+    wf = Workflow(name, description="a browser-test workflow whose steps sit in long calls")
+
+    def make(step):
+        def call(ctx):
+            ctx.progress(0.5, "inside one long call")
+            while not Path(gate).exists():
+                time.sleep(0.05)
+            return step
+        return call
+
+    for step in ("camb_a", "camb_b", "camb_c"):
+        wf.step(step)(make(step))
+
+    @wf.step(deps=["camb_a", "camb_b", "camb_c"])
+    def combine(ctx, camb_a, camb_b, camb_c):
+        return [camb_a, camb_b, camb_c]
+
+    return wf
+
+
 def needs_approval(name, prompt="Ship the result?"):
     """compute -> review (asks a human: ctx.approve) -> publish."""
     wf = Workflow(name, description="a browser-test workflow that asks for approval")
@@ -190,6 +213,20 @@ def write_notebook(lab: LabServer, name: str, cells: Iterable[str]) -> str:
     nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent(c).strip()) for c in cells]
     nbformat.write(nb, lab.root / name)
     return name
+
+
+def start_flow_in_notebook(page, lab: LabServer, notebook: str, flow: str, call: str):
+    """A notebook whose one cell runs ``run = <call>.start()`` (``flow`` imported from
+    e2e_flows) and displays ``run``, run in the page: its view once executing, and the id."""
+    nb = write_notebook(lab, notebook, [f"""
+        from e2e_flows import {flow}
+        run = {call}.start()
+        run
+    """])
+    open_notebook(page, lab, nb)
+    run_all(page)
+    view = wait_view(page, state="executing")
+    return view, view_run_id(view)
 
 
 def new_gate(lab: LabServer, prefix: str = "gate") -> str:

@@ -146,3 +146,25 @@ def test_sidebar_survives_a_server_restart_and_catches_up(lab, page, stores):
         assert sidebar.is_visible()
         h.close_server_error_dialog(page)  # JupyterLab's own, from while the server was down
         shot(page, "sidebar-after-restart")
+
+
+def test_runs_of_the_same_name_are_told_apart(shared_lab, page, stores):
+    """Runs of one workflow share a name: each row shows a short id and a start time to
+    the second."""
+    from engine import Workflow
+
+    store = stores(shared_lab)
+    wf = Workflow("same-name-twice")
+    wf.step("only")(lambda ctx: 1)
+    runs = [wf.run(store, timeout=30) for _ in range(2)]
+    h.open_lab(page, shared_lab)
+    h.open_sidebar(page)
+    rows = [h.wait_row(page, r.id, "completed") for r in runs]
+    texts = [row.inner_text() for row in rows]
+    for run, text in zip(runs, texts):
+        assert "same-name-twice" in text and run.id[:8] in text, text
+    assert texts[0] != texts[1]
+    for row in rows:  # "Dec 2, 10:44:07": the start time to the second
+        start = row.locator(".cmbagent-run-start").inner_text()
+        assert start.count(":") == 2, start
+    shot(page, "sidebar-same-name")

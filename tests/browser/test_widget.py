@@ -8,8 +8,11 @@ view is checked against.
 
 from __future__ import annotations
 
+import json
+
 import lab_helpers as h
-from lab_helpers import module_lab, shared_lab, shot, stores  # noqa: F401 (fixtures)
+from cmbagent_jupyter import launch
+from lab_helpers import module_lab, shared_lab, shot, stores, wait_until  # noqa: F401 (fixtures)
 
 
 #: "Within a few seconds": how long a click may take to reach the run's executor.
@@ -46,41 +49,107 @@ def _widget_of(page, lab, run_id: str, notebook: str, **attrs: str):
     return view
 
 
-def test_quickstart_runs_to_completed(shared_lab, page, stores):
-    """quickstart.ipynb, Run All: the widget follows the run to completed, node by node."""
-    store = stores(shared_lab)
-    view, run_id = h.run_quickstart(page, shared_lab)
-    view.locator("[data-node-id][data-status='running']").first.wait_for(state="attached",
-                                                                         timeout=120_000)
-    h.scroll_to_top(view)
-    shot(page, "widget-quickstart-running")
+#: Pixels of the activity list's top visible row above its top edge (0: the row is whole).
+TOP_ROW_CUT = """l => {
+  const rows = [...l.children];
+  const top = rows.find(r => r.offsetTop + r.offsetHeight > l.scrollTop);
+  return top ? Math.round(l.scrollTop - top.offsetTop) : 0;
+}"""
 
-    # The notebook answers the reviewer's approval in code; then everything completes.
-    h.wait_view(page, run_id, state="completed", timeout=240_000)
-    statuses = h.wait_nodes(view, "completed")
-    assert set(statuses) == {n["id"] for n in store.run(run_id).snapshot()["nodes"]}
-    assert len(statuses) == 9
-    assert view.get_attribute("data-connection") == "live"
-    assert store.run(run_id).state == "completed"
-    _assert_caught_up(view, store, run_id)
-    # The approval was answered (in code): its notification must not linger.
-    h.approval_toasts(page, "quickstart-H0-fit").first.wait_for(state="detached", timeout=30_000)
-    h.scroll_to_top(view)
-    shot(page, "widget-quickstart-completed")
+
+def test_the_demo_runs_the_quickstart_in_a_copy_and_approve_is_clicked(tmp_path, page, stores):
+    """``./dev demo``'s JupyterLab (launch.py's arguments, its copy of notebooks/):
+    quickstart.ipynb opens unmodified, no news pop-up covers it, Run All asks and waits
+    for a click on Approve in the widget, the run completes, and saving the notebook
+    leaves the committed notebooks/ as they were."""
+    committed = {p.name: p.read_bytes() for p in (h.ROOT / "notebooks").glob("*.ipynb")}
+    workspace = tmp_path / "demo"
+    copied = launch.prepare_workspace(h.ROOT / "notebooks", workspace)
+    assert sorted(p.name for p in copied) == sorted(committed)
+    args = launch.lab_args(workspace)
+    assert args[1:3] == ["-m", "jupyterlab"] and f"--ServerApp.root_dir={workspace}" in args
+    # LabServer gives the root, --allow-root and --no-browser itself.
+    args = [a for a in args[3:] if not a.startswith("--ServerApp.root_dir=")
+            and a not in ("--allow-root", "--no-browser")]
+    lab = h.LabServer(workspace, tmp_path / "home", "sqlite:///" + str(tmp_path / "runs.sqlite").lstrip("/"),
+                      extra_args=args, quiet_news=False).start()
+    try:
+        store = stores(lab)
+        h.open_notebook(page, lab, "quickstart.ipynb")
+        tab = page.locator(".lm-TabBar-tab.jp-mod-current", has_text="quickstart.ipynb")
+        assert "jp-mod-dirty" not in (tab.get_attribute("class") or ""), "opens modified"
+        assert page.locator(f"{h.NOTEBOOK} .jp-OutputArea-output").count() == 0, "opens with outputs"
+        h.run_all(page)
+        view = h.wait_view(page)
+        run_id = h.view_run_id(view)
+        view.locator("[data-node-id][data-status='running']").first.wait_for(state="attached",
+                                                                             timeout=120_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-running")
+
+        card = view.locator("[data-approval-node='review']")
+        card.wait_for(state="visible", timeout=240_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-approval")
+        assert page.locator(".Toastify__toast", has_text="news").count() == 0, "the news pop-up is shown"
+        # The activity list follows its tail with the top row whole (not cut, not faded).
+        log = view.locator(".cr-log-list")
+        wait_until(lambda: log.evaluate(TOP_ROW_CUT) == 0, 10, "the top activity row to be whole")
+        assert log.evaluate("l => getComputedStyle(l).maskImage || 'none'") == "none"
+        h.click_action(card, "approve")
+        h.wait_view(page, run_id, state="completed", timeout=120_000)
+        h.wait_cell_output(page, "answered in the widget")
+        statuses = h.wait_nodes(view, "completed")
+        assert set(statuses) == {n["id"] for n in store.run(run_id).snapshot()["nodes"]}
+        assert len(statuses) == 9
+        received = [e.data for e in store.run(run_id).events() if e.event_type == "approval_received"]
+        assert [(r.node_id, r.approved, r.comment) for r in received] == [("review", True, None)]
+        _assert_caught_up(view, store, run_id)
+        h.approval_toasts(page, "quickstart-H0-fit").first.wait_for(state="detached", timeout=30_000)
+        h.scroll_to_top(view)
+        shot(page, "widget-quickstart-completed")
+        # A metric says it is the last value, and min / max over all of them on hover.
+        view.locator("[data-node-id='fit']").click()
+        chi2 = view.locator(".cr-metrics tr", has_text="chi2").locator("td")
+        chi2.wait_for(timeout=10_000)
+        assert chi2.inner_text().endswith(" last")
+        assert chi2.get_attribute("title").startswith("last ")
+        assert " · min " in chi2.get_attribute("title") and "over 4 values" in chi2.get_attribute("title")
+        chi2.hover()
+        shot(page, "widget-quickstart-metric")
+
+        h.wait_kernel_idle(page)
+        h.save(page)
+        saved = json.loads((workspace / "quickstart.ipynb").read_text())
+        assert any(c.get("outputs") for c in saved["cells"]), "the copy was saved with its outputs"
+        assert (workspace / "outputs" / "quickstart_spectra.png").exists()
+        assert {p.name: p.read_bytes() for p in (h.ROOT / "notebooks").glob("*.ipynb")} == committed
+    finally:
+        lab.stop()
+
+
+def test_a_widget_for_an_unknown_run_says_so_in_the_view(shared_lab, page):
+    """A notebook saved on another machine: ``RunWidget(run_id=...)`` of a run this store
+    has never seen shows a view saying so, not a traceback."""
+    ghost = "0123456789abcdef0123456789abcdef"
+    nb = h.write_notebook(shared_lab, "widget-unknown.ipynb", [f"""
+        from cmbagent_jupyter.widget import RunWidget
+        RunWidget(run_id="{ghost}")
+    """])
+    h.open_notebook(page, shared_lab, nb)
+    h.run_all(page)
+    view = h.wait_view(page, ghost, state="unknown")
+    view.get_by_text(f"No run {ghost} in the run store this Jupyter server reads").wait_for(timeout=30_000)
+    assert "unknown run" in view.locator(".cr-state").inner_text()
+    assert page.locator(f"{h.NOTEBOOK} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    shot(page, "widget-unknown-run")
 
 
 def test_pause_and_resume_from_the_widget(shared_lab, page, stores):
     store = stores(shared_lab)
     gate = h.new_gate(shared_lab, "pause")
-    nb = h.write_notebook(shared_lab, "widget-pause.ipynb", [f"""
-        from e2e_flows import gated
-        run = gated("widget-pause", "{gate}").start()
-        run
-    """])
-    h.open_notebook(page, shared_lab, nb)
-    h.run_all(page)
-    view = h.wait_view(page, state="executing")
-    run_id = h.view_run_id(view)
+    view, run_id = h.start_flow_in_notebook(page, shared_lab, "widget-pause.ipynb", "gated",
+                                            f'gated("widget-pause", "{gate}")')
     h.wait_node(view, "long_step", "running")
     shot(page, "widget-running")
 
@@ -104,6 +173,35 @@ def test_pause_and_resume_from_the_widget(shared_lab, page, stores):
     moves = [e.data.new_state for e in store.run(run_id).events() if e.event_type.startswith("workflow_")]
     assert moves[-5:] == ["executing", "pausing", "paused", "executing", "completed"], moves
     _assert_caught_up(view, store, run_id)
+
+
+def test_pausing_says_which_steps_it_waits_for(shared_lab, page, stores):
+    """Steps inside a long call (no checkpoint) finish it before the run pauses: the view
+    names them meanwhile, and the banner goes when the run is paused."""
+    store = stores(shared_lab)
+    gate = h.new_gate(shared_lab, "pausing")
+    view, run_id = h.start_flow_in_notebook(page, shared_lab, "widget-pausing.ipynb", "long_calls",
+                                            f'long_calls("widget-pausing", "{gate}")')
+    for step in ("camb_a", "camb_b", "camb_c"):
+        h.wait_node(view, step, "running")
+    h.click_action(view, "pause")
+    h.wait_view(page, run_id, state="pausing", timeout=20_000)
+    note = view.locator(".cr-pausing")
+    h.scroll_to_top(view)
+    shot(page, "widget-pausing")
+    note.wait_for(state="visible", timeout=10_000)
+    assert note.inner_text().splitlines()[0] == (
+        "Pausing — 3 running steps finish their current call first: camb_a, camb_b, camb_c.")
+    assert "ctx.checkpoint()" in note.inner_text()
+    assert note.get_attribute("data-waiting-for") == "camb_a camb_b camb_c"
+
+    h.release(shared_lab, gate)  # the calls end; nothing new starts; the run is paused
+    h.wait_view(page, run_id, state="paused", timeout=30_000)
+    note.wait_for(state="hidden", timeout=10_000)
+    assert h.node_status(store, run_id, "combine") == "pending"
+    h.click_action(view, "resume")
+    h.wait_view(page, run_id, state="completed")
+    assert store.run(run_id).state == "completed"
 
 
 def test_approve_from_the_widget(shared_lab, page, stores):

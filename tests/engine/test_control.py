@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from engine import CommandRejected, Run, UnknownNode, UnknownRun, Workflow
+from engine import CommandRejected, EngineError, Run, UnknownNode, UnknownRun, Workflow
 from engine_support import (
     check_log,
     node_path,
@@ -232,6 +232,41 @@ def test_approve_with_the_node_omitted_when_one_is_pending(store):
     assert workflow_path(events) == ["draft", "planning", "executing", "waiting_approval",
                                      "executing", "completed"]
     assert run.snapshot()["run"]["pending_approvals"] == []
+
+
+def test_wait_for_approval_returns_the_pending_approval_once_a_step_asks(store):
+    wf, answers = approval_workflow(("first", "second"))
+    gate = threading.Event()
+
+    @wf.step()
+    def slow(ctx):
+        gate.wait(10)
+
+    @wf.step(deps=["slow"])
+    def late(ctx, slow):
+        return ctx.approve("Late?")
+
+    run = wf.start(store=store)
+    first = run.wait_for_approval(timeout=10)  # whichever asks first
+    assert first["node_id"] in ("first", "second") and first["approval_id"]
+    with pytest.raises(TimeoutError, match="not asking for an approval"):
+        run.wait_for_approval("late", timeout=0.2)  # `late` has not started
+    run.approve("first")
+    run.reject("second")
+    gate.set()
+    pending = run.wait_for_approval("late", timeout=10)
+    assert pending["prompt"] == "Late?"
+    run.approve("late")
+    assert run.wait(10) == "completed"
+    assert answers == {"first": True, "second": False}
+
+
+def test_wait_for_approval_raises_when_the_run_settles_without_asking(store):
+    wf = Workflow("no questions")
+    wf.step("quiet")(lambda ctx: 1)
+    run = wf.start(store=store)
+    with pytest.raises(EngineError, match="completed: no approval was asked"):
+        run.wait_for_approval(timeout=10)
 
 
 def test_approval_commands_need_exactly_one_pending_approval(store):

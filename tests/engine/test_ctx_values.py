@@ -156,3 +156,22 @@ def test_any_ctx_calls_record_or_refuse_and_the_log_replays_to_a_valid_snapshot(
     assert len(reported) == sum(1 for _, o in outcome if o == "recorded")
     recorded = [n for n, o in outcome if o == "recorded"]
     assert all(t in expected[n] for t, n in zip(reported, recorded)), (reported, recorded)
+
+
+def test_a_metric_keeps_its_last_value_and_min_max_count_step_unit(store):
+    wf = Workflow("metric stats")
+
+    @wf.step()
+    def fit(ctx):
+        for i, chi2 in enumerate([2288.3, 1931.9, 1964.3, 2359.5]):
+            ctx.metric("chi2", chi2, step=i)
+        ctx.metric("H0", 67.43, unit="km/s/Mpc")
+
+    run = wf.run(store, timeout=10)
+    [node] = assert_valid_snapshot(run)["nodes"]
+    assert node["metrics"] == {"chi2": 2359.5, "H0": 67.43}
+    assert node["metric_stats"] == {
+        "chi2": {"min": 1931.9, "max": 2359.5, "count": 4, "step": 3, "unit": None},
+        "H0": {"min": 67.43, "max": 67.43, "count": 1, "step": None, "unit": "km/s/Mpc"},
+    }
+    check_log(run)

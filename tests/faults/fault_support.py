@@ -26,7 +26,7 @@ WRITER = HERE / "writer.py"
 EXTENSIONS = {"cmbagent_jupyter": True,
               # the venv enables these too; they only slow the start (and restarts) down
               "jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False,
-              "jupyter_server_terminals": False}
+              "jupyter_server_terminals": False, "notebook": False}
 
 
 def tail(path: Path, lines: int = 30) -> str:

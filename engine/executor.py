@@ -36,6 +36,7 @@ from .errors import (
     error_info,
 )
 from .events import escape_surrogates, loggable, new_event
+from .results import Stored, Unstorable, code_fingerprint, unstored_info
 from .snapshot import RunState
 from .step import Step
 from .store.base import Commit, Store
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 
 class Executor:
     def __init__(self, store: Store, view: RunState, steps: dict[str, Step], lease: Lease,
-                 max_workers: Optional[int], runner: Any = None):
+                 max_workers: Optional[int], runner: Any = None,
+                 reopen: Optional[dict[str, str]] = None):
         self.store = store
         self.view = view
         self.run_id = view.run["id"]
@@ -69,8 +71,15 @@ class Executor:
         for step in steps.values():
             for dep in step.deps:
                 self.children[dep].append(step.id)
-        self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps)
+        # (A reopened run's ready steps follow from putting them back: _run_again.)
+        self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps and reopen is None)
         self._skip: deque[str] = deque()
+        #: A resumed run (engine.resume): the steps to run again, with why; the first
+        #: thing the main loop records. Steps added at run time whose adder runs again
+        #: wait, unbound, until it adds them again (``add_step``).
+        self._reopen = reopen
+        self._unbound: set[str] = set()
+        self._exiting = False  # the process exits: a completed run lets its lease go
         self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
         #: Commands acted on; their new status may not be on disk yet when the store is next read.
         self._handled: set[str] = set()
@@ -90,6 +99,7 @@ class Executor:
         self._out_events: list[dict] = []
         self._out_nodes: set[str] = set()
         self._out_commands: list[tuple] = []
+        self._out_results: dict[str, Stored] = {}
         self._pull_queued = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -161,7 +171,12 @@ class Executor:
     def _main(self, first: bool) -> None:
         idle = False
         try:
-            if first:
+            if first and self._reopen is not None:
+                with self.cond:
+                    self._record("run_reopened", {"host": self.lease.host, "pid": self.lease.pid,
+                                                  "rerun": self._reopen})
+                    self._run_again(self._reopen, reason_prefix="resumed: ")
+            elif first:
                 with self.cond:
                     self._set_run("planning", reason="preparing the DAG")
                     self._set_run("executing")
@@ -184,7 +199,10 @@ class Executor:
             if self.run_id in self._journal.refused:
                 raise self._journal.refused[self.run_id]
             with self.cond:  # read under the lock: a final state here is already durable
-                finished = self.view.run["state"] in states.FINAL_WORKFLOW_STATES
+                # A completed run stays held (idle) while this process lives: a re-run may
+                # come. A cancelled one, or any at exit, lets go.
+                finished = (self.view.run["state"] == "cancelled"
+                            or (self._exiting and self.view.run["state"] in states.FINAL_WORKFLOW_STATES))
                 self._woken = False
             commands = self._outage_safe(self.store.pending_commands, self.run_id)
             if commands is None:  # the store is briefly unreachable: try again soon
@@ -203,8 +221,9 @@ class Executor:
                 self._settle()
                 # A step's thread may have finished the run since the read above (its
                 # notify came while this loop was reading commands): go round at once.
-                if not self._woken and self.view.run["state"] not in states.FINAL_WORKFLOW_STATES:
-                    if self.view.run["state"] == "failed" and self.run_id not in self._journal.refused:
+                if not self._woken and self.view.run["state"] != "cancelled" and not self._exiting:
+                    if (self.view.run["state"] in states.SETTLED_WORKFLOW_STATES
+                            and self.run_id not in self._journal.refused):
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False
                         return True
@@ -259,6 +278,7 @@ class Executor:
 
     def end_at_exit(self, timeout: float) -> None:
         """Give a finished run's executor ``timeout`` seconds for its last step."""
+        self._exiting = True
         self.wake()
         thread = self._thread
         if thread is not None and thread.ident is not None:
@@ -268,6 +288,11 @@ class Executor:
     def _abandon(self, reason: str, message: str) -> None:
         """Record that this executor stops without finishing (process exit, internal error)."""
         if self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
+            if self.holds_lease:  # a completed run held for re-runs: nothing to record
+                try:
+                    self._journal.submit(self._release(), wait=True)
+                except EngineError:
+                    pass
             return
         for etype, data in lost_run_events(self.view, reason, message):
             self._record(etype, data)
@@ -292,7 +317,7 @@ class Executor:
             self._record(etype, data)
 
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
-                durable: bool = False) -> None:
+                durable: bool = False, result: Optional[Stored] = None) -> None:
         """Apply an event to the view and put it in the outbox (``durable``: wait for commit).
 
         The outbox is drained by the journal's writer thread, which copies the run's
@@ -316,6 +341,8 @@ class Executor:
                 self._out_nodes.add(node)
             if command:
                 self._out_commands.append(command)
+            if result is not None:  # committed with the completion, in the same transaction
+                self._out_results[data["node_id"]] = result
             wake = not self._pull_queued
             self._pull_queued = True
         if durable:
@@ -329,8 +356,9 @@ class Executor:
             view = self.view
             commit = Commit(self.run_id, self._out_events, dict(view.run),
                             {n: dict(view.nodes[n]) for n in self._out_nodes},
-                            self._out_commands, self.lease.owner)
+                            self._out_commands, self.lease.owner, results=self._out_results)
             self._out_events, self._out_nodes, self._out_commands = [], set(), []
+            self._out_results = {}
             self._pull_queued = False
             self._outbox.notify_all()
             return commit
@@ -349,14 +377,15 @@ class Executor:
             self.settled.clear()
         self.cond.notify_all()
 
-    def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None, **extra) -> None:
+    def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None,
+                  stored: Optional[Stored] = None, **extra) -> None:
         node = self.view.nodes[node_id]
         old = node["status"]
         states.check_node(old, new, f"node {node_id}")
         attempt = node["attempt"] + (1 if new == "running" and old in states.ATTEMPT_START_NODE_STATES else 0)
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
-        self._record(states.node_event_type(old, new), data, command)
+        self._record(states.node_event_type(old, new), data, command, result=stored)
         self._after_node(node_id, new)
         self.cond.notify_all()
 
@@ -375,6 +404,7 @@ class Executor:
         while self._skip:
             nid = self._skip.popleft()
             if self._status(nid) == "pending":
+                self._unbound.discard(nid)
                 self._set_node(nid, "skipped", reason="an upstream step did not complete")
         counts = self.view.run["counts"]
         run_state = self.view.run["state"]
@@ -408,7 +438,7 @@ class Executor:
                     free -= 1
         while self._ready and free > 0:
             nid = self._ready.popleft()
-            if self._status(nid) == "pending":
+            if self._status(nid) == "pending" and nid not in self._unbound:
                 self._dispatch(nid)
                 free -= 1
         if counts["running"] or counts["retrying"] or counts["paused"]:
@@ -435,6 +465,9 @@ class Executor:
                     self._ready.append(child)
         elif new in states.BLOCKING_NODE_STATES:
             self._skip.extend(self.children[node_id])
+        if self._unbound and new in states.FINAL_NODE_STATES:
+            # Steps it added before and has not added again this time: no code to run.
+            self._skip.extend(n for n in self._unbound if self.view.nodes[n]["added_by"] == node_id)
 
     def _deps_done(self, node_id: str) -> bool:
         return all(self._status(d) == "completed" for d in self.steps[node_id].deps)
@@ -447,7 +480,7 @@ class Executor:
         """Run one attempt of a step on this thread (ThreadRunner's worker threads)."""
         step = self.steps[node_id]
         try:
-            kwargs = {d: self.results[d] for d in step.inputs}
+            kwargs = {d: self.result_of(d) for d in step.inputs}
             if step.wants_ctx:
                 kwargs["ctx"] = StepContext(self, node_id)
             result = step.fn(**kwargs)
@@ -467,6 +500,9 @@ class Executor:
         """
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
+        stored, kept = None, None
+        if error is None and not cancelled and self.store.results.keep:
+            stored, kept = self._persist(node_id, result)
         with self.cond:
             try:
                 if cancelled:
@@ -478,11 +514,31 @@ class Executor:
                     self.results[node_id] = result
                     if self._status(node_id) != "running":  # answered into another state:
                         self._set_node(node_id, "running")  # resume first
-                    self._set_node(node_id, "completed", result_preview=_preview(result))
+                    self._set_node(node_id, "completed", stored=stored, result_preview=_preview(result),
+                                   result=kept)
             finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
+
+    def _persist(self, node_id: str, result: Any) -> tuple[Optional[Stored], dict]:
+        """Encode the result (and write its file, if large) before its completion is
+        recorded; ``(what to commit with it, what the event says)``. A result that cannot
+        be stored is kept in memory only, and the event says why."""
+        fingerprint = code_fingerprint(self.steps[node_id].fn)
+        try:
+            stored = self.store.results.persist(self.run_id, node_id, result, fingerprint)
+        except Unstorable as exc:
+            return None, unstored_info(fingerprint, escape_surrogates(str(exc)))
+        return stored, stored.info()
+
+    def result_of(self, node_id: str) -> Any:
+        """A completed step's result: in memory, or loaded from the store (a resumed run)."""
+        try:
+            return self.results[node_id]
+        except KeyError:
+            value = self.results[node_id] = self.store.load_result(self.run_id, node_id)
+            return value
 
     def _attempt_failed(self, node_id: str, step: Step, error: dict) -> None:
         if self._status(node_id) != "running":
@@ -555,6 +611,9 @@ class Executor:
 
     def add_step(self, step: Step, by_node: str) -> None:
         with self.cond:
+            if step.id in self._unbound and self.view.nodes[step.id]["added_by"] == by_node:
+                self._rebind(step)
+                return
             if step.id in self.steps:
                 raise WorkflowDefinitionError(f"duplicate step name {step.id!r} in run {self.run_id}")
             unknown = [d for d in step.deps if d not in self.steps]
@@ -573,6 +632,46 @@ class Executor:
             elif self._deps_done(step.id):
                 self._ready.append(step.id)
             self.cond.notify_all()
+
+    def _rebind(self, step: Step) -> None:
+        """A step added in an earlier life of the run, added again by its (re-run) adder."""
+        if list(step.deps) != self.view.nodes[step.id]["deps"]:
+            raise WorkflowDefinitionError(
+                f"step {step.id!r} was added with deps {self.view.nodes[step.id]['deps']} before, "
+                f"now with {list(step.deps)}; a run's steps keep their dependencies")
+        self.steps[step.id] = step
+        self._unbound.discard(step.id)
+        if self._status(step.id) == "pending" and self._deps_done(step.id):
+            self._ready.append(step.id)
+        self.cond.notify_all()
+
+    # -- running steps again: a re-run, a resume --------------------------------------------------
+
+    def _run_again(self, rerun: dict[str, str], command_id: Optional[str] = None,
+                   reason_prefix: str = "") -> None:
+        """Put ``rerun``'s steps (``{node_id: why}``, in declaration order) back to pending
+        and the run back to executing. Steps added at run time by a step that runs again
+        wait for it to add them again."""
+        if self.view.run["state"] in states.SETTLED_WORKFLOW_STATES:
+            self._set_run("executing", command_id=command_id, reason=reason_prefix + "steps run again")
+        for nid, why in rerun.items():
+            if self.view.nodes[nid]["added_by"] in rerun:
+                self._unbound.add(nid)
+            self.results.pop(nid, None)
+            self.retry_at.pop(nid, None)
+            if self._status(nid) != "pending":
+                self._set_node(nid, "pending", command_id=command_id, reason=reason_prefix + why)
+            else:
+                self._after_node(nid, "pending")
+        self.cond.notify_all()
+
+    def _do_rerun(self, cid: str, node_id: str, payload: dict) -> None:
+        again = self.view.rerun_closure({node_id: "re-run requested"})
+        busy = [n for n in again if self._status(n) in states.UNFINISHED_NODE_STATES]
+        if busy:
+            raise CommandRejected(f"cannot re-run {node_id!r} while {', '.join(busy)} downstream "
+                                  "of it is running; wait for it, or cancel the run", "illegal_command")
+        self._run_again(again, command_id=cid)
 
     # -- commands ---------------------------------------------------------------------------------
 

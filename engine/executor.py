@@ -117,7 +117,12 @@ class Executor:
     def start(self) -> None:
         runtime.register(self)
         with self.cond:
-            self._spawn(first=True)
+            if self._reopen is not None:
+                # A resumed run is executing again (durably) before wf.resume returns.
+                self._record("run_reopened", {"host": self.lease.host, "pid": self.lease.pid,
+                                              "rerun": self._reopen})
+                self._run_again(self._reopen, reason_prefix="resumed: ")
+            self._spawn(first=self._reopen is None)
 
     def _spawn(self, first: bool = False) -> None:
         """Start a main-loop thread (under self.cond, when none runs)."""
@@ -171,12 +176,7 @@ class Executor:
     def _main(self, first: bool) -> None:
         idle = False
         try:
-            if first and self._reopen is not None:
-                with self.cond:
-                    self._record("run_reopened", {"host": self.lease.host, "pid": self.lease.pid,
-                                                  "rerun": self._reopen})
-                    self._run_again(self._reopen, reason_prefix="resumed: ")
-            elif first:
+            if first:
                 with self.cond:
                     self._set_run("planning", reason="preparing the DAG")
                     self._set_run("executing")

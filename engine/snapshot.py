@@ -186,6 +186,7 @@ class RunState:
 
     def _reopened(self, d: dict, ts: str) -> None:
         self.run["reopened"] = {"host": d["host"], "pid": d["pid"], "timestamp": ts}
+        self.run["last_error"] = None  # e.g. the executor_lost it recovers from
 
     def _progress(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]

@@ -78,11 +78,15 @@ export interface Protocol {
   PendingApproval?: PendingApproval;
   Ping?: Ping;
   Pong?: Pong;
+  Reopened?: Reopened;
   RequestState?: RequestState;
   Reset?: Reset;
+  ResultInfo?: ResultInfo;
   RunChanged?: RunChanged;
   RunInfo?: RunInfo;
   RunMeta?: RunMeta1;
+  RunReopenedData?: RunReopenedData;
+  RunReopenedEvent?: RunReopenedEvent;
   Runs?: Runs;
   ServerMessage?: ServerMessage;
   SnapshotMsg?: SnapshotMsg;
@@ -359,7 +363,7 @@ export interface Command {
   type: 'command';
   command_id: string;
   run_id: string;
-  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject';
+  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject' | 'rerun';
   node_id?: string | null;
   payload?: {
     [k: string]: unknown;
@@ -625,6 +629,7 @@ export interface EventsMsg {
     | FileCreatedEvent
     | FileUpdatedEvent
     | ErrorOccurredEvent
+    | RunReopenedEvent
   )[];
 }
 /**
@@ -992,6 +997,38 @@ export interface StepCompletedData {
    * repr() of the result, shortened
    */
   result_preview?: string | null;
+  /**
+   * What was kept of the result (None: results not kept)
+   */
+  result?: ResultInfo | null;
+}
+/**
+ * What a completion kept of its step's result (engine.results).
+ *
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "ResultInfo".
+ */
+export interface ResultInfo {
+  /**
+   * The result is in the store: any process can load it
+   */
+  stored: boolean;
+  /**
+   * Encoded size in bytes, when stored
+   */
+  size?: number | null;
+  /**
+   * pickle or cloudpickle, when stored
+   */
+  codec?: string | null;
+  /**
+   * Why it could not be stored
+   */
+  error?: string | null;
+  /**
+   * Hash of the step's code that produced it
+   */
+  fingerprint: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1175,6 +1212,47 @@ export interface FileUpdatedData {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunReopenedEvent".
+ */
+export interface RunReopenedEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'run_reopened';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: RunReopenedData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunReopenedData".
+ */
+export interface RunReopenedData {
+  /**
+   * Host of the process that continues the run
+   */
+  host: string;
+  /**
+   * Its process id
+   */
+  pid: number;
+  /**
+   * Steps that run again, with why (the others keep their results)
+   */
+  rerun?: {
+    [k: string]: string;
+  };
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "FileInfo".
  */
 export interface FileInfo {
@@ -1239,6 +1317,14 @@ export interface NodeInfo {
     [k: string]: number;
   };
   approval: PendingApproval | null;
+  /**
+   * What was kept of the last completion's result
+   */
+  result?: ResultInfo | null;
+  /**
+   * The step that added this one (ctx.add_step)
+   */
+  added_by?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1258,6 +1344,15 @@ export interface Pong {
   type: 'pong';
   id?: string | number | null;
   server_time: string;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "Reopened".
+ */
+export interface Reopened {
+  host: string;
+  pid: number;
+  timestamp: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1312,6 +1407,10 @@ export interface RunInfo {
   last_error: {
     [k: string]: string;
   } | null;
+  /**
+   * The last process that continued this run (wf.resume)
+   */
+  reopened?: Reopened | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

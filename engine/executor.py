@@ -31,6 +31,7 @@ from .errors import (
     EngineError,
     LeaseLost,
     LogConflict,
+    RunBusy,
     UnknownNode,
     WorkflowDefinitionError,
     error_info,
@@ -80,6 +81,8 @@ class Executor:
         self._reopen = reopen
         self._unbound: set[str] = set()
         self._exiting = False  # the process exits: a completed run lets its lease go
+        #: Completions recorded but not yet committed: their dependents wait for them.
+        self._undurable: set[str] = set()
         self.answers: dict[str, Optional[tuple[bool, Optional[str]]]] = {}
         #: Commands acted on; their new status may not be on disk yet when the store is next read.
         self._handled: set[str] = set()
@@ -260,6 +263,22 @@ class Executor:
             thread.join(10)
         else:
             self._finish()
+
+    def hand_over(self) -> None:
+        """Stop for good, recording nothing, so that a resume in this same process takes
+        the run over (engine.resume); RunBusy unless the run is settled (its steps idle)."""
+        with self.cond:
+            deadline = time.monotonic() + 5.0  # a settled run's loop is about to go idle
+            while (self._looping and self.view.run["state"] in states.SETTLED_WORKFLOW_STATES
+                   and time.monotonic() < deadline):
+                self.cond.wait(0.01)
+            if self.view.run["state"] not in states.SETTLED_WORKFLOW_STATES or self._looping:
+                raise RunBusy(f"run {self.run_id} is {self.view.run['state']} in this process "
+                              f"(pid {self.lease.pid} on {self.lease.host}); wait for it or cancel it")
+            self._lost = True  # nothing more is recorded by this executor
+            self.stopped.set()
+        self._journal.flush()
+        self._finish()
 
     def at_exit(self) -> bool:
         """At interpreter exit: record at once that an unfinished run is lost, and record
@@ -458,7 +477,10 @@ class Executor:
             self._set_run("completed")
 
     def _after_node(self, node_id: str, new: str) -> None:
-        """Push the consequences of a node transition to its dependents."""
+        """Push the consequences of a node transition to its dependents (of a completion:
+        once it is durable, see ``_completion_durable``)."""
+        if new == "completed" and node_id in self._undurable:
+            return
         if new == "completed" or new == "pending":
             for child in ([node_id] if new == "pending" else self.children[node_id]):
                 if self._status(child) == "pending" and self._deps_done(child):
@@ -501,7 +523,8 @@ class Executor:
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
         stored, kept = None, None
-        if error is None and not cancelled and self.store.results.keep:
+        durable_first = error is None and not cancelled and self.store.results.keep
+        if durable_first:
             stored, kept = self._persist(node_id, result)
         with self.cond:
             try:
@@ -514,12 +537,32 @@ class Executor:
                     self.results[node_id] = result
                     if self._status(node_id) != "running":  # answered into another state:
                         self._set_node(node_id, "running")  # resume first
+                    if durable_first:
+                        self._undurable.add(node_id)
                     self._set_node(node_id, "completed", stored=stored, result_preview=_preview(result),
                                    result=kept)
             finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
+        if durable_first:
+            self._completion_durable(node_id)
+
+    def _completion_durable(self, node_id: str) -> None:
+        """Start what depends on ``node_id`` once its completion (and result) is committed:
+        a process killed in between then never has run a step whose input it must
+        compute again. The wait is the step thread's, outside the lock; commits of
+        steps finishing together are still grouped."""
+        try:
+            self._journal.submit(_Pull(self), wait=True)
+        except Exception:  # refused (the lease is gone): the main loop stops the run
+            pass
+        with self.cond:
+            self._undurable.discard(node_id)
+            self._after_node(node_id, "completed")
+            if not self.stopped.is_set():
+                self._settle()
+            self.cond.notify_all()
 
     def _persist(self, node_id: str, result: Any) -> tuple[Optional[Stored], dict]:
         """Encode the result (and write its file, if large) before its completion is

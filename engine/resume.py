@@ -14,8 +14,9 @@ over by the calling process with the workflow definition it passes in:
   not duplicated); a step it does not add this time is skipped. Completed dynamic steps
   whose adder does not run again keep their results.
 
-Refused (RunBusy) while a live process holds the run, naming it; refused for a completed
-run unless ``rerun`` names steps to run again.
+Refused (RunBusy) while a live process holds the run, naming it — unless that is the
+calling process and the run is settled there (fix a step in the notebook, resume): refused for a completed
+run with nothing to run again (no step stale, none named in ``rerun``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import UnknownNode, WorkflowDefinitionError
 from .executor import Executor, dask_runner
 from .results import code_fingerprint
 from .run import Run
+from .runtime import local_executor
 from .snapshot import RunState
 from .step import Step
 from .store.base import Store
@@ -98,12 +100,17 @@ def resume_run(store: Store, name: str, steps: dict[str, Step], run_id: str, *,
     for nid in rerun:
         if nid not in before.nodes:
             raise UnknownNode(run_id, nid)
+    # A completed run has something to do only if a step is stale (or named in rerun).
+    stale = bool(plan(before, steps, store.result_fingerprints(run_id), rerun))
     runner = dask_runner(dask, run_id) if dask is not None else None
     if runner is not None:
         max_workers = max_workers or runner.default_width()
+    mine = local_executor(run_id)
+    if mine is not None and not mine.stopped.is_set() and (stale or before.run["state"] != "completed"):
+        mine.hand_over()  # RunBusy while it is still running steps here
     lease = Lease.mine()
     try:
-        view = store.claim_run(run_id, lease, rerun=bool(rerun))
+        view = store.claim_run(run_id, lease, rerun=stale)
     except BaseException:
         if runner is not None:
             runner.close()

@@ -389,16 +389,17 @@ class Store(ABC):
     def claim_run(self, run_id: str, lease: Lease, rerun: bool = False) -> RunState:
         """Take over a run whose executor is gone, for ``lease``; return its state.
 
-        In one transaction: refused (RunBusy) while a live process holds it, naming that
-        process; a holder known gone is first recorded lost (executor_lost). Then the run
+        In one transaction: refused (RunBusy) while another live process holds it, naming
+        that process (this process's own executor hands over first: engine.resume); a
+        holder known gone is first recorded lost (executor_lost). Then the run
         must be failed or cancelled — or completed, when steps are to run again
-        (``rerun``) — else CommandRejected.
+        (``rerun``: stale or named) — else CommandRejected.
         """
         with self._transaction() as c:
             view = self._view(c, run_id, lock=True)
             owner, host, pid, ns = c.execute(self._sql(
                 "SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=?"), (run_id,)).fetchone()
-            if owner is not None and not holder_gone(owner, host, pid, ns):
+            if owner is not None and owner != lease.owner and not holder_gone(owner, host, pid, ns):
                 raise RunBusy(
                     f"run {run_id} is held by a live process (pid {pid} on {host}): control it from "
                     "there (run.rerun / run.retry, or the Re-run button), or stop that kernel first")
@@ -408,8 +409,9 @@ class Store(ABC):
             state = view.run["state"]
             if state == "completed" and not rerun:
                 raise CommandRejected(
-                    f"run {run_id} is completed: there is nothing to resume. To run steps again, "
-                    f"pass rerun=[...] to wf.resume (or call run.rerun(node) where it is held)",
+                    f"run {run_id} is completed and no step's code changed: there is nothing to "
+                    "resume. To run steps again, pass rerun=[...] to wf.resume (or call "
+                    "run.rerun(node) in the process that holds it)",
                     "illegal_command")
             self._take_lease(c, run_id, lease)
         return view

@@ -1,10 +1,12 @@
 """``cmbagent-jupyter``: runs and live run views in the terminal.
 
     cmbagent-jupyter runs [--url URL --token T | --store [DB_URL]]
+    cmbagent-jupyter runs rm RUN_ID... [--store DB_URL]
     cmbagent-jupyter watch RUN_ID [--url URL --token T] [--plain]
 
 Without ``--url`` the first running Jupyter server (``jupyter server list``) is used,
-with its token. ``runs --store`` reads the store directly, no server needed.
+with its token. ``runs --store`` reads the store directly, no server needed, and so
+does ``runs rm``, which deletes runs (refused for one that executes; exit 1 then).
 ``watch`` redraws in place when stdout is a terminal, and otherwise prints one line
 per applied event. It exits when the run is completed, failed or cancelled and every
 event the server had by then was applied: 0 for completed, 1 for failed or cancelled,
@@ -284,6 +286,24 @@ async def cmd_runs(args, out: TextIO) -> int:
     return 0
 
 
+def cmd_runs_rm(args, out: TextIO, err: TextIO) -> int:
+    """Delete runs from the store (their events, results and commands); servers' run
+    lists hear it. A run that executes is refused (cancel it first)."""
+    import engine
+    from engine.errors import RunBusy, UnknownRun
+
+    store = engine.open_store(args.store or None)
+    failed = 0
+    for run_id in args.run_ids:
+        try:
+            store.delete_run(run_id)
+            print(f"deleted {run_id}", file=out)
+        except (RunBusy, UnknownRun) as exc:
+            failed += 1
+            print(f"cmbagent-jupyter: {exc}", file=err)
+    return 1 if failed else 0
+
+
 async def cmd_watch(args, out: TextIO, err: TextIO) -> int:
     url, token = resolve_server(args.url, args.token)
     tty = out.isatty() and not args.plain
@@ -379,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     server_args(p_runs)
     p_runs.add_argument("--store", nargs="?", const="", default=None, metavar="DB_URL",
                         help="read the store directly, no server (default store if no URL)")
+    runs_sub = p_runs.add_subparsers(dest="runs_command")
+    p_rm = runs_sub.add_parser("rm", help="delete runs: their events, results and commands")
+    p_rm.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p_rm.add_argument("--store", default=argparse.SUPPRESS, metavar="DB_URL",
+                      help="the store to delete from (default: the default store)")
     p_watch = sub.add_parser("watch", help="follow a run live until it finishes")
     p_watch.add_argument("run_id")
     server_args(p_watch)
@@ -395,6 +420,8 @@ async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "runs" and args.runs_command == "rm":
+            return cmd_runs_rm(args, out, err)
         if args.command == "runs":
             if args.store is not None and (args.url or args.token):
                 raise CliError("--store reads the store directly; it does not take --url/--token")

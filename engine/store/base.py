@@ -323,7 +323,8 @@ class Store(ABC):
 
     @abstractmethod
     def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
-        """Runs with events committed after ``cursor``: ``(new_cursor, {run_id: last_seq})``."""
+        """Runs with events committed after ``cursor``: ``(new_cursor, {run_id: last_seq})``;
+        a run deleted after ``cursor`` appears with last_seq 0 (``delete_run``)."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -443,7 +444,13 @@ class Store(ABC):
             for table in self._RUN_TABLES:
                 c.execute(self._sql(f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'}=?"),
                           (run_id,))
+            self._tombstone(c, run_id)
         self.results.remove_run(run_id)
+
+    @abstractmethod
+    def _tombstone(self, c: Any, run_id: str) -> None:
+        """Record, in the deleting transaction, that ``run_id`` is gone, where tailers see
+        it (``changes_since`` returns it with last_seq 0): run lists hear of deletions."""
 
     # -- retention ------------------------------------------------------------------------
 

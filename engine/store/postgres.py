@@ -71,13 +71,16 @@ _RESULTS_TABLE = """CREATE TABLE results(
     run_id TEXT NOT NULL, node_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
     codec TEXT NOT NULL, size BIGINT NOT NULL, data BYTEA, location TEXT,
     created_at TEXT NOT NULL, PRIMARY KEY(run_id, node_id))"""
+#: Deleted runs, stamped with the commit clock like runs (changes_since reports them).
+_TOMBSTONES_TABLE = """CREATE TABLE tombstones(
+    run_id TEXT PRIMARY KEY, changed BIGINT NOT NULL, deleted_at TEXT NOT NULL)"""
 
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE runs ADD COLUMN lease_ns TEXT",
         "CREATE INDEX runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL"],
     # Results kept with completions (engine.results); nodes say what of theirs is kept
     # and which step added them (None: declared with the workflow).
-    2: [_RESULTS_TABLE,
+    2: [_RESULTS_TABLE, _TOMBSTONES_TABLE, "CREATE INDEX tombstones_changed ON tombstones(changed)",
         """UPDATE nodes SET doc = (doc::jsonb || '{"result": null, "added_by": null}'::jsonb)::text""",
         """UPDATE runs SET doc = (doc::jsonb || '{"reopened": null}'::jsonb)::text"""],
 }
@@ -126,7 +129,9 @@ CREATE TABLE approvals(
     approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
     prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
     requested_at TEXT NOT NULL, answered_at TEXT);
-""" + _RESULTS_TABLE
+""" + _RESULTS_TABLE + ";" + _TOMBSTONES_TABLE + """;
+CREATE INDEX tombstones_changed ON tombstones(changed)
+"""
 
 
 class PostgresStore(Store):
@@ -285,8 +290,9 @@ class PostgresStore(Store):
 
     def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
         with self._pool.connection() as c:
-            rows = c.execute("SELECT id, last_seq, changed FROM runs WHERE changed > %s",
-                             (cursor,)).fetchall()
+            rows = c.execute("SELECT id, last_seq, changed FROM runs WHERE changed > %s UNION ALL"
+                             " SELECT run_id, 0, changed FROM tombstones WHERE changed > %s",
+                             (cursor, cursor)).fetchall()
         if not rows:
             return cursor, {}
         return max(r[2] for r in rows), {r[0]: r[1] for r in rows}
@@ -437,6 +443,11 @@ class PostgresStore(Store):
         return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
+
+    def _tombstone(self, c, run_id: str) -> None:
+        n = c.execute("UPDATE clock SET n = n + 1 RETURNING n").fetchone()[0]
+        c.execute("INSERT INTO tombstones(run_id, changed, deleted_at) VALUES(%s,%s,%s)", (run_id, n, now_iso()))
+        c.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
 
     def _take_lease(self, c, run_id: str, lease: Lease) -> None:
         c.execute(f"UPDATE runs SET ({LEASE_COLUMNS}) = (%s,%s,%s,%s,{_DB_NOW} + %s) WHERE id=%s",

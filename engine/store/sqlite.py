@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 import orjson
 
 from ..errors import StoreError, UnknownRun
-from ..events import now_iso
+from ..events import new_uuid, now_iso
 from ..results import DEFAULT_INLINE_MAX, ResultArchive
 from ..snapshot import RunState
 from .base import (
@@ -362,6 +362,12 @@ class SQLiteStore(Store):
         return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
+
+    def _tombstone(self, c: sqlite3.Connection, run_id: str) -> None:
+        # A row at seq 0 in the tailed log: no reader of events asks for seq <= 0, and
+        # retention by age trims it like any other.
+        c.execute("INSERT INTO events(run_id, seq, id, type, ts, data) VALUES(?, 0, ?, 'run_deleted', ?, '{}')",
+                  (run_id, new_uuid(), now_iso()))
 
     def _take_lease(self, c: sqlite3.Connection, run_id: str, lease: Lease) -> None:
         c.execute(f"UPDATE runs SET ({LEASE_COLUMNS}) = (?,?,?,?,?) WHERE id=?",

@@ -31,7 +31,18 @@ export type NodeState =
  * via the `definition` "ServerMessage".
  */
 export type ServerMessage =
-  Hello | SnapshotMsg | EventsMsg | Reset | Runs | RunChanged | Ack | Pong | Error | Unsubscribed | StoreStatus;
+  | Hello
+  | SnapshotMsg
+  | EventsMsg
+  | Reset
+  | Runs
+  | RunChanged
+  | Ack
+  | Pong
+  | Error
+  | Unsubscribed
+  | StoreStatus
+  | RunDeleted;
 
 export interface Protocol {
   Ack?: Ack;
@@ -83,6 +94,7 @@ export interface Protocol {
   Reset?: Reset;
   ResultInfo?: ResultInfo;
   RunChanged?: RunChanged;
+  RunDeleted?: RunDeleted;
   RunInfo?: RunInfo;
   RunMeta?: RunMeta1;
   RunReopenedData?: RunReopenedData;
@@ -1411,6 +1423,17 @@ export interface RunInfo {
    * The last process that continued this run (wf.resume)
    */
   reopened?: Reopened | null;
+}
+/**
+ * The run was deleted (``store.delete_run``, REST ``DELETE``, ``cmbagent-jupyter runs rm``):
+ * sent to run-list subscribers and to the run's subscribers, whose subscription ends.
+ *
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunDeleted".
+ */
+export interface RunDeleted {
+  type: 'run_deleted';
+  run_id: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

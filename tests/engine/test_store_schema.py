@@ -161,7 +161,7 @@ PREVIOUS_VERSION = {
     "sqlite": (3, ["DROP TABLE results",
                    "UPDATE nodes SET doc=json_remove(doc, '$.result', '$.added_by')",
                    "UPDATE runs SET doc=json_remove(doc, '$.reopened')"]),
-    "postgresql": (2, ["DROP TABLE results",
+    "postgresql": (2, ["DROP TABLE results", "DROP TABLE tombstones",
                        "UPDATE nodes SET doc=(doc::jsonb - 'result' - 'added_by')::text",
                        "UPDATE runs SET doc=(doc::jsonb - 'reopened')::text"]),
 }

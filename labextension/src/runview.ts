@@ -12,6 +12,7 @@ import { DetailPane } from './detailpane';
 import { button, el, glyphIcon, setText } from './dom';
 import { LogBook } from './eventlog';
 import { LogView } from './logview';
+import { processGone, resumeHint } from './resumehint';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
   clockTime, formatCount, GLYPHS, isLegal, isSettled, OUTCOMES, progressText, RUN_ACTIONS,
@@ -98,6 +99,8 @@ export class RunView {
   private readonly approvals: ApprovalCards;
   private readonly attentionEl = el('div', 'cr-attention');
   private alertSig = '';
+  /** A command was refused because the run's process is gone (not always in the log). */
+  private gone = false;
 
   constructor(host: HTMLElement, opts: RunViewOptions) {
     this.opts = opts;
@@ -121,6 +124,8 @@ export class RunView {
     this.detail = new DetailPane({
       fileUrl: opts.fileUrl,
       retry: (id, b, err) => void this.send(`retry:${id}`, b, err, 'retry', id),
+      rerun: (id, b, err) => void this.send(`rerun:${id}`, b, err, 'rerun', id),
+      gone: () => this.gone,
       busy: key => this.busyKeys.has(key)
     });
     this.approvals = new ApprovalCards({
@@ -343,7 +348,7 @@ export class RunView {
   }
 
   private renderAlert(run: RunInfo): void {
-    const lost = run.reason === 'executor_lost' || run.last_error?.code === 'executor_lost';
+    const lost = processGone(run) || this.gone;
     const err = run.last_error;
     // Failed steps are listed only once the run has failed (no scan of every node per frame).
     const failedNodes = run.state === 'failed' && this.state
@@ -355,7 +360,8 @@ export class RunView {
     this.alert.dataset.kind = lost ? 'executor_lost' : err ? 'error' : run.state === 'failed' ? 'failed' : '';
     if (lost) {
       this.alert.append(el('strong', '', 'The process running this workflow is gone (executor lost). '),
-                        el('span', '', 'No step can make progress and commands that need it are refused. Start the workflow again to continue.'));
+                        el('span', '', 'No step can make progress and commands that need it are refused.'),
+                        resumeHint(run.id, 'Its completed steps keep their results.'));
     } else if (err) {
       this.alert.append(el('strong', '', `Error${err.code ? ` (${err.code})` : ''}: `));
     }
@@ -422,6 +428,12 @@ export class RunView {
       errorEl.textContent = `Could not ${action}: ${failure}`;
       errorEl.hidden = false;
     }
+    if (ack?.code === 'executor_lost' && !this.gone) {
+      // A settled run's process may end without the log saying so: now it is known.
+      this.gone = true;
+      if (this.state) this.renderAlert(this.state.run);
+      this.renderDetail();
+    }
     b.disabled = false;
     this.refreshBusy(key);
   }
@@ -432,7 +444,7 @@ export class RunView {
     if (!st) return;
     if ((RUN_ACTIONS as string[]).includes(key)) this.renderControls(st.run);
     else if (key.startsWith('approval:')) this.approvals.render(st);
-    else if (key.startsWith('retry:')) this.renderDetail();
+    else if (key.startsWith('retry:') || key.startsWith('rerun:')) this.renderDetail();
   }
 
   // -- connection and clock -------------------------------------------------------------

@@ -100,7 +100,9 @@ export class DetailPane {
       if (canRetry) wrap.append(this.retryRow(n, busy, lost));
       if (canRerun && !lost) wrap.append(this.rerunRow(n, rerunBusy));
       if (lost && run && (canRetry || canRerun)) {
-        wrap.append(resumeHint(run.id, 'The process that ran this workflow is gone.'));
+        // A completed step runs again only when named (a plain resume keeps its result).
+        wrap.append(resumeHint(run.id, 'The process that ran this workflow is gone.',
+                               n.status === 'completed' ? n.id : undefined));
       }
       return wrap;
     }];

@@ -5,9 +5,13 @@
 import type { RunInfo } from './protocol';
 import { button, el } from './dom';
 
-/** The call that continues `runId` in a kernel that defines the workflow as `wf`. */
-export function resumeCall(runId: string): string {
-  return `wf.resume(${JSON.stringify(runId)})`;
+/**
+ * The call that continues `runId` in a kernel that defines the workflow as `wf`; with
+ * `rerun`, the step to run again (with what follows it) of a run that completed.
+ */
+export function resumeCall(runId: string, rerun?: string): string {
+  const again = rerun === undefined ? '' : `, rerun=[${JSON.stringify(rerun)}]`;
+  return `wf.resume(${JSON.stringify(runId)}${again})`;
 }
 
 /** Whether the run's process is known to be gone (recorded by the store as executor_lost). */
@@ -16,10 +20,10 @@ export function processGone(run: RunInfo | null): boolean {
 }
 
 /** The hint: a sentence, the call in code, and a button that copies it. */
-export function resumeHint(runId: string, lead: string): HTMLElement {
+export function resumeHint(runId: string, lead: string, rerun?: string): HTMLElement {
   const box = el('div', 'cr-resume-hint');
   box.dataset.hint = 'resume';
-  const call = resumeCall(runId);
+  const call = resumeCall(runId, rerun);
   const code = el('code', 'cr-resume-call', call);
   const copy = button('cr-btn', 'Copy', `Copy ${call}`);
   copy.dataset.action = 'copy-resume';

@@ -360,8 +360,12 @@ export class RunView {
     this.alert.dataset.kind = lost ? 'executor_lost' : err ? 'error' : run.state === 'failed' ? 'failed' : '';
     if (lost) {
       this.alert.append(el('strong', '', 'The process running this workflow is gone (executor lost). '),
-                        el('span', '', 'No step can make progress and commands that need it are refused.'),
-                        resumeHint(run.id, 'Its completed steps keep their results.'));
+                        el('span', '', 'Commands that need it are refused; completed steps keep their results.'));
+      if (run.state === 'completed') {
+        this.alert.append(el('div', '', 'To run steps again, select one: its details say how, from a kernel.'));
+      } else {
+        this.alert.append(resumeHint(run.id, 'To continue it:'));
+      }
     } else if (err) {
       this.alert.append(el('strong', '', `Error${err.code ? ` (${err.code})` : ''}: `));
     }
@@ -432,6 +436,7 @@ export class RunView {
       // A settled run's process may end without the log saying so: now it is known.
       this.gone = true;
       if (this.state) this.renderAlert(this.state.run);
+      this.updateAttention();
       this.renderDetail();
     }
     b.disabled = false;

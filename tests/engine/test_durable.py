@@ -7,7 +7,6 @@ how "ran exactly once" is proven.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
@@ -20,46 +19,8 @@ import pytest
 import engine
 from engine import CommandRejected, EngineError, Workflow, WorkflowDefinitionError
 from engine.errors import RunBusy
-from engine_support import Script, check_log, raw, statuses, wait_node
+from engine_support import TWENTY, Script, check_log, counts, load_module, raw, wait_node
 from support import wait_until
-
-# A workflow module both processes import (same file: same code fingerprints). Steps
-# count their runs in $DURABLE_WORK/counts; s10 waits for the file "go" (the first
-# process is killed while it waits).
-TWENTY = '''
-import os, time
-from pathlib import Path
-from engine import Workflow
-
-WORK = Path(os.environ["DURABLE_WORK"])
-
-
-def count(name):
-    with open(WORK / "counts", "a") as f:
-        f.write(name + "\\n")
-
-
-def make(i):
-    def body(ctx, **upstream):
-        count(f"s{i}")
-        if i == 10:
-            (WORK / "s10_started").touch()
-            while not (WORK / "go").exists():
-                time.sleep(0.01)
-        return {"i": i, "sum": i + sum(u["sum"] for u in upstream.values())}
-    return body
-
-
-def build():
-    wf = Workflow("twenty")
-    for i in range(20):
-        # A chain with a side branch: s(i) depends on s(i-1), and every fifth also on s(i-5).
-        deps = [f"s{i - 1}"] if i else []
-        if i >= 5 and i % 5 == 0:
-            deps.append(f"s{i - 5}")
-        wf.step(f"s{i}", deps=deps)(make(i))
-    return wf
-'''
 
 KILLED_RUN = """
 sys.path.insert(0, sys.argv[2])
@@ -69,26 +30,6 @@ publish(Path(sys.argv[2]) / "run_id", run.id)
 run.wait()
 """
 
-
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def counts(work: Path) -> dict[str, int]:
-    out: dict[str, int] = {}
-    if (work / "counts").exists():
-        for line in (work / "counts").read_text().split():
-            out[line] = out.get(line, 0) + 1
-    return out
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    monkeypatch.setenv("DURABLE_WORK", str(tmp_path))
-    return tmp_path
 
 
 def test_a_run_whose_process_was_killed_is_resumed_and_nothing_is_done_twice(store, db_url, work):
@@ -384,8 +325,10 @@ def test_deleting_runs(store, db_url):
     assert run.wait(10) == "completed"
     store.delete_run(run.id)
     assert run.id not in {r["id"] for r in store.runs()}
-    for table, column in [("runs", "id"), ("nodes", "run_id"), ("events", "run_id"),
-                          ("results", "run_id"), ("edges", "run_id")]:
+    for table, column in [("runs", "id"), ("nodes", "run_id"), ("results", "run_id"),
+                          ("edges", "run_id"), ("commands", "run_id")]:
         assert raw(db_url, f"SELECT COUNT(*) FROM {table} WHERE {column} = '{run.id}'") == [(0,)]
+    # Of its log, only a tombstone at seq 0 on SQLite (how tailers hear of the deletion).
+    assert raw(db_url, f"SELECT COUNT(*) FROM events WHERE run_id = '{run.id}' AND seq > 0") == [(0,)]
     with pytest.raises(engine.UnknownRun):
         store.delete_run(run.id)

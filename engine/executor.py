@@ -523,9 +523,12 @@ class Executor:
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
         stored, kept = None, None
-        durable_first = error is None and not cancelled and self.store.results.keep
-        if durable_first:
+        keep = error is None and not cancelled and self.store.results.keep
+        if keep:
             stored, kept = self._persist(node_id, result)
+        # Dependents start once the completion is durable; a step without any has nothing
+        # to wait for.
+        durable_first = keep and bool(self.children[node_id])
         with self.cond:
             try:
                 if cancelled:

@@ -359,9 +359,13 @@ class Store(ABC):
 
     def _write_results(self, c: Any, cm: Commit) -> None:
         ts = now_iso()
-        for node_id, r in cm.results.items():
-            c.execute(self._sql(self._UPSERT_RESULT),
-                      (cm.run_id, node_id, r.fingerprint, r.codec, r.size, r.data, r.location, ts))
+        rows = [(cm.run_id, node_id, r.fingerprint, r.codec, r.size, r.data, r.location, ts)
+                for node_id, r in cm.results.items()]
+        self._executemany(c, self._sql(self._UPSERT_RESULT), rows)
+
+    def _executemany(self, c: Any, statement: str, rows: list[tuple]) -> None:
+        """One statement for many rows, in transaction ``c``."""
+        c.executemany(statement, rows)
 
     @abstractmethod
     def _query(self, statement: str, args: tuple = ()) -> list[tuple]:

@@ -320,6 +320,10 @@ class PostgresStore(Store):
                       " fingerprint=EXCLUDED.fingerprint, codec=EXCLUDED.codec, size=EXCLUDED.size,"
                       " data=EXCLUDED.data, location=EXCLUDED.location, created_at=EXCLUDED.created_at")
 
+    def _executemany(self, c, statement: str, rows: list[tuple]) -> None:
+        with c.cursor() as cur:
+            cur.executemany(statement, rows)
+
     def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
         if any(isinstance(a, str) and "\x00" in a for a in args):
             return []  # PostgreSQL text cannot hold NUL: nothing stored matches

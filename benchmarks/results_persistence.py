@@ -22,24 +22,14 @@ import time
 import numpy as np
 
 import _common
-from _common import bench_dir, emit, note_load, open_store, run_to_completion, timed, wait_stopped
+from _common import bench_dir, emit, note_load, timed
 from event_append import append_rate
-from executor_overhead import engine_workflow
+from executor_overhead import EngineRunner, engine_workflow
 
 from engine.results import ResultArchive
 
 TARGET_OVERHEAD = 1.10
 TARGET_ARRAY = 1.5
-
-
-def overhead(directory: str, wf, keep: bool, tag: str) -> float:
-    store = open_store(os.path.join(directory, f"{tag}.sqlite"), keep_results=keep)
-    try:
-        elapsed, run = timed(lambda: run_to_completion(wf, store))
-        wait_stopped(run)
-        return elapsed
-    finally:
-        store.close()
 
 
 def fsynced_save(path: str, array: np.ndarray) -> None:
@@ -59,14 +49,16 @@ def main() -> int:
     note_load("before")
     with bench_dir(args.dir) as d:
         count = iter(range(10**6))
-        overhead(d, engine_workflow("chain", 50), True, "warm")
+        kept, not_kept = EngineRunner(d, "kept", keep_results=True), EngineRunner(d, "not-kept", keep_results=False)
+        kept(engine_workflow("chain", 50))
+        not_kept(engine_workflow("chain", 50))
         for shape in ("chain", "fan"):
             wf = engine_workflow(shape, args.n)
             # Alternate the sides so that drift in the machine's load hits both alike.
             on, off = [], []
             for _ in range(args.repeat):
-                on.append(overhead(d, wf, True, f"on-{next(count)}"))
-                off.append(overhead(d, wf, False, f"off-{next(count)}"))
+                on.append(kept(wf))
+                off.append(not_kept(wf))
             us_on, us_off = statistics.median(on) / args.n * 1e6, statistics.median(off) / args.n * 1e6
             emit(f"results.executor_overhead.{shape}.n{args.n}", us_on, "us/node",
                  f"the same {args.n}-node {shape}, keep_results=False", us_off,

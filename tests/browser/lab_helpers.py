@@ -192,6 +192,15 @@ def write_notebook(lab: LabServer, name: str, cells: Iterable[str]) -> str:
     return name
 
 
+def gated_notebook(lab: LabServer, notebook: str, run_name: str, gate: str) -> str:
+    """A notebook whose one cell starts e2e_flows.gated(run_name, gate) and shows its widget."""
+    return write_notebook(lab, notebook, [f"""
+        from e2e_flows import gated
+        run = gated("{run_name}", "{gate}").start()
+        run
+    """])
+
+
 def new_gate(lab: LabServer, prefix: str = "gate") -> str:
     """A fresh release-file name (relative to the lab root: the kernels' cwd)."""
     return f"release-{prefix}-{uuid.uuid4().hex[:8]}"

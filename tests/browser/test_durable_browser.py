@@ -19,11 +19,7 @@ def test_rerun_from_here_in_the_widget_of_a_completed_run(shared_lab, page, stor
     store = stores(shared_lab)
     gate = h.new_gate(shared_lab, "rerun-nb")
     h.release(shared_lab, gate)  # the run completes at once; its kernel stays
-    nb = h.write_notebook(shared_lab, "rerun-from-here.ipynb", [f"""
-        from e2e_flows import gated
-        run = gated("rerun-from-notebook", "{gate}").start()
-        run
-    """])
+    nb = h.gated_notebook(shared_lab, "rerun-from-here.ipynb", "rerun-from-notebook", gate)
     h.open_notebook(page, shared_lab, nb)
     h.run_all(page)
     view = h.wait_view(page, state="completed")

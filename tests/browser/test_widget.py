@@ -75,11 +75,7 @@ def test_quickstart_runs_to_completed(shared_lab, page, stores):
 def test_pause_and_resume_from_the_widget(shared_lab, page, stores):
     store = stores(shared_lab)
     gate = h.new_gate(shared_lab, "pause")
-    nb = h.write_notebook(shared_lab, "widget-pause.ipynb", [f"""
-        from e2e_flows import gated
-        run = gated("widget-pause", "{gate}").start()
-        run
-    """])
+    nb = h.gated_notebook(shared_lab, "widget-pause.ipynb", "widget-pause", gate)
     h.open_notebook(page, shared_lab, nb)
     h.run_all(page)
     view = h.wait_view(page, state="executing")

@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
 import networkx as nx
@@ -103,7 +103,8 @@ class Executor:
         self._out_nodes: set[str] = set()
         self._out_commands: list[tuple] = []
         self._out_results: dict[str, Stored] = {}
-        self._pull_queued = False
+        #: The journal item that will carry what is recorded now (None: none queued yet).
+        self._queued_pull: Optional[_Pull] = None
 
     # -- lifecycle ----------------------------------------------------------------------
     #
@@ -336,14 +337,15 @@ class Executor:
             self._record(etype, data)
 
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
-                durable: bool = False, result: Optional[Stored] = None) -> None:
-        """Apply an event to the view and put it in the outbox (``durable``: wait for commit).
+                durable: bool = False, result: Optional[Stored] = None) -> Optional["_Pull"]:
+        """Apply an event to the view and put it in the outbox (``durable``: wait for commit);
+        return the journal item whose commit makes it durable (None once the run is lost).
 
         The outbox is drained by the journal's writer thread, which copies the run's
         and the touched nodes' documents once per batch, not once per event.
         """
         if self._lost:
-            return
+            return None
         if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
             # Before anyone can see the run settled (run.wait() returns, and the caller's
             # `with Client(...)` block closes it), the runner lets go of the cluster.
@@ -362,12 +364,15 @@ class Executor:
                 self._out_commands.append(command)
             if result is not None:  # committed with the completion, in the same transaction
                 self._out_results[data["node_id"]] = result
-            wake = not self._pull_queued
-            self._pull_queued = True
+            pull = self._queued_pull
+            wake = pull is None
+            if wake:
+                pull = self._queued_pull = _Pull(self)
+        if wake:
+            self._journal.submit(pull)
         if durable:
-            self._journal.submit(_Pull(self), wait=True)
-        elif wake:
-            self._journal.submit(_Pull(self))
+            pull.future.result()
+        return pull
 
     def drain(self) -> Commit:
         """Everything recorded so far, as one commit (called by the journal's writer)."""
@@ -378,7 +383,7 @@ class Executor:
                             self._out_commands, self.lease.owner, results=self._out_results)
             self._out_events, self._out_nodes, self._out_commands = [], set(), []
             self._out_results = {}
-            self._pull_queued = False
+            self._queued_pull = None
             self._outbox.notify_all()
             return commit
 
@@ -397,16 +402,17 @@ class Executor:
         self.cond.notify_all()
 
     def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None,
-                  stored: Optional[Stored] = None, **extra) -> None:
+                  stored: Optional[Stored] = None, **extra) -> Optional["_Pull"]:
         node = self.view.nodes[node_id]
         old = node["status"]
         states.check_node(old, new, f"node {node_id}")
         attempt = node["attempt"] + (1 if new == "running" and old in states.ATTEMPT_START_NODE_STATES else 0)
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
-        self._record(states.node_event_type(old, new), data, command, result=stored)
+        pull = self._record(states.node_event_type(old, new), data, command, result=stored)
         self._after_node(node_id, new)
         self.cond.notify_all()
+        return pull
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -522,7 +528,7 @@ class Executor:
         """
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
-        stored, kept = None, None
+        stored, kept, pull = None, None, None
         keep = error is None and not cancelled and self.store.results.keep
         if keep:
             stored, kept = self._persist(node_id, result)
@@ -542,22 +548,23 @@ class Executor:
                         self._set_node(node_id, "running")  # resume first
                     if durable_first:
                         self._undurable.add(node_id)
-                    self._set_node(node_id, "completed", stored=stored, result_preview=_preview(result),
-                                   result=kept)
+                    pull = self._set_node(node_id, "completed", stored=stored,
+                                          result_preview=_preview(result), result=kept)
             finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
         if durable_first:
-            self._completion_durable(node_id)
+            self._completion_durable(node_id, pull)
 
-    def _completion_durable(self, node_id: str) -> None:
+    def _completion_durable(self, node_id: str, pull: Optional["_Pull"]) -> None:
         """Start what depends on ``node_id`` once its completion (and result) is committed:
         a process killed in between then never has run a step whose input it must
         compute again. The wait is the step thread's, outside the lock; commits of
         steps finishing together are still grouped."""
         try:
-            self._journal.submit(_Pull(self), wait=True)
+            if pull is not None:
+                pull.future.result()
         except Exception:  # refused (the lease is gone): the main loop stops the run
             pass
         with self.cond:
@@ -832,7 +839,7 @@ class _Pull:
     def __init__(self, executor: "Executor"):
         self.executor = executor
         self.run_id = executor.run_id
-        self.future = None
+        self.future: Future = Future()  # done when what it drained is durable
 
     def drain(self) -> Commit:
         return self.executor.drain()

@@ -332,3 +332,58 @@ def test_deleting_runs(store, db_url):
     assert raw(db_url, f"SELECT COUNT(*) FROM events WHERE run_id = '{run.id}' AND seq > 0") == [(0,)]
     with pytest.raises(engine.UnknownRun):
         store.delete_run(run.id)
+
+
+def test_cli_runs_rm_deletes_settled_runs_and_refuses_an_executing_one(store, db_url):
+    import asyncio
+    import io
+
+    from cmbagent_jupyter import cli
+
+    go = threading.Event()
+    wf = Workflow("rm from the CLI")
+    wf.step("waits")(lambda: go.wait(10))
+    busy = wf.start(store)
+    wait_node(busy, "waits", "running")
+    finished = Workflow("finished")
+    finished.step("only")(lambda: 1)
+    finished_run = finished.run(store, timeout=30)
+    out, err = io.StringIO(), io.StringIO()
+    code = asyncio.run(cli.amain(["runs", "rm", finished_run.id, busy.id, "--store", db_url], out, err))
+    assert code == 1
+    assert out.getvalue() == f"deleted {finished_run.id}\n"
+    assert "cancel it first" in err.getvalue()
+    assert {r["id"] for r in store.runs()} == {busy.id}
+    go.set()
+    assert busy.wait(10) == "completed"
+
+
+def test_retention_never_takes_what_a_resume_needs(tmp_path, work):
+    """Events trimmed to 3 per run: the run still resumes, from its snapshot and results."""
+    url = str(tmp_path / "trimmed.sqlite")
+    store = engine.open_store(url, max_events_per_run=3)
+    broken = work / "broken"
+    broken.touch()
+    wf = Workflow("trimmed")
+
+    @wf.step()
+    def a():
+        (work / "counts").open("a").write("a\n")
+        return 20
+
+    @wf.step(deps=["a"])
+    def b(a):
+        (work / "counts").open("a").write("b\n")
+        if broken.exists():
+            raise RuntimeError("b is broken")
+        return a + 1
+
+    run = wf.run(store, timeout=30)
+    assert run.state == "failed"
+    assert store.trim() >= 0 and store.bounds(run.id)[0] > 1  # the start of the log is gone
+    broken.unlink()
+    resumed = wf.resume(run.id, store)
+    assert resumed.wait(30) == "completed"
+    assert counts(work) == {"a": 1, "b": 2}
+    assert resumed.result("b") == 21
+    engine.store.close_store(url)

@@ -513,8 +513,12 @@ def test_a_scheduler_address_works_like_a_client(store, healthy):
 
     run = wf.run(store=store, dask=healthy.scheduler.address, timeout=TIMEOUT)
     assert run.state == "completed" and run.result("two") == 2
+    # The completed run stays held by this process (a re-run may come), on the cluster too.
+    assert run.rerun("one")["ok"] and run.wait(TIMEOUT) == "completed"
     check_log(run)
-    runner = local_executor(run.id).pool
+    ex = local_executor(run.id)
+    runner = ex.pool
+    ex.end_at_exit(TIMEOUT)  # as when the process exits
     assert runner.join(TIMEOUT)  # the executor stopped, the runner cleaned up...
     assert runner.client is not healthy and runner.client.status == "closed"  # ...its own client
 

@@ -319,6 +319,12 @@ def load_module(path: Path, name: str):
     return mod
 
 
+def ran(work: Path, name: str) -> None:
+    """Count one run of step ``name`` in ``work``'s counter file (outside the store)."""
+    with open(work / "counts", "a") as f:
+        f.write(name + "\n")
+
+
 def counts(work: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     if (work / "counts").exists():

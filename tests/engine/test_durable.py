@@ -19,7 +19,7 @@ import pytest
 import engine
 from engine import CommandRejected, EngineError, Workflow, WorkflowDefinitionError
 from engine.errors import RunBusy
-from engine_support import TWENTY, Script, check_log, counts, load_module, raw, wait_node
+from engine_support import TWENTY, Script, check_log, counts, load_module, ran, raw, wait_node
 from support import wait_until
 
 KILLED_RUN = """
@@ -201,25 +201,25 @@ def test_a_step_added_at_run_time_is_added_again_by_its_step(store, work):
     wf = Workflow("planner")
 
     def x(ctx, plan):
-        (work / "counts").open("a").write("x\n")
+        ran(work, "x")
         if flag.exists():
             raise RuntimeError("x fails once")
         return plan + ["x"]
 
     def y(ctx, plan):
-        (work / "counts").open("a").write("y\n")
+        ran(work, "y")
         return plan + ["y"]
 
     @wf.step()
     def plan(ctx):
-        (work / "counts").open("a").write("plan\n")
+        ran(work, "plan")
         ctx.add_step(x, deps=["plan"])
         ctx.add_step(y, deps=["plan"])
         return ["plan"]
 
     @wf.step()
     def static():
-        (work / "counts").open("a").write("static\n")
+        ran(work, "static")
         return "s"
 
     run = wf.run(store, timeout=30)
@@ -285,17 +285,17 @@ def test_rerun_from_a_step_of_a_completed_run_applies_once(store, work):
 
     @wf.step()
     def a():
-        (work / "counts").open("a").write("a\n")
+        ran(work, "a")
         return 1
 
     @wf.step(deps=["a"])
     def b(a):
-        (work / "counts").open("a").write("b\n")
+        ran(work, "b")
         return a + 1
 
     @wf.step()
     def c():
-        (work / "counts").open("a").write("c\n")
+        ran(work, "c")
         return 3
 
     run = wf.run(store, timeout=30)
@@ -368,12 +368,12 @@ def test_retention_never_takes_what_a_resume_needs(tmp_path, work):
 
     @wf.step()
     def a():
-        (work / "counts").open("a").write("a\n")
+        ran(work, "a")
         return 20
 
     @wf.step(deps=["a"])
     def b(a):
-        (work / "counts").open("a").write("b\n")
+        ran(work, "b")
         if broken.exists():
             raise RuntimeError("b is broken")
         return a + 1

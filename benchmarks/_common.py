@@ -196,13 +196,15 @@ def run_to_completion(wf, store, timeout: float = 600.0):
 
 
 def wait_stopped(run, timeout: float = 30.0) -> None:
-    """Wait for the run's executor thread to exit (after ``run.wait()``), so that closing
-    the store does not race its last writes (the lease release)."""
+    """Wait for the run's executor thread to exit or go idle (after ``run.wait()``; a
+    completed run stays held, idle, for re-runs), so that closing the store does not race
+    its last writes."""
     from engine.runtime import local_executor
 
     ex = local_executor(run.id)
-    if ex is not None:
-        ex.stopped.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while ex is not None and not (ex.stopped.is_set() or ex.idle) and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 # -- memory ----------------------------------------------------------------------------------

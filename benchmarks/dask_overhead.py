@@ -22,7 +22,7 @@ import os
 
 import _common
 import executor_overhead
-from _common import bench_dir, emit, maybe_profile, median_time, open_store, timed
+from _common import bench_dir, emit, maybe_profile, median_time, open_store, timed, wait_stopped
 
 import distributed
 
@@ -65,6 +65,7 @@ class EngineRunner:
     def __call__(self, wf: Workflow) -> float:
         self.count += 1
         store = open_store(os.path.join(self.directory, f"dask-{self.count}.sqlite"))
+        runner = None
         try:
             def run_it():
                 run = wf.start(store=store, dask=self.client)
@@ -74,12 +75,13 @@ class EngineRunner:
                 return run
 
             elapsed, run = timed(run_it)
-            ex = local_executor(run.id)  # off the clock: the executor and its runner finish
-            ex.stopped.wait(30)
-            ex.pool.join(30)
+            runner = local_executor(run.id).pool  # off the clock: the executor goes idle
+            wait_stopped(run)
             return elapsed
         finally:
-            store.close()
+            store.close()  # stops the executor (a completed run stays held until then)...
+            if runner is not None:
+                runner.join(30)  # ...and its runner finishes
 
 
 def main() -> int:

@@ -64,15 +64,18 @@ def dask_graph(shape: str, n: int) -> dict:
 
 
 class EngineRunner:
-    """Runs a workflow on a fresh store file each time, so runs do not share a log."""
+    """Runs a workflow on a fresh store file each time, so runs do not share a log;
+    ``options``: the stores' (e.g. keep_results), ``tag``: their files' prefix."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, tag: str = "overhead", **options):
         self.directory = directory
+        self.tag = tag
+        self.options = options
         self.count = 0
 
     def __call__(self, wf: Workflow) -> float:
         self.count += 1
-        store = open_store(os.path.join(self.directory, f"overhead-{self.count}.sqlite"))
+        store = open_store(os.path.join(self.directory, f"{self.tag}-{self.count}.sqlite"), **self.options)
         try:
             elapsed, run = timed(lambda: run_to_completion(wf, store))
             wait_stopped(run)

@@ -1,6 +1,7 @@
 """``cmbagent-jupyter``: runs and live run views in the terminal.
 
     cmbagent-jupyter runs [--url URL --token T | --store [DB_URL]]
+    cmbagent-jupyter runs rm RUN_ID... [--store DB_URL]
     cmbagent-jupyter watch RUN_ID [--url URL --token T] [--plain] [--answer | --no-answer]
 
 Without ``--url``, the running Jupyter servers (``jupyter server list``) are asked in
@@ -9,6 +10,8 @@ the current directory (the deepest root first), then the others; the most recent
 started first within each. Which server was asked is printed on stderr. ``runs --store``
 reads the store directly, no server needed. When a server does not have a run (or has
 no runs) that the default store does, the CLI says so.
+``runs rm`` deletes runs from the store directly (refused for one that executes; exit 1
+then).
 ``watch`` redraws in place when stdout is a terminal, and otherwise prints one line
 per applied event. It exits when the run is completed, failed or cancelled and every
 event the server had by then was applied: 0 for completed, 1 for failed or cancelled,
@@ -344,6 +347,24 @@ async def cmd_runs(args, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cmd_runs_rm(args, out: TextIO, err: TextIO) -> int:
+    """Delete runs from the store (their events, results and commands); servers' run
+    lists hear it. A run that executes is refused (cancel it first)."""
+    import engine
+    from engine.errors import RunBusy, UnknownRun
+
+    store = engine.open_store(args.store or None)
+    failed = 0
+    for run_id in args.run_ids:
+        try:
+            store.delete_run(run_id)
+            print(f"deleted {run_id}", file=out)
+        except (RunBusy, UnknownRun) as exc:
+            failed += 1
+            print(f"cmbagent-jupyter: {exc}", file=err)
+    return 1 if failed else 0
+
+
 async def cmd_watch(args, out: TextIO, err: TextIO, inp: Optional[TextIO] = None) -> int:
     url, token = resolve_server(args.url, args.token, err)
     tty = out.isatty() and not args.plain
@@ -454,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     server_args(p_runs)
     p_runs.add_argument("--store", nargs="?", const="", default=None, metavar="DB_URL",
                         help="read the store directly, no server (default store if no URL)")
+    runs_sub = p_runs.add_subparsers(dest="runs_command")
+    p_rm = runs_sub.add_parser("rm", help="delete runs: their events, results and commands")
+    p_rm.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p_rm.add_argument("--store", default=argparse.SUPPRESS, metavar="DB_URL",
+                      help="the store to delete from (default: the default store)")
     p_watch = sub.add_parser("watch", help="follow a run live until it finishes")
     p_watch.add_argument("run_id")
     server_args(p_watch)
@@ -473,6 +499,8 @@ async def amain(argv: Optional[list[str]] = None, out: Optional[TextIO] = None,
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "runs" and args.runs_command == "rm":
+            return cmd_runs_rm(args, out, err)
         if args.command == "runs":
             if args.store is not None and (args.url or args.token):
                 raise CliError("--store reads the store directly; it does not take --url/--token")

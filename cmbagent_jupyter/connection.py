@@ -50,6 +50,7 @@ class Connection:
         self._cache: Optional[RowCache] = None
         self._targets: dict[str, int] = {}
         self._docs: list[dict] = []
+        self._deleted: list[str] = []
         self.closed = False
         self._task = asyncio.ensure_future(self._run())
 
@@ -73,12 +74,15 @@ class Connection:
         self._inbox.append(raw)
         self._work.set()
 
-    def notify(self, cache: Optional[RowCache], targets: dict[str, int], docs: Iterable[dict]) -> None:
-        """The hub's news: runs with events committed up to a seq, run documents changed."""
+    def notify(self, cache: Optional[RowCache], targets: dict[str, int], docs: Iterable[dict],
+               deleted: Iterable[str] = ()) -> None:
+        """The hub's news: runs with events committed up to a seq, run documents changed,
+        runs deleted."""
         for run_id, last in targets.items():
             if last > self._targets.get(run_id, 0):
                 self._targets[run_id] = last
         self._docs.extend(docs)
+        self._deleted.extend(deleted)
         if cache is not None:
             self._cache = cache
         self._pump_wanted = True
@@ -130,11 +134,14 @@ class Connection:
         session = self.session
         targets, self._targets = self._targets, {}
         docs, self._docs = self._docs, []
+        deleted, self._deleted = self._deleted, []
         cache = self._cache  # the hub's: kept, so a pump after a drain reads from it too
         for run_id, last in targets.items():
             session.notify(run_id, last)
         if docs:
             session.notify_runs(docs)
+        if deleted:
+            session.notify_deleted(deleted)
         try:
             if await session.pump(cache):
                 self._pump_wanted = True

@@ -15,7 +15,7 @@ from jupyter_server.utils import ensure_async, url_path_join
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from engine.errors import UnknownRun
+from engine.errors import RunBusy, UnknownRun
 from engine.store.base import Store, envelope_json
 
 from .connection import Connection
@@ -94,6 +94,20 @@ class RunHandler(_Base):
         except UnknownRun:  # deleted meanwhile
             raise web.HTTPError(404, f"unknown run {run_id!r}") from None
         self.write_json({"type": "snapshot", **snap})
+
+    @web.authenticated
+    @authorized
+    async def delete(self, run_id: str):
+        """Delete the run (events, results, commands); 409 while it executes."""
+        await self.visible_doc(run_id)
+        try:
+            await self.read(lambda s: s.delete_run(run_id))
+        except UnknownRun:  # deleted meanwhile
+            raise web.HTTPError(404, f"unknown run {run_id!r}") from None
+        except RunBusy as exc:
+            self.write_json({"message": str(exc), "code": exc.code}, 409)
+            return
+        self.write_json({"deleted": run_id})
 
 
 class EventsHandler(_Base):

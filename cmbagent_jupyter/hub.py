@@ -38,7 +38,8 @@ class Listener(Protocol):
 
     session: Session
 
-    def notify(self, cache: Optional[RowCache], targets: dict[str, int], docs: Iterable[dict]) -> None: ...
+    def notify(self, cache: Optional[RowCache], targets: dict[str, int], docs: Iterable[dict],
+               deleted: Iterable[str] = ()) -> None: ...
 
     def store_status(self, available: bool, since: str) -> None: ...
 
@@ -202,6 +203,13 @@ class EventHub:
         if not changes:
             return
         self.cursor = cursor
+        # Deleted runs (last_seq 0, see Store.changes_since): who follows them, or the run
+        # list, hears it; nothing is read for them.
+        deleted = [run_id for run_id, last_seq in changes.items() if last_seq == 0]
+        if deleted:
+            changes = {r: s for r, s in changes.items() if s}
+            for conn in self.run_watchers | {c for r in deleted for c in self.by_run.get(r, ())}:
+                conn.notify(None, {}, (), deleted)
         # What to read, decided here (the sessions' cursors live on this loop), read in
         # one call off it: the events new to the cache, the documents run lists show.
         cache = self.cache

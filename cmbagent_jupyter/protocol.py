@@ -84,6 +84,14 @@ class RunChanged(_Msg):
     run: RunInfo
 
 
+class RunDeleted(_Msg):
+    """The run was deleted (``store.delete_run``, REST ``DELETE``, ``cmbagent-jupyter runs rm``):
+    sent to run-list subscribers and to the run's subscribers, whose subscription ends."""
+
+    type: Literal["run_deleted"] = "run_deleted"
+    run_id: str
+
+
 class Ack(_Msg):
     type: Literal["ack"] = "ack"
     command_id: str
@@ -126,7 +134,7 @@ class StoreStatus(_Msg):
 
 ServerMessage = Annotated[
     Union[Hello, SnapshotMsg, EventsMsg, Reset, Runs, RunChanged, Ack, Pong, Error, Unsubscribed,
-          StoreStatus],
+          StoreStatus, RunDeleted],
     Field(discriminator="type"),
 ]
 

@@ -477,6 +477,17 @@ class Session:
                 if not self._send(b'{"type":"run_changed","run":' + encoded + b"}", ("runs", None)):
                     return  # overflowed: the whole list follows the drain
 
+    def notify_deleted(self, run_ids: list[str]) -> None:
+        """Runs deleted from the store: a client that follows one, or was sent it in its
+        run list, hears ``run_deleted`` (never one it may not see: it was never sent it)."""
+        for run_id in run_ids:
+            followed = self.subs.pop(run_id, None) is not None
+            if followed:
+                self._unwatch(run_id)
+            listed = self._runs_sent.pop(run_id, None) is not None
+            if followed or listed:
+                self._send({"type": "run_deleted", "run_id": run_id})
+
     def behind(self) -> bool:
         """True while some subscription has events (or a reset) still to send."""
         return any(s.cursor < s.target or s.reset for s in self.subs.values())

@@ -21,6 +21,7 @@ from .errors import (
     EngineError,
     ExecutorLost,
     IllegalTransition,
+    RunBusy,
     StoreError,
     UnknownNode,
     UnknownRun,
@@ -37,5 +38,5 @@ __all__ = [
     "Workflow", "Run", "StepContext", "open_store", "default_url", "Store",
     "WorkflowState", "NodeState",
     "EngineError", "WorkflowDefinitionError", "IllegalTransition", "UnknownRun", "UnknownNode",
-    "CommandRejected", "ExecutorLost", "StoreError", "Cancelled",
+    "CommandRejected", "ExecutorLost", "StoreError", "Cancelled", "RunBusy",
 ]

@@ -49,6 +49,12 @@ class UnknownNode(EngineError, KeyError):
         return self.args[0]
 
 
+class RunBusy(EngineError):
+    """The run is executing in a live process: it cannot be deleted or resumed now."""
+
+    code = "run_busy"
+
+
 class CommandRejected(EngineError):
     """A control command that is not legal now (or whose executor is gone)."""
 

@@ -100,8 +100,19 @@ class StepStartedData(NodeTransition):
     pass
 
 
+class ResultInfo(BaseModel):
+    """What a completion kept of its step's result (engine.results)."""
+
+    stored: bool = Field(description="The result is in the store: any process can load it")
+    size: Optional[int] = Field(None, description="Encoded size in bytes, when stored")
+    codec: Optional[str] = Field(None, description="pickle or cloudpickle, when stored")
+    error: Optional[str] = Field(None, description="Why it could not be stored")
+    fingerprint: str = Field(description="Hash of the step's code that produced it")
+
+
 class StepCompletedData(NodeTransition):
     result_preview: Optional[str] = Field(None, description="repr() of the result, shortened")
+    result: Optional[ResultInfo] = Field(None, description="What was kept of the result (None: results not kept)")
 
 
 class StepFailedData(NodeTransition):
@@ -261,6 +272,16 @@ class ErrorOccurredData(_Data):
     node_id: Optional[str] = None
 
 
+# -- durable work: a run continued by another process (wf.resume) --------------------------
+
+
+class RunReopenedData(_Data):
+    host: str = Field(description="Host of the process that continues the run")
+    pid: int = Field(description="Its process id")
+    rerun: dict[str, str] = Field(default_factory=dict,
+                                  description="Steps that run again, with why (the others keep their results)")
+
+
 EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "workflow_started": WorkflowStartedData,
     "workflow_state_changed": WorkflowStateChangedData,
@@ -290,6 +311,7 @@ EVENT_DATA_MODELS: dict[str, type[BaseModel]] = {
     "file_updated": FileUpdatedData,
     "error_occurred": ErrorOccurredData,
     "step_output": StepOutputData,
+    "run_reopened": RunReopenedData,
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_DATA_MODELS)

@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
 import networkx as nx
@@ -31,12 +31,14 @@ from .errors import (
     EngineError,
     LeaseLost,
     LogConflict,
+    RunBusy,
     UnknownNode,
     WorkflowDefinitionError,
     error_info,
 )
 from .events import escape_surrogates, loggable, new_event
 from .output import capture
+from .results import Stored, Unstorable, code_fingerprint, unstored_info
 from .snapshot import RunState
 from .step import Step
 from .store.base import Commit, Store
@@ -53,7 +55,8 @@ log = logging.getLogger(__name__)
 
 class Executor:
     def __init__(self, store: Store, view: RunState, steps: dict[str, Step], lease: Lease,
-                 max_workers: Optional[int], runner: Any = None):
+                 max_workers: Optional[int], runner: Any = None,
+                 reopen: Optional[dict[str, str]] = None):
         self.store = store
         self.view = view
         self.run_id = view.run["id"]
@@ -70,8 +73,17 @@ class Executor:
         for step in steps.values():
             for dep in step.deps:
                 self.children[dep].append(step.id)
-        self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps)
+        # (A reopened run's ready steps follow from putting them back: _run_again.)
+        self._ready: deque[str] = deque(nid for nid, st in steps.items() if not st.deps and reopen is None)
         self._skip: deque[str] = deque()
+        #: A resumed run (engine.resume): the steps to run again, with why; the first
+        #: thing the main loop records. Steps added at run time whose adder runs again
+        #: wait, unbound, until it adds them again (``add_step``).
+        self._reopen = reopen
+        self._unbound: set[str] = set()
+        self._exiting = False  # the process exits: a completed run lets its lease go
+        #: Completions recorded but not yet committed: their dependents wait for them.
+        self._undurable: set[str] = set()
         #: Pending human requests by id: None until answered, then (approved, comment)
         #: for an approval, the text for a question.
         self.answers: dict[str, Any] = {}
@@ -93,7 +105,9 @@ class Executor:
         self._out_events: list[dict] = []
         self._out_nodes: set[str] = set()
         self._out_commands: list[tuple] = []
-        self._pull_queued = False
+        self._out_results: dict[str, Stored] = {}
+        #: The journal item that will carry what is recorded now (None: none queued yet).
+        self._queued_pull: Optional[_Pull] = None
 
     # -- lifecycle ----------------------------------------------------------------------
     #
@@ -110,7 +124,12 @@ class Executor:
     def start(self) -> None:
         runtime.register(self)
         with self.cond:
-            self._spawn(first=True)
+            if self._reopen is not None:
+                # A resumed run is executing again (durably) before wf.resume returns.
+                self._record("run_reopened", {"host": self.lease.host, "pid": self.lease.pid,
+                                              "rerun": self._reopen})
+                self._run_again(self._reopen, reason_prefix="resumed: ")
+            self._spawn(first=self._reopen is None)
 
     def _spawn(self, first: bool = False) -> None:
         """Start a main-loop thread (under self.cond, when none runs)."""
@@ -187,7 +206,10 @@ class Executor:
             if self.run_id in self._journal.refused:
                 raise self._journal.refused[self.run_id]
             with self.cond:  # read under the lock: a final state here is already durable
-                finished = self.view.run["state"] in states.FINAL_WORKFLOW_STATES
+                # A completed run stays held (idle) while this process lives: a re-run may
+                # come. A cancelled one, or any at exit, lets go.
+                finished = (self.view.run["state"] == "cancelled"
+                            or (self._exiting and self.view.run["state"] in states.FINAL_WORKFLOW_STATES))
                 self._woken = False
             commands = self._outage_safe(self.store.pending_commands, self.run_id)
             if commands is None:  # the store is briefly unreachable: try again soon
@@ -206,8 +228,9 @@ class Executor:
                 self._settle()
                 # A step's thread may have finished the run since the read above (its
                 # notify came while this loop was reading commands): go round at once.
-                if not self._woken and self.view.run["state"] not in states.FINAL_WORKFLOW_STATES:
-                    if self.view.run["state"] == "failed" and self.run_id not in self._journal.refused:
+                if not self._woken and self.view.run["state"] != "cancelled" and not self._exiting:
+                    if (self.view.run["state"] in states.SETTLED_WORKFLOW_STATES
+                            and self.run_id not in self._journal.refused):
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False
                         return True
@@ -245,6 +268,22 @@ class Executor:
         else:
             self._finish()
 
+    def hand_over(self) -> None:
+        """Stop for good, recording nothing, so that a resume in this same process takes
+        the run over (engine.resume); RunBusy unless the run is settled (its steps idle)."""
+        with self.cond:
+            deadline = time.monotonic() + 5.0  # a settled run's loop is about to go idle
+            while (self._looping and self.view.run["state"] in states.SETTLED_WORKFLOW_STATES
+                   and time.monotonic() < deadline):
+                self.cond.wait(0.01)
+            if self.view.run["state"] not in states.SETTLED_WORKFLOW_STATES or self._looping:
+                raise RunBusy(f"run {self.run_id} is {self.view.run['state']} in this process "
+                              f"(pid {self.lease.pid} on {self.lease.host}); wait for it or cancel it")
+            self._lost = True  # nothing more is recorded by this executor
+            self.stopped.set()
+        self._journal.flush()
+        self._finish()
+
     def at_exit(self) -> bool:
         """At interpreter exit: record at once that an unfinished run is lost, and record
         nothing more. True when the run has finished but its executor has a last step to
@@ -262,6 +301,7 @@ class Executor:
 
     def end_at_exit(self, timeout: float) -> None:
         """Give a finished run's executor ``timeout`` seconds for its last step."""
+        self._exiting = True
         self.wake()
         thread = self._thread
         if thread is not None and thread.ident is not None:
@@ -271,6 +311,11 @@ class Executor:
     def _abandon(self, reason: str, message: str) -> None:
         """Record that this executor stops without finishing (process exit, internal error)."""
         if self.view.run["state"] in states.FINAL_WORKFLOW_STATES:
+            if self.holds_lease:  # a completed run held for re-runs: nothing to record
+                try:
+                    self._journal.submit(self._release(), wait=True)
+                except EngineError:
+                    pass
             return
         for etype, data in lost_run_events(self.view, reason, message):
             self._record(etype, data)
@@ -295,14 +340,15 @@ class Executor:
             self._record(etype, data)
 
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
-                durable: bool = False) -> None:
-        """Apply an event to the view and put it in the outbox (``durable``: wait for commit).
+                durable: bool = False, result: Optional[Stored] = None) -> Optional["_Pull"]:
+        """Apply an event to the view and put it in the outbox (``durable``: wait for commit);
+        return the journal item whose commit makes it durable (None once the run is lost).
 
         The outbox is drained by the journal's writer thread, which copies the run's
         and the touched nodes' documents once per batch, not once per event.
         """
         if self._lost:
-            return
+            return None
         if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
             # Before anyone can see the run settled (run.wait() returns, and the caller's
             # `with Client(...)` block closes it), the runner lets go of the cluster.
@@ -319,12 +365,17 @@ class Executor:
                 self._out_nodes.add(node)
             if command:
                 self._out_commands.append(command)
-            wake = not self._pull_queued
-            self._pull_queued = True
+            if result is not None:  # committed with the completion, in the same transaction
+                self._out_results[data["node_id"]] = result
+            pull = self._queued_pull
+            wake = pull is None
+            if wake:
+                pull = self._queued_pull = _Pull(self)
+        if wake:
+            self._journal.submit(pull)
         if durable:
-            self._journal.submit(_Pull(self), wait=True)
-        elif wake:
-            self._journal.submit(_Pull(self))
+            pull.future.result()
+        return pull
 
     def drain(self) -> Commit:
         """Everything recorded so far, as one commit (called by the journal's writer)."""
@@ -332,9 +383,10 @@ class Executor:
             view = self.view
             commit = Commit(self.run_id, self._out_events, dict(view.run),
                             {n: dict(view.nodes[n]) for n in self._out_nodes},
-                            self._out_commands, self.lease.owner)
+                            self._out_commands, self.lease.owner, results=self._out_results)
             self._out_events, self._out_nodes, self._out_commands = [], set(), []
-            self._pull_queued = False
+            self._out_results = {}
+            self._queued_pull = None
             self._outbox.notify_all()
             return commit
 
@@ -352,16 +404,18 @@ class Executor:
             self.settled.clear()
         self.cond.notify_all()
 
-    def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None, **extra) -> None:
+    def _set_node(self, node_id: str, new: str, command: Optional[tuple] = None,
+                  stored: Optional[Stored] = None, **extra) -> Optional["_Pull"]:
         node = self.view.nodes[node_id]
         old = node["status"]
         states.check_node(old, new, f"node {node_id}")
         attempt = node["attempt"] + (1 if new == "running" and old in states.ATTEMPT_START_NODE_STATES else 0)
         data = {"node_id": node_id, "old_status": old, "new_status": new, "attempt": attempt,
                 **{k: v for k, v in extra.items() if v is not None}}
-        self._record(states.node_event_type(old, new), data, command)
+        pull = self._record(states.node_event_type(old, new), data, command, result=stored)
         self._after_node(node_id, new)
         self.cond.notify_all()
+        return pull
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -378,6 +432,7 @@ class Executor:
         while self._skip:
             nid = self._skip.popleft()
             if self._status(nid) == "pending":
+                self._unbound.discard(nid)
                 self._set_node(nid, "skipped", reason="an upstream step did not complete")
         counts = self.view.run["counts"]
         run_state = self.view.run["state"]
@@ -411,7 +466,7 @@ class Executor:
                     free -= 1
         while self._ready and free > 0:
             nid = self._ready.popleft()
-            if self._status(nid) == "pending":
+            if self._status(nid) == "pending" and nid not in self._unbound:
                 self._dispatch(nid)
                 free -= 1
         if counts["running"] or counts["retrying"] or counts["paused"]:
@@ -431,13 +486,19 @@ class Executor:
             self._set_run("completed")
 
     def _after_node(self, node_id: str, new: str) -> None:
-        """Push the consequences of a node transition to its dependents."""
+        """Push the consequences of a node transition to its dependents (of a completion:
+        once it is durable, see ``_completion_durable``)."""
+        if new == "completed" and node_id in self._undurable:
+            return
         if new == "completed" or new == "pending":
             for child in ([node_id] if new == "pending" else self.children[node_id]):
                 if self._status(child) == "pending" and self._deps_done(child):
                     self._ready.append(child)
         elif new in states.BLOCKING_NODE_STATES:
             self._skip.extend(self.children[node_id])
+        if self._unbound and new in states.FINAL_NODE_STATES:
+            # Steps it added before and has not added again this time: no code to run.
+            self._skip.extend(n for n in self._unbound if self.view.nodes[n]["added_by"] == node_id)
 
     def _deps_done(self, node_id: str) -> bool:
         return all(self._status(d) == "completed" for d in self.steps[node_id].deps)
@@ -450,7 +511,7 @@ class Executor:
         """Run one attempt of a step on this thread (ThreadRunner's worker threads)."""
         step = self.steps[node_id]
         try:
-            kwargs = {d: self.results[d] for d in step.inputs}
+            kwargs = {d: self.result_of(d) for d in step.inputs}
             if step.wants_ctx:
                 kwargs["ctx"] = StepContext(self, node_id)
             with capture(step.capture_output or "tee", node_id, self.attempt_of(node_id),
@@ -472,6 +533,13 @@ class Executor:
         """
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
+        stored, kept, pull = None, None, None
+        keep = error is None and not cancelled and self.store.results.keep
+        if keep:
+            stored, kept = self._persist(node_id, result)
+        # Dependents start once the completion is durable; a step without any has nothing
+        # to wait for.
+        durable_first = keep and bool(self.children[node_id])
         with self.cond:
             try:
                 if cancelled:
@@ -483,11 +551,52 @@ class Executor:
                     self.results[node_id] = result
                     if self._status(node_id) != "running":  # answered into another state:
                         self._set_node(node_id, "running")  # resume first
-                    self._set_node(node_id, "completed", result_preview=_preview(result))
+                    if durable_first:
+                        self._undurable.add(node_id)
+                    pull = self._set_node(node_id, "completed", stored=stored,
+                                          result_preview=_preview(result), result=kept)
             finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
+        if durable_first:
+            self._completion_durable(node_id, pull)
+
+    def _completion_durable(self, node_id: str, pull: Optional["_Pull"]) -> None:
+        """Start what depends on ``node_id`` once its completion (and result) is committed:
+        a process killed in between then never has run a step whose input it must
+        compute again. The wait is the step thread's, outside the lock; commits of
+        steps finishing together are still grouped."""
+        try:
+            if pull is not None:
+                pull.future.result()
+        except Exception:  # refused (the lease is gone): the main loop stops the run
+            pass
+        with self.cond:
+            self._undurable.discard(node_id)
+            self._after_node(node_id, "completed")
+            if not self.stopped.is_set():
+                self._settle()
+            self.cond.notify_all()
+
+    def _persist(self, node_id: str, result: Any) -> tuple[Optional[Stored], dict]:
+        """Encode the result (and write its file, if large) before its completion is
+        recorded; ``(what to commit with it, what the event says)``. A result that cannot
+        be stored is kept in memory only, and the event says why."""
+        fingerprint = code_fingerprint(self.steps[node_id].fn)
+        try:
+            stored = self.store.results.persist(self.run_id, node_id, result, fingerprint)
+        except Unstorable as exc:
+            return None, unstored_info(fingerprint, escape_surrogates(str(exc)))
+        return stored, stored.info()
+
+    def result_of(self, node_id: str) -> Any:
+        """A completed step's result: in memory, or loaded from the store (a resumed run)."""
+        try:
+            return self.results[node_id]
+        except KeyError:
+            value = self.results[node_id] = self.store.load_result(self.run_id, node_id)
+            return value
 
     def _attempt_failed(self, node_id: str, step: Step, error: dict) -> None:
         if self._status(node_id) != "running":
@@ -580,6 +689,9 @@ class Executor:
 
     def add_step(self, step: Step, by_node: str) -> None:
         with self.cond:
+            if step.id in self._unbound and self.view.nodes[step.id]["added_by"] == by_node:
+                self._rebind(step)
+                return
             if step.id in self.steps:
                 raise WorkflowDefinitionError(f"duplicate step name {step.id!r} in run {self.run_id}")
             unknown = [d for d in step.deps if d not in self.steps]
@@ -598,6 +710,46 @@ class Executor:
             elif self._deps_done(step.id):
                 self._ready.append(step.id)
             self.cond.notify_all()
+
+    def _rebind(self, step: Step) -> None:
+        """A step added in an earlier life of the run, added again by its (re-run) adder."""
+        if list(step.deps) != self.view.nodes[step.id]["deps"]:
+            raise WorkflowDefinitionError(
+                f"step {step.id!r} was added with deps {self.view.nodes[step.id]['deps']} before, "
+                f"now with {list(step.deps)}; a run's steps keep their dependencies")
+        self.steps[step.id] = step
+        self._unbound.discard(step.id)
+        if self._status(step.id) == "pending" and self._deps_done(step.id):
+            self._ready.append(step.id)
+        self.cond.notify_all()
+
+    # -- running steps again: a re-run, a resume --------------------------------------------------
+
+    def _run_again(self, rerun: dict[str, str], command_id: Optional[str] = None,
+                   reason_prefix: str = "") -> None:
+        """Put ``rerun``'s steps (``{node_id: why}``, in declaration order) back to pending
+        and the run back to executing. Steps added at run time by a step that runs again
+        wait for it to add them again."""
+        if self.view.run["state"] in states.SETTLED_WORKFLOW_STATES:
+            self._set_run("executing", command_id=command_id, reason=reason_prefix + "steps run again")
+        for nid, why in rerun.items():
+            if self.view.nodes[nid]["added_by"] in rerun:
+                self._unbound.add(nid)
+            self.results.pop(nid, None)
+            self.retry_at.pop(nid, None)
+            if self._status(nid) != "pending":
+                self._set_node(nid, "pending", command_id=command_id, reason=reason_prefix + why)
+            else:
+                self._after_node(nid, "pending")
+        self.cond.notify_all()
+
+    def _do_rerun(self, cid: str, node_id: str, payload: dict) -> None:
+        again = self.view.rerun_closure({node_id: "re-run requested"})
+        busy = [n for n in again if self._status(n) in states.UNFINISHED_NODE_STATES]
+        if busy:
+            raise CommandRejected(f"cannot re-run {node_id!r} while {', '.join(busy)} downstream "
+                                  "of it is running; wait for it, or cancel the run", "illegal_command")
+        self._run_again(again, command_id=cid)
 
     # -- commands ---------------------------------------------------------------------------------
 
@@ -724,7 +876,7 @@ class _Pull:
     def __init__(self, executor: "Executor"):
         self.executor = executor
         self.run_id = executor.run_id
-        self.future = None
+        self.future: Future = Future()  # done when what it drained is durable
 
     def drain(self) -> Commit:
         return self.executor.drain()

@@ -95,7 +95,8 @@ class Journal:
                 merged[c.run_id].merge(c)
             else:
                 merged[c.run_id] = Commit(c.run_id, list(c.events), c.run_doc, dict(c.nodes),
-                                          list(c.commands), c.lease_owner, c.release_lease)
+                                          list(c.commands), c.lease_owner, c.release_lease,
+                                          results=dict(c.results))
         refused = self._apply(list(merged.values()))
         self.refused.update(refused)
         for run_id, futs in futures.items():

@@ -118,18 +118,12 @@ class Run:
         return self.store.snapshot(self.id)
 
     def result(self, node_id: str) -> Any:
-        """The return value of a completed step (only in the process that ran it)."""
+        """The return value of a completed step: from memory in the process that ran it,
+        else loaded from the store (results are kept with their completion)."""
         ex = local_executor(self.id)
         if ex is not None and node_id in ex.results:
             return ex.results[node_id]
-        view = self.store.load_view(self.id)
-        if node_id not in view.nodes:
-            raise UnknownNode(self.id, node_id)
-        status = view.nodes[node_id]["status"]
-        if status != "completed":
-            raise EngineError(f"node {node_id!r} has no result: it is {status}")
-        raise EngineError(f"the result of {node_id!r} lives in the process that ran it; "
-                          f"its preview: {view.nodes[node_id]['result_preview']}")
+        return self.store.load_result(self.id, node_id)
 
     def wait(self, timeout: Optional[float] = None) -> WorkflowState:
         """Block until the run is completed, failed or cancelled; return that state."""
@@ -198,6 +192,11 @@ class Run:
 
     def retry(self, node_id: str) -> dict:
         return self.command("retry", node_id)
+
+    def rerun(self, node_id: str) -> dict:
+        """Run ``node_id`` and everything downstream of it again (the run's process must be
+        alive; where it is gone, ``wf.resume(run_id, rerun=[node_id])``)."""
+        return self.command("rerun", node_id)
 
     def approve(self, node_id: Optional[str] = None, comment: Optional[str] = None) -> dict:
         return self.command("approve", node_id, {"comment": comment} if comment is not None else None)

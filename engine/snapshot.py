@@ -17,7 +17,7 @@ from typing import Iterable, Literal, Optional
 import networkx as nx
 from pydantic import BaseModel, Field
 
-from .events import ErrorInfo
+from .events import ErrorInfo, ResultInfo
 from .states import (
     ATTEMPT_START_NODE_STATES,
     DONE_NODE_STATES,
@@ -52,6 +52,7 @@ def new_run_doc(run_id: str, name: str, description: str, owner: str, created_at
         "done": 0,
         "pending_approvals": [],
         "last_error": None,
+        "reopened": None,
     }
 
 
@@ -81,6 +82,8 @@ def new_node_doc(spec: dict, position: int) -> dict:
         "approval": None,
         "output_lines": 0,
         "output_dropped": 0,
+        "result": None,
+        "added_by": None,
     }
 
 
@@ -132,7 +135,7 @@ class RunState:
             run["started_at"] = ts
         if new in SETTLED_WORKFLOW_STATES:
             run["finished_at"] = ts
-        elif d["old_state"] == "failed":
+        elif d["old_state"] in SETTLED_WORKFLOW_STATES:  # reopened (retry, re-run, resume)
             run["finished_at"] = None
 
     def _node(self, d: dict, ts: str) -> str:
@@ -156,6 +159,9 @@ class RunState:
         if new == "completed":
             node["progress"] = 1.0
             node["result_preview"] = d.get("result_preview")
+            node["result"] = d.get("result")
+        elif new == "pending":  # to run again (a resume, a re-run): what it had is stale
+            node["result"], node["result_preview"], node["progress"] = None, None, None
         if old == "waiting_approval" and new not in ("running", "paused"):
             self._drop_approval(node)
         return node["id"]
@@ -178,6 +184,12 @@ class RunState:
 
     def _dag_updated(self, d: dict, ts: str) -> None:
         self._add_nodes(d["added_nodes"], d["added_edges"])
+        for spec in d["added_nodes"]:
+            self.nodes[spec["id"]]["added_by"] = d.get("by_node")
+
+    def _reopened(self, d: dict, ts: str) -> None:
+        self.run["reopened"] = {"host": d["host"], "pid": d["pid"], "timestamp": ts}
+        self.run["last_error"] = None  # e.g. the executor_lost it recovers from
 
     def _progress(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]
@@ -272,6 +284,27 @@ class RunState:
         g.add_edges_from((e["source"], e["target"]) for e in self.edges)
         return g
 
+    def rerun_closure(self, roots: dict[str, str]) -> dict[str, str]:
+        """The steps that must run again when ``roots`` do (``{node_id: why}``), with why,
+        in declaration order: everything downstream of them, and, for a step that added
+        steps (``ctx.add_step``), every step it added — it adds them again when it runs,
+        so they run again too. Upstream steps come before downstream ones."""
+        g = self.graph()
+        added: dict[str, list[str]] = {}
+        for n in self.nodes.values():
+            if n.get("added_by"):
+                added.setdefault(n["added_by"], []).append(n["id"])
+        out = dict(roots)
+        todo = list(roots)
+        while todo:
+            nid = todo.pop()
+            for other in [*nx.descendants(g, nid), *added.get(nid, ())]:
+                if other not in out:
+                    out[other] = f"{nid} runs again"
+                    todo.append(other)
+        order = nx.lexicographical_topological_sort(g.subgraph(out), key=lambda n: self.nodes[n]["position"])
+        return {n: out[n] for n in order}
+
     def snapshot(self) -> dict:
         """The wire ``snapshot`` message's content: plain JSON values."""
         return {
@@ -305,6 +338,7 @@ _HANDLERS = {
     "question_asked": RunState._question_asked,
     "question_answered": RunState._approval_received,
     "error_occurred": RunState._error,
+    "run_reopened": RunState._reopened,
 }
 
 
@@ -376,6 +410,14 @@ class NodeInfo(BaseModel):
     approval: Optional[PendingApproval]
     output_lines: int = Field(0, description="Lines of output the step recorded (step_output)")
     output_dropped: int = Field(0, description="Lines of output dropped over the step's budget")
+    result: Optional[ResultInfo] = Field(None, description="What was kept of the last completion's result")
+    added_by: Optional[str] = Field(None, description="The step that added this one (ctx.add_step)")
+
+
+class Reopened(BaseModel):
+    host: str
+    pid: int
+    timestamp: str
 
 
 class RunInfo(BaseModel):
@@ -397,6 +439,7 @@ class RunInfo(BaseModel):
     done: int = Field(description="Nodes completed, skipped or cancelled")
     pending_approvals: list[PendingApproval]
     last_error: Optional[dict[str, str]]
+    reopened: Optional[Reopened] = Field(None, description="The last process that continued this run (wf.resume)")
 
 
 class EdgeInfo(BaseModel):

@@ -53,9 +53,11 @@ WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
     W.paused: frozenset({W.executing, W.cancelling, W.failed}),
     W.waiting_approval: frozenset({W.executing, W.pausing, W.cancelling, W.failed}),
     W.cancelling: frozenset({W.cancelled, W.failed}),
-    W.completed: frozenset(),
-    W.failed: frozenset({W.executing}),  # run.retry(node) reopens a failed run
-    W.cancelled: frozenset(),
+    # Reopened: a failed run by run.retry(node); a completed one by run.rerun(node); a
+    # failed or cancelled one by wf.resume(run_id) in another process.
+    W.completed: frozenset({W.executing}),
+    W.failed: frozenset({W.executing}),
+    W.cancelled: frozenset({W.executing}),
 }
 
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
@@ -66,13 +68,15 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     N.paused: frozenset({N.running, N.cancelled, N.failed}),
     N.waiting_approval: frozenset({N.running, N.paused, N.cancelled, N.failed}),
     N.retrying: frozenset({N.running, N.cancelled, N.failed}),
-    N.completed: frozenset(),
-    N.failed: frozenset({N.retrying}),
+    # -> pending: to run again (run.rerun, wf.resume).
+    N.completed: frozenset({N.pending}),
+    N.failed: frozenset({N.retrying, N.pending}),
     N.skipped: frozenset({N.pending, N.cancelled}),
-    N.cancelled: frozenset(),
+    N.cancelled: frozenset({N.pending}),
 }
 
-#: States a run never leaves. `failed` is not here: a retry can reopen it.
+#: States a run does not leave by itself, nor by a retry (which reopens `failed`): only
+#: a re-run (completed) or a resume in another process (cancelled) reopens them.
 FINAL_WORKFLOW_STATES = frozenset({W.completed, W.cancelled})
 #: States in which a run has stopped making progress on its own.
 SETTLED_WORKFLOW_STATES = frozenset({W.completed, W.cancelled, W.failed})
@@ -149,7 +153,7 @@ def node_event_type(old: str, new: str) -> str:
 
 # -- commands ------------------------------------------------------------------
 
-COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject", "answer")
+COMMAND_ACTIONS = ("pause", "resume", "cancel", "retry", "approve", "reject", "answer", "rerun")
 #: The commands that answer a pending approval (``ctx.approve``).
 APPROVAL_ACTIONS = ("approve", "reject")
 #: What a human is asked, by the kind of pending request (``ctx.approve`` / ``ctx.ask``),
@@ -166,7 +170,11 @@ _COMMAND_RUN_STATES: dict[str, frozenset[WorkflowState]] = {
     "approve": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
     "reject": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
     "answer": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval}),
+    # -- durable work: run a step and everything downstream again --
+    "rerun": frozenset({W.executing, W.pausing, W.paused, W.waiting_approval, W.completed, W.failed}),
 }
+#: Node states a re-run may start from (a step with no code running).
+RERUN_NODE_STATES = frozenset({N.completed, N.failed, N.cancelled, N.skipped})
 
 
 def command_error(action: str, run_state: str, node_status: str | None = None) -> str | None:
@@ -181,6 +189,10 @@ def command_error(action: str, run_state: str, node_status: str | None = None) -
         return f"cannot {action} a run that is {run_state}"
     if action == "retry" and node_status != N.failed:
         return f"cannot retry a node that is {node_status}; only failed nodes can be retried"
+    if action == "rerun" and node_status is None:
+        return "rerun needs a node_id: the step to run again, with everything downstream of it"
+    if action == "rerun" and N(node_status) not in RERUN_NODE_STATES:
+        return f"cannot re-run a node that is {node_status}; wait until it has finished"
     return None
 
 
@@ -248,5 +260,5 @@ def contract() -> dict:
         "active_node_states": names(ACTIVE_NODE_STATES),
         "command_actions": list(COMMAND_ACTIONS),
         "command_run_states": {a: names(s) for a, s in _COMMAND_RUN_STATES.items()},
-        "command_node_states": {"retry": [N.failed.value]},
+        "command_node_states": {"retry": [N.failed.value], "rerun": names(RERUN_NODE_STATES)},
     }

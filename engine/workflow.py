@@ -10,6 +10,7 @@ import networkx as nx
 from .errors import WorkflowDefinitionError
 from .events import escape_surrogates
 from .output import check_mode
+from .resume import resume_run
 from .run import start_run
 from .step import Step, definable, make_step
 from .store import open_store
@@ -119,6 +120,18 @@ class Workflow:
         return start_run(store if store is not None else open_store(), self.name, steps,
                          description=self.description, max_workers=max_workers, owner=owner,
                          run_id=run_id, dask=dask)
+
+    def resume(self, run_id: str, store=None, *, dask: Any = None, max_workers: Optional[int] = None,
+               rerun: Iterable[str] = ()):
+        """Continue run ``run_id`` (failed, cancelled, or whose process died) in this process.
+
+        Completed steps whose code is unchanged keep their stored results; everything else
+        runs again, and ``rerun`` names more steps to run again (with what is downstream).
+        See engine.resume for the rules. Returns the ``Run`` at once, like ``start``.
+        """
+        self.validate()
+        return resume_run(store if store is not None else open_store(), self.name, self.steps,
+                          run_id, dask=dask, max_workers=max_workers, rerun=rerun)
 
     def run(self, store=None, *, timeout: Optional[float] = None, **kwargs):
         """``start()`` then ``wait()``: returns the finished ``Run``."""

@@ -114,17 +114,45 @@ def cancelled_run(store) -> str:
     return run.id
 
 
-def lost_run(store) -> str:
-    """Failed, then its executor went away (the store it ran on closed): a retry is
-    no longer possible, which the run records as error_occurred."""
+def lost_workflow(fixed: bool) -> Workflow:
     wf = Workflow("fixture lost", description="failed, then its executor went away")
 
     @wf.step()
-    def boom(ctx):
-        raise RuntimeError("boom")
+    def load(ctx):
+        return 1
 
-    run = wf.start(store=store)
+    @wf.step(deps=["load"])
+    def boom(ctx, load):
+        if not fixed:
+            raise RuntimeError("boom")
+        return load + 1
+
+    return wf
+
+
+def lost_run(store) -> str:
+    """Failed, then its executor went away (the store it ran on closed): a retry is
+    no longer possible, which the run records as error_occurred. Resumed afterwards."""
+    run = lost_workflow(fixed=False).start(store=store)
     wait_for(lambda: run.state == "failed")
+    return run.id
+
+
+def rerun_run(store) -> str:
+    """Completed, then a step and what follows it run again (run.rerun)."""
+    wf = Workflow("fixture rerun", description="completed, then re-run from a step")
+
+    @wf.step()
+    def first(ctx):
+        return 1
+
+    @wf.step(deps=["first"])
+    def second(ctx, first):
+        return first + 1
+
+    run = wf.run(store=store, timeout=30)
+    run.rerun("first")
+    run.wait(30)
     return run.id
 
 
@@ -135,10 +163,13 @@ def main() -> None:
     titles = {
         completed_run(store, tmp): "completed after a retry, a pause, an approval and a question",
         cancelled_run(store): "cancelled while running",
-        lost_run(store): "failed, then its executor was lost",
+        rerun_run(store): "completed, then re-run from its first step",
     }
+    lost = lost_run(store)
+    titles[lost] = "failed, its executor lost, then resumed (wf.resume) with the step fixed"
     close_store(url)  # the lost run's executor goes with it
     store = open_store(url)
+    lost_workflow(fixed=True).resume(lost, store).wait(30)
     runs = []
     for run_id, title in titles.items():
         run = store.run(run_id)

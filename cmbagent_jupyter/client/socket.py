@@ -569,6 +569,11 @@ class Client:
                     self._runs[run["id"]] = run
                 else:
                     self._runs = {run["id"]: run, **self._runs}
+        elif ftype == "run_deleted":
+            run_id = msg.get("run_id")
+            if self._runs is not None:
+                self._runs.pop(run_id, None)
+            self._run_gone(run_id, f"run {run_id!r} was deleted")  # as for one that does not exist
         elif ftype == "ack":
             entry = self._commands.get(msg.get("command_id"))
             if entry is not None and not entry[1].done():
@@ -585,6 +590,15 @@ class Client:
             self.store_unavailable_since = None if self.store_available else msg.get("since")
         self._changed()
 
+    def _run_gone(self, run_id: str, error: str) -> None:
+        """A followed run is not there (unknown, or deleted): its streams end with ``error``."""
+        f = self._followers.get(run_id)
+        if f is None:
+            return
+        f.error = error
+        for s in self._streams.pop(run_id, set()):
+            s._end(RunNotFound(run_id, error))
+
     def _on_error(self, msg: dict) -> None:
         ref = msg.get("ref")
         entry = self._commands.get(ref) if ref is not None else None
@@ -593,11 +607,8 @@ class Client:
                 entry[1].set_result({"command_id": ref, "ok": False, "error": msg.get("message"),
                                      "code": msg.get("code")})
             return
-        f = self._followers.get(ref) if ref is not None else None
-        if f is not None and msg.get("code") == "unknown_run":
-            f.error = msg.get("message") or f"unknown run {ref!r}"
-            for s in self._streams.pop(ref, set()):
-                s._end(RunNotFound(ref, f.error))
+        if ref in self._followers and msg.get("code") == "unknown_run":
+            self._run_gone(ref, msg.get("message") or f"unknown run {ref!r}")
             return
         log.warning("cmbagent client: server error %s: %s", msg.get("code"), msg.get("message"))
         self.protocol_errors.append(msg)

@@ -141,7 +141,7 @@ class DaskRunner:
     def submit(self, node_id: str) -> None:
         ex = self.ex
         step = ex.steps[node_id]
-        kwargs = {d: ex.results[d] for d in step.inputs}
+        kwargs = {d: ex.result_of(d) for d in step.inputs}
         self._q.put(("submit", node_id, ex.view.nodes[node_id]["attempt"], step, kwargs))
 
     def state_changed(self, state: str) -> None:

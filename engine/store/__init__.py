@@ -24,7 +24,17 @@ __all__ = ["open_store", "open_existing_store", "close_store", "default_url", "S
            "EventList", "Lease", "redact_url"]
 
 #: Options any store takes, and those only one kind does (as URL query or keyword).
-_OPTIONS = {"max_events_per_run": int, "max_event_age_s": float}
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+_flag.__name__ = "boolean"
+_OPTIONS = {"max_events_per_run": int, "max_event_age_s": float,
+            "results_url": str, "result_inline_max": int, "keep_results": _flag}
 _SQLITE_OPTIONS = {"busy_timeout_s": float}
 _POSTGRES_OPTIONS = {"pool_size": int, "connect_timeout_s": float}
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -61,8 +71,11 @@ def open_store(url: Optional[str] = None, **options) -> Store:
 
     URLs: ``sqlite:///abs/path.sqlite`` (or a plain file path), or
     ``postgresql://user:password@host:port/dbname`` (libpq's URL; its own query
-    parameters such as ``sslmode`` pass through). Options — ``max_events_per_run`` and
-    ``max_event_age_s`` for both; ``busy_timeout_s`` for SQLite; ``pool_size`` and
+    parameters such as ``sslmode`` pass through). Options — ``max_events_per_run``,
+    ``max_event_age_s``, and for step results ``results_url`` (a directory or an fsspec
+    URL for results above ``result_inline_max`` bytes; default: ``<file>.results/``
+    beside a SQLite file, inside the database for PostgreSQL) and ``keep_results``
+    (default true) for both; ``busy_timeout_s`` for SQLite; ``pool_size`` and
     ``connect_timeout_s`` for PostgreSQL — may be keyword arguments or URL query
     parameters. One store object is shared per process and URL. Opening a store marks
     runs whose executor died as failed (``executor_lost``).

@@ -20,8 +20,18 @@ from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import orjson
 
-from ..errors import CommandRejected, LeaseLost, LogConflict, StoreError, UnknownNode, UnknownRun
+from ..errors import (
+    CommandRejected,
+    EngineError,
+    LeaseLost,
+    LogConflict,
+    RunBusy,
+    StoreError,
+    UnknownNode,
+    UnknownRun,
+)
 from ..events import TYPED_ENVELOPES, now_iso
+from ..results import ResultArchive, Stored
 from ..snapshot import RunState
 from ..states import FINAL_WORKFLOW_STATES, SETTLED_WORKFLOW_STATES, check_command
 from .leases import (
@@ -63,9 +73,13 @@ class Commit:
     lease_owner: Optional[str] = None
     release_lease: bool = False
     future: Optional[Future] = None
+    #: Results of the steps whose completions these events record (engine.results):
+    #: written in the same transaction, so a completion is never on record without them.
+    results: dict[str, Stored] = field(default_factory=dict)
 
     def merge(self, later: "Commit") -> None:
         self.events.extend(later.events)
+        self.results.update(later.results)
         if later.run_doc is not None:
             self.run_doc = later.run_doc
         self.nodes.update(later.nodes)
@@ -246,11 +260,13 @@ class Store(ABC):
     pushes_changes: bool = False
 
     def __init__(self, max_events_per_run: Optional[int] = None,
-                 max_event_age_s: Optional[float] = None) -> None:
+                 max_event_age_s: Optional[float] = None, results: Optional[ResultArchive] = None) -> None:
         if max_events_per_run is not None and max_events_per_run < 1:
             raise StoreError("max_events_per_run must be >= 1")
         self.max_events_per_run = max_events_per_run
         self.max_event_age_s = max_event_age_s
+        #: Where step results are kept (engine.results); ``keep`` False: not at all.
+        self.results = results or ResultArchive(None)
         self._last_trim = 0.0
         self._judge = LeaseJudge()
         self._closing: list[Callable[[], None]] = []
@@ -307,7 +323,8 @@ class Store(ABC):
 
     @abstractmethod
     def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
-        """Runs with events committed after ``cursor``: ``(new_cursor, {run_id: last_seq})``."""
+        """Runs with events committed after ``cursor``: ``(new_cursor, {run_id: last_seq})``;
+        a run deleted after ``cursor`` appears with last_seq 0 (``delete_run``)."""
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -326,11 +343,118 @@ class Store(ABC):
                     raise Refused(failures)
                 for cm in commits:
                     self._apply(c, cm)
+                    if cm.results:
+                        self._write_results(c, cm)
                 self._appended(c, sorted({cm.run_id for cm in commits if cm.events}))
         except Refused as refused:  # rolled back: the batch wrote nothing
             return refused.failures
         self._maybe_trim(commits)
         return []
+
+    # -- results (engine.results) -----------------------------------------------------------
+
+    #: How this backend writes a result row over an older one of the same node.
+    _UPSERT_RESULT = ("INSERT OR REPLACE INTO results(run_id, node_id, fingerprint, codec, size, data,"
+                      " location, created_at) VALUES(?,?,?,?,?,?,?,?)")
+
+    def _write_results(self, c: Any, cm: Commit) -> None:
+        ts = now_iso()
+        rows = [(cm.run_id, node_id, r.fingerprint, r.codec, r.size, r.data, r.location, ts)
+                for node_id, r in cm.results.items()]
+        self._executemany(c, self._sql(self._UPSERT_RESULT), rows)
+
+    def _executemany(self, c: Any, statement: str, rows: list[tuple]) -> None:
+        """One statement for many rows, in transaction ``c``."""
+        c.executemany(statement, rows)
+
+    @abstractmethod
+    def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
+        """The rows of one read (``?`` placeholders), outside any write transaction."""
+
+    def result_fingerprints(self, run_id: str) -> dict[str, str]:
+        """``{node_id: code fingerprint}`` of the run's steps whose result is stored."""
+        return dict(self._query("SELECT node_id, fingerprint FROM results WHERE run_id=?", (run_id,)))
+
+    def load_result(self, run_id: str, node_id: str) -> Any:
+        """The stored result of a completed step; EngineError saying why when there is none."""
+        node = self.load_view(run_id).nodes.get(node_id)
+        if node is None:
+            raise UnknownNode(run_id, node_id)
+        if node["status"] != "completed":
+            raise EngineError(f"node {node_id!r} has no result: it is {node['status']}")
+        rows = self._query("SELECT data, location FROM results WHERE run_id=? AND node_id=?", (run_id, node_id))
+        if rows:
+            return self.results.load(*rows[0])
+        why = (node.get("result") or {}).get("error") or "results were not kept for this run"
+        raise EngineError(f"the result of {node_id!r} was not stored ({why}); it lives only in the "
+                          f"process that ran it. Its preview: {node['result_preview']}")
+
+    # -- continuing a run in another process (engine.resume) ------------------------------
+
+    def claim_run(self, run_id: str, lease: Lease, rerun: bool = False) -> RunState:
+        """Take over a run whose executor is gone, for ``lease``; return its state.
+
+        In one transaction: refused (RunBusy) while another live process holds it, naming
+        that process (this process's own executor hands over first: engine.resume); a
+        holder known gone is first recorded lost (executor_lost). Then the run
+        must be failed or cancelled — or completed, when steps are to run again
+        (``rerun``: stale or named) — else CommandRejected.
+        """
+        with self._transaction() as c:
+            view = self._view(c, run_id, lock=True)
+            owner, host, pid, ns = c.execute(self._sql(
+                "SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=?"), (run_id,)).fetchone()
+            if owner is not None and owner != lease.owner and not holder_gone(owner, host, pid, ns):
+                raise RunBusy(
+                    f"run {run_id} is held by a live process (pid {pid} on {host}): control it from "
+                    "there (run.rerun / run.retry, or the Re-run button), or stop that kernel first")
+            if owner is not None or view.run["state"] not in SETTLED_WORKFLOW_STATES:
+                self._mark_lost(c, view)
+                view = self._view(c, run_id)
+            state = view.run["state"]
+            if state == "completed" and not rerun:
+                raise CommandRejected(
+                    f"run {run_id} is completed and no step's code changed: there is nothing to "
+                    "resume. To run steps again, pass rerun=[...] to wf.resume (or call "
+                    "run.rerun(node) in the process that holds it)",
+                    "illegal_command")
+            self._take_lease(c, run_id, lease)
+        return view
+
+    @abstractmethod
+    def _take_lease(self, c: Any, run_id: str, lease: Lease) -> None:
+        """Give the run's lease to ``lease`` (in the caller's transaction), expiring
+        LEASE_TTL_S from now on the database's clock."""
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    #: The tables holding a run's rows, children first.
+    _RUN_TABLES = ("results", "events", "commands", "approvals", "edges", "nodes", "runs")
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run: its events, nodes, commands, approvals and results (rows and files).
+
+        Refused (RunBusy) while the run executes: while its executor, alive, holds its
+        lease and the run is not settled. A settled run still held by a live kernel (which
+        could re-run a step) is deleted: its executor's next commit is refused.
+        """
+        with self._transaction() as c:
+            view = self._view(c, run_id, lock=True)
+            lease = c.execute(self._sql("SELECT lease_owner, lease_host, lease_pid, lease_ns FROM runs WHERE id=?"),
+                              (run_id,)).fetchone()
+            if view.run["state"] not in SETTLED_WORKFLOW_STATES and not holder_gone(*lease):
+                raise RunBusy(f"run {run_id} is {view.run['state']} (its executor, process {lease[2]} "
+                              f"on {lease[1]}, is alive); cancel it first, then delete it")
+            for table in self._RUN_TABLES:
+                c.execute(self._sql(f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'}=?"),
+                          (run_id,))
+            self._tombstone(c, run_id)
+        self.results.remove_run(run_id)
+
+    @abstractmethod
+    def _tombstone(self, c: Any, run_id: str) -> None:
+        """Record, in the deleting transaction, that ``run_id`` is gone, where tailers see
+        it (``changes_since`` returns it with last_seq 0): run lists hear of deletions."""
 
     # -- retention ------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import orjson
 
 from ..errors import StoreError, UnknownRun
 from ..events import now_iso
+from ..results import DEFAULT_INLINE_MAX, ResultArchive
 from ..snapshot import RunState
 from .base import (
     COMMANDS_CHANNEL,
@@ -61,14 +62,27 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Statements that bring a store from version N to N + 1. They run in the same
 #: transaction as the version bump (PostgreSQL DDL is transactional): a store is
 #: never half-migrated.
+_RESULTS_TABLE = """CREATE TABLE results(
+    run_id TEXT NOT NULL, node_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    codec TEXT NOT NULL, size BIGINT NOT NULL, data BYTEA, location TEXT,
+    created_at TEXT NOT NULL, PRIMARY KEY(run_id, node_id))"""
+#: Deleted runs, stamped with the commit clock like runs (changes_since reports them).
+_TOMBSTONES_TABLE = """CREATE TABLE tombstones(
+    run_id TEXT PRIMARY KEY, changed BIGINT NOT NULL, deleted_at TEXT NOT NULL)"""
+
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE runs ADD COLUMN lease_ns TEXT",
         "CREATE INDEX runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL"],
+    # Results kept with completions (engine.results); nodes say what of theirs is kept
+    # and which step added them (None: declared with the workflow).
+    2: [_RESULTS_TABLE, _TOMBSTONES_TABLE, "CREATE INDEX tombstones_changed ON tombstones(changed)",
+        """UPDATE nodes SET doc = (doc::jsonb || '{"result": null, "added_by": null}'::jsonb)::text""",
+        """UPDATE runs SET doc = (doc::jsonb || '{"reopened": null}'::jsonb)::text"""],
 }
 
 #: The database's clock, in epoch seconds: what lease times are written and judged in.
@@ -114,7 +128,9 @@ CREATE INDEX commands_pending ON commands(run_id, status);
 CREATE TABLE approvals(
     approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
     prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
-    requested_at TEXT NOT NULL, answered_at TEXT)
+    requested_at TEXT NOT NULL, answered_at TEXT);
+""" + _RESULTS_TABLE + ";" + _TOMBSTONES_TABLE + """;
+CREATE INDEX tombstones_changed ON tombstones(changed)
 """
 
 
@@ -125,8 +141,12 @@ class PostgresStore(Store):
 
     def __init__(self, conninfo: str, *, max_events_per_run: Optional[int] = None,
                  max_event_age_s: Optional[float] = None, pool_size: int = 8,
-                 connect_timeout_s: float = 10.0):
-        super().__init__(max_events_per_run, max_event_age_s)
+                 connect_timeout_s: float = 10.0, results_url: Optional[str] = None,
+                 result_inline_max: int = DEFAULT_INLINE_MAX, keep_results: bool = True):
+        # Without results_url every result is kept in the database (no shared directory
+        # is known to every process that reads it).
+        super().__init__(max_events_per_run, max_event_age_s,
+                         ResultArchive(results_url, result_inline_max, keep_results))
         if psycopg is None:
             raise StoreError("a postgresql:// store needs psycopg 3 and psycopg-pool: "
                              "pip install 'cmbagent-jupyter[postgres]'")
@@ -270,8 +290,9 @@ class PostgresStore(Store):
 
     def changes_since(self, cursor: int) -> tuple[int, dict[str, int]]:
         with self._pool.connection() as c:
-            rows = c.execute("SELECT id, last_seq, changed FROM runs WHERE changed > %s",
-                             (cursor,)).fetchall()
+            rows = c.execute("SELECT id, last_seq, changed FROM runs WHERE changed > %s UNION ALL"
+                             " SELECT run_id, 0, changed FROM tombstones WHERE changed > %s",
+                             (cursor, cursor)).fetchall()
         if not rows:
             return cursor, {}
         return max(r[2] for r in rows), {r[0]: r[1] for r in rows}
@@ -293,6 +314,21 @@ class PostgresStore(Store):
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")
+
+    _UPSERT_RESULT = ("INSERT INTO results(run_id, node_id, fingerprint, codec, size, data, location,"
+                      " created_at) VALUES(?,?,?,?,?,?,?,?) ON CONFLICT (run_id, node_id) DO UPDATE SET"
+                      " fingerprint=EXCLUDED.fingerprint, codec=EXCLUDED.codec, size=EXCLUDED.size,"
+                      " data=EXCLUDED.data, location=EXCLUDED.location, created_at=EXCLUDED.created_at")
+
+    def _executemany(self, c, statement: str, rows: list[tuple]) -> None:
+        with c.cursor() as cur:
+            cur.executemany(statement, rows)
+
+    def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
+        if any(isinstance(a, str) and "\x00" in a for a in args):
+            return []  # PostgreSQL text cannot hold NUL: nothing stored matches
+        with self._pool.connection() as c:
+            return c.execute(self._sql(statement), args).fetchall()
 
     def _command_added(self, c, run_id: str) -> None:
         c.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, run_id))
@@ -411,6 +447,15 @@ class PostgresStore(Store):
         return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
+
+    def _tombstone(self, c, run_id: str) -> None:
+        n = c.execute("UPDATE clock SET n = n + 1 RETURNING n").fetchone()[0]
+        c.execute("INSERT INTO tombstones(run_id, changed, deleted_at) VALUES(%s,%s,%s)", (run_id, n, now_iso()))
+        c.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
+
+    def _take_lease(self, c, run_id: str, lease: Lease) -> None:
+        c.execute(f"UPDATE runs SET ({LEASE_COLUMNS}) = (%s,%s,%s,%s,{_DB_NOW} + %s) WHERE id=%s",
+                  (lease.owner, lease.host, lease.pid, lease.ns, LEASE_TTL_S, run_id))
 
     def renew_leases(self, owner: str, run_ids: list[str]) -> set[str]:
         with self._pool.connection() as c:

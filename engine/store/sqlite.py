@@ -18,7 +18,8 @@ from typing import Iterable, Optional
 import orjson
 
 from ..errors import StoreError, UnknownRun
-from ..events import now_iso
+from ..events import new_uuid, now_iso
+from ..results import DEFAULT_INLINE_MAX, ResultArchive
 from ..snapshot import RunState
 from .base import (
     LEASE_COLUMNS,
@@ -34,7 +35,7 @@ from .base import (
 )
 from .leases import LEASE_TTL_S, LeaseRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Statements that bring a store from version N to N + 1, applied in one transaction
 #: with the version bump: a store is never half-migrated.
@@ -43,6 +44,14 @@ MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE runs ADD COLUMN lease_ns TEXT",
         "CREATE INDEX IF NOT EXISTS runs_leased ON runs(lease_owner) WHERE lease_owner IS NOT NULL",
         "CREATE INDEX IF NOT EXISTS commands_waiting ON commands(run_id) WHERE status='pending'"],
+    # Results kept with completions (engine.results); nodes say what of theirs is kept
+    # and which step added them (None: declared with the workflow).
+    3: ["""CREATE TABLE IF NOT EXISTS results(
+            run_id TEXT NOT NULL, node_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+            codec TEXT NOT NULL, size INTEGER NOT NULL, data BLOB, location TEXT,
+            created_at TEXT NOT NULL, PRIMARY KEY(run_id, node_id)) WITHOUT ROWID""",
+        "UPDATE nodes SET doc=json_set(doc, '$.result', json('null'), '$.added_by', json('null'))",
+        "UPDATE runs SET doc=json_set(doc, '$.reopened', json('null'))"],
 }
 
 #: SQLite's "busy" result code: another connection holds the lock it needs.
@@ -89,6 +98,10 @@ CREATE TABLE IF NOT EXISTS approvals(
     approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, node_id TEXT NOT NULL,
     prompt TEXT NOT NULL, status TEXT NOT NULL, comment TEXT,
     requested_at TEXT NOT NULL, answered_at TEXT);
+CREATE TABLE IF NOT EXISTS results(
+    run_id TEXT NOT NULL, node_id TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    codec TEXT NOT NULL, size INTEGER NOT NULL, data BLOB, location TEXT,
+    created_at TEXT NOT NULL, PRIMARY KEY(run_id, node_id)) WITHOUT ROWID;
 """
 
 
@@ -96,9 +109,14 @@ class SQLiteStore(Store):
     """A store in one SQLite file, shared by any number of threads and processes."""
 
     def __init__(self, path: str, *, max_events_per_run: Optional[int] = None,
-                 max_event_age_s: Optional[float] = None, busy_timeout_s: float = 60.0):
-        super().__init__(max_events_per_run, max_event_age_s)
-        self.path = os.path.abspath(os.path.expanduser(path))
+                 max_event_age_s: Optional[float] = None, busy_timeout_s: float = 60.0,
+                 results_url: Optional[str] = None, result_inline_max: int = DEFAULT_INLINE_MAX,
+                 keep_results: bool = True):
+        path = os.path.abspath(os.path.expanduser(path))
+        # Large results go to a directory beside the file (runs.sqlite -> runs.results/).
+        super().__init__(max_events_per_run, max_event_age_s, ResultArchive(
+            results_url or os.path.splitext(path)[0] + ".results", result_inline_max, keep_results))
+        self.path = path
         self.url = "sqlite:///" + self.path.lstrip("/")
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
@@ -191,6 +209,9 @@ class SQLiteStore(Store):
 
     def _read(self):
         return self._Tx(self._conn(), "DEFERRED")
+
+    def _query(self, statement: str, args: tuple = ()) -> list[tuple]:
+        return self._conn().execute(statement, args).fetchall()
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -341,6 +362,16 @@ class SQLiteStore(Store):
         return command_state(row)
 
     # -- leases -----------------------------------------------------------------------------------
+
+    def _tombstone(self, c: sqlite3.Connection, run_id: str) -> None:
+        # A row at seq 0 in the tailed log: no reader of events asks for seq <= 0, and
+        # retention by age trims it like any other.
+        c.execute("INSERT INTO events(run_id, seq, id, type, ts, data) VALUES(?, 0, ?, 'run_deleted', ?, '{}')",
+                  (run_id, new_uuid(), now_iso()))
+
+    def _take_lease(self, c: sqlite3.Connection, run_id: str, lease: Lease) -> None:
+        c.execute(f"UPDATE runs SET ({LEASE_COLUMNS}) = (?,?,?,?,?) WHERE id=?",
+                  (lease.owner, lease.host, lease.pid, lease.ns, time.time() + LEASE_TTL_S, run_id))
 
     def renew_leases(self, owner: str, run_ids: list[str]) -> set[str]:
         renewed: set[str] = set()

@@ -274,6 +274,11 @@ export class Connection implements Transport {
         this.runs.set(msg.run.id, msg.run);
         for (const cb of this.runsListeners) cb(this.runs, msg.run);
         return;
+      case 'run_deleted':
+        // Gone from the store: off the run list, and a view following it says so.
+        if (this.runs.delete(msg.run_id)) for (const cb of this.runsListeners) cb(this.runs, null);
+        this.subs.refuse(msg.run_id, { code: 'run_deleted', message: 'this run was deleted' });
+        return;
       case 'ack': {
         const p = this.pending.get(msg.command_id);
         if (p) {

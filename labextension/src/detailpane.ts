@@ -6,7 +6,8 @@ import { renderAgentText } from './agenttext';
 import { button, el, glyphIcon } from './dom';
 import { FileLinks, fileLink, thumbnail } from './files';
 import { formatCost } from './runlist';
-import { COMMAND_NODE_STATES } from './states';
+import { processGone, resumeHint } from './resumehint';
+import { COMMAND_NODE_STATES, COMMAND_RUN_STATES } from './states';
 import {
   clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, metricSummary,
   STATUS_LABEL
@@ -17,6 +18,10 @@ export interface DetailPaneOptions extends FileLinks {
   showOutput?: (nodeId: string) => void;
   /** Send a retry for the node; the pane passes its button and error line. */
   retry: (nodeId: string, button: HTMLButtonElement, error: HTMLElement) => void;
+  /** Send a re-run of the node and what follows it (same arguments). */
+  rerun: (nodeId: string, button: HTMLButtonElement, error: HTMLElement) => void;
+  /** Whether the run's process is gone (a command was refused with executor_lost). */
+  gone: () => boolean;
   /** Whether a command keyed `key` is in flight (its button stays disabled). */
   busy: (key: string) => boolean;
 }
@@ -77,9 +82,14 @@ export class DetailPane {
   private head: Section = (n, { run }) => {
     const canRetry = COMMAND_NODE_STATES.retry?.includes(n.status) ?? false;
     const busy = this.opts.busy(`retry:${n.id}`);
-    // A retry runs in the executor's process; when that is gone, say so instead of offering it.
-    const lost = run?.reason === 'executor_lost';
-    return [`${n.id}|${n.label}|${n.status}|${canRetry}|${busy}|${lost}|${n.description}`, () => {
+    // A retry or a re-run runs in the executor's process; when that is gone, say so and
+    // say how to continue (wf.resume) instead of offering them.
+    const lost = processGone(run) || this.opts.gone();
+    const canRerun = !!run && (COMMAND_NODE_STATES.rerun?.includes(n.status) ?? false) &&
+      (COMMAND_RUN_STATES.rerun?.includes(run.state) ?? false);
+    const rerunBusy = this.opts.busy(`rerun:${n.id}`);
+    const sig = `${n.id}|${n.label}|${n.status}|${canRetry}|${busy}|${lost}|${canRerun}|${rerunBusy}|${n.description}`;
+    return [sig, () => {
       const wrap = el('div', 'cr-detail-head');
       const title = el('div', 'cr-detail-title');
       const badge = el('span', 'cr-status-chip');
@@ -92,9 +102,29 @@ export class DetailPane {
       if (n.label !== n.id) wrap.append(el('div', 'cr-mono cr-muted', n.id));
       if (n.description) wrap.append(el('p', 'cr-detail-desc', n.description));
       if (canRetry) wrap.append(this.retryRow(n, busy, lost));
+      if (canRerun && !lost) wrap.append(this.rerunRow(n, rerunBusy));
+      if (lost && run && (canRetry || canRerun)) {
+        // A completed step runs again only when named (a plain resume keeps its result).
+        wrap.append(resumeHint(run.id, 'The process that ran this workflow is gone.',
+                               n.status === 'completed' ? n.id : undefined));
+      }
       return wrap;
     }];
   };
+
+  private rerunRow(n: NodeInfo, busy: boolean): HTMLElement {
+    const row = el('div', 'cr-retry-row');
+    const b = button('cr-btn', busy ? 'Re-running…' : 'Re-run from here',
+                     `Re-run step ${n.label} and everything downstream of it`, glyphIcon('pending', 12));
+    b.dataset.action = 'rerun';
+    b.disabled = busy;
+    const err = el('div', 'cr-cmd-error');
+    err.setAttribute('role', 'alert');
+    err.hidden = true;
+    b.addEventListener('click', () => this.opts.rerun(n.id, b, err));
+    row.append(b, el('span', 'cr-muted', 'runs this step again, and everything downstream of it'), err);
+    return row;
+  }
 
   private retryRow(n: NodeInfo, busy: boolean, lost: boolean): HTMLElement {
     const row = el('div', 'cr-retry-row');

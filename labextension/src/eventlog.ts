@@ -157,6 +157,11 @@ export function describeEvent(ev: Envelope): LogEntry | null {
       return entry(ev, ev.data.node_id, { tone: 'ok', text: `answered: “${ev.data.answer}”` });
     case 'error_occurred':
       return entry(ev, ev.data.node_id ?? null, { tone: 'error', text: `${ev.data.code}: ${ev.data.message}` });
+    case 'run_reopened': {
+      const again = Object.keys(ev.data.rerun ?? {});
+      const what = again.length ? `; running again: ${again.join(', ')}` : '';
+      return entry(ev, null, { tone: 'ok', text: `resumed by process ${ev.data.pid} on ${ev.data.host}${what}` });
+    }
     case 'step_started':
     case 'step_progress':
     case 'step_completed':

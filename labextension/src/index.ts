@@ -4,7 +4,8 @@
 // panel is a left side panel and a run opens in the "down" area, since Notebook 7's
 // main area holds the page's one document.
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, MainAreaWidget, Notification } from '@jupyterlab/apputils';
+import { Dialog, ICommandPalette, MainAreaWidget, Notification, showDialog } from '@jupyterlab/apputils';
+import { ServerConnection } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 import { sharedConnection } from './connection';
@@ -86,7 +87,22 @@ const plugin: JupyterFrontEndPlugin<void> = {
       shell.activateById(panel.id);
     };
 
-    const sidebar = new RunsPanel({ connection: conn, open: openRun });
+    const removeRun = async (run: RunInfo) => {
+      const answer = await showDialog({
+        title: 'Delete run?',
+        body: `Delete “${run.name}” (${run.id}) with its events, results and files? This cannot be undone.`,
+        buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+      });
+      if (!answer.button.accept) return;
+      const settings = ServerConnection.makeSettings();
+      const url = `${settings.baseUrl}cmbagent/api/runs/${encodeURIComponent(run.id)}`;
+      const r = await ServerConnection.makeRequest(url, { method: 'DELETE' }, settings);
+      if (!r.ok) {
+        const body = await r.json().catch(() => ({}));
+        Notification.error(`Could not delete ${run.name}: ${body.message ?? r.statusText}`, { autoClose: 8000 });
+      }
+    };
+    const sidebar = new RunsPanel({ connection: conn, open: openRun, remove: run => void removeRun(run) });
     sidebar.title.icon = runsIcon;
     if (!labShell) sidebar.title.label = 'Workflow runs'; // Notebook 7's View menu lists side panels by label
     shell.add(sidebar, 'left', { rank: 600 });

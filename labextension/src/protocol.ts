@@ -31,7 +31,18 @@ export type NodeState =
  * via the `definition` "ServerMessage".
  */
 export type ServerMessage =
-  Hello | SnapshotMsg | EventsMsg | Reset | Runs | RunChanged | Ack | Pong | Error | Unsubscribed | StoreStatus;
+  | Hello
+  | SnapshotMsg
+  | EventsMsg
+  | Reset
+  | Runs
+  | RunChanged
+  | Ack
+  | Pong
+  | Error
+  | Unsubscribed
+  | StoreStatus
+  | RunDeleted;
 
 export interface Protocol {
   Ack?: Ack;
@@ -84,11 +95,16 @@ export interface Protocol {
   QuestionAnsweredEvent?: QuestionAnsweredEvent;
   QuestionAskedData?: QuestionAskedData;
   QuestionAskedEvent?: QuestionAskedEvent;
+  Reopened?: Reopened;
   RequestState?: RequestState;
   Reset?: Reset;
+  ResultInfo?: ResultInfo;
   RunChanged?: RunChanged;
+  RunDeleted?: RunDeleted;
   RunInfo?: RunInfo;
   RunMeta?: RunMeta1;
+  RunReopenedData?: RunReopenedData;
+  RunReopenedEvent?: RunReopenedEvent;
   Runs?: Runs;
   ServerMessage?: ServerMessage;
   SnapshotMsg?: SnapshotMsg;
@@ -375,7 +391,7 @@ export interface Command {
   type: 'command';
   command_id: string;
   run_id: string;
-  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject' | 'answer';
+  action: 'pause' | 'resume' | 'cancel' | 'retry' | 'approve' | 'reject' | 'answer' | 'rerun';
   node_id?: string | null;
   payload?: {
     [k: string]: unknown;
@@ -648,6 +664,7 @@ export interface EventsMsg {
     | FileUpdatedEvent
     | ErrorOccurredEvent
     | StepOutputEvent
+    | RunReopenedEvent
   )[];
 }
 /**
@@ -1015,6 +1032,38 @@ export interface StepCompletedData {
    * repr() of the result, shortened
    */
   result_preview?: string | null;
+  /**
+   * What was kept of the result (None: results not kept)
+   */
+  result?: ResultInfo | null;
+}
+/**
+ * What a completion kept of its step's result (engine.results).
+ *
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "ResultInfo".
+ */
+export interface ResultInfo {
+  /**
+   * The result is in the store: any process can load it
+   */
+  stored: boolean;
+  /**
+   * Encoded size in bytes, when stored
+   */
+  size?: number | null;
+  /**
+   * pickle or cloudpickle, when stored
+   */
+  codec?: string | null;
+  /**
+   * Why it could not be stored
+   */
+  error?: string | null;
+  /**
+   * Hash of the step's code that produced it
+   */
+  fingerprint: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1326,6 +1375,47 @@ export interface OutputLine {
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunReopenedEvent".
+ */
+export interface RunReopenedEvent {
+  run_id: string;
+  /**
+   * Per run: 1, 2, 3, ... with no gap
+   */
+  seq: number;
+  /**
+   * UUID of this event
+   */
+  id: string;
+  event_type: 'run_reopened';
+  /**
+   * ISO 8601, UTC, with offset
+   */
+  timestamp: string;
+  data: RunReopenedData;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunReopenedData".
+ */
+export interface RunReopenedData {
+  /**
+   * Host of the process that continues the run
+   */
+  host: string;
+  /**
+   * Its process id
+   */
+  pid: number;
+  /**
+   * Steps that run again, with why (the others keep their results)
+   */
+  rerun?: {
+    [k: string]: string;
+  };
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
  * via the `definition` "FileInfo".
  */
 export interface FileInfo {
@@ -1427,6 +1517,14 @@ export interface NodeInfo {
    * Lines of output dropped over the step's budget
    */
   output_dropped?: number;
+  /**
+   * What was kept of the last completion's result
+   */
+  result?: ResultInfo | null;
+  /**
+   * The step that added this one (ctx.add_step)
+   */
+  added_by?: string | null;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1460,6 +1558,15 @@ export interface Pong {
   type: 'pong';
   id?: string | number | null;
   server_time: string;
+}
+/**
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "Reopened".
+ */
+export interface Reopened {
+  host: string;
+  pid: number;
+  timestamp: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema
@@ -1514,6 +1621,21 @@ export interface RunInfo {
   last_error: {
     [k: string]: string;
   } | null;
+  /**
+   * The last process that continued this run (wf.resume)
+   */
+  reopened?: Reopened | null;
+}
+/**
+ * The run was deleted (``store.delete_run``, REST ``DELETE``, ``cmbagent-jupyter runs rm``):
+ * sent to run-list subscribers and to the run's subscribers, whose subscription ends.
+ *
+ * This interface was referenced by `Protocol`'s JSON-Schema
+ * via the `definition` "RunDeleted".
+ */
+export interface RunDeleted {
+  type: 'run_deleted';
+  run_id: string;
 }
 /**
  * This interface was referenced by `Protocol`'s JSON-Schema

@@ -15,6 +15,7 @@ import type { FileLinks } from './files';
 import { Insights } from './insights';
 import { LogView } from './logview';
 import { PauseNote } from './pausenote';
+import { processGone, resumeHint } from './resumehint';
 import { formatCost, formatDuration, runDuration } from './runlist';
 import {
   clockTime, formatCount, GLYPHS, isLegal, isSettled, OUTCOMES, progressText, RUN_ACTIONS,
@@ -104,6 +105,8 @@ export class RunView {
   private readonly pauseNote = new PauseNote();
   private readonly attentionEl = el('div', 'cr-attention');
   private alertSig = '';
+  /** A command was refused because the run's process is gone (not always in the log). */
+  private gone = false;
 
   constructor(host: HTMLElement, opts: RunViewOptions) {
     this.opts = opts;
@@ -132,6 +135,8 @@ export class RunView {
         this.insights.show('console');
       },
       retry: (id, b, err) => void this.send(`retry:${id}`, b, err, 'retry', id),
+      rerun: (id, b, err) => void this.send(`rerun:${id}`, b, err, 'rerun', id),
+      gone: () => this.gone,
       busy: key => this.busyKeys.has(key)
     });
     this.approvals = new ApprovalCards({
@@ -393,7 +398,7 @@ export class RunView {
   }
 
   private renderAlert(run: RunInfo): void {
-    const lost = run.reason === 'executor_lost' || run.last_error?.code === 'executor_lost';
+    const lost = processGone(run) || this.gone;
     const err = run.last_error;
     // Failed steps are listed only once the run has failed (no scan of every node per frame).
     const failedNodes = run.state === 'failed' && this.state
@@ -405,7 +410,12 @@ export class RunView {
     this.alert.dataset.kind = lost ? 'executor_lost' : err ? 'error' : run.state === 'failed' ? 'failed' : '';
     if (lost) {
       this.alert.append(el('strong', '', 'The process running this workflow is gone (executor lost). '),
-                        el('span', '', 'No step can make progress and commands that need it are refused. Start the workflow again to continue.'));
+                        el('span', '', 'Commands that need it are refused; completed steps keep their results.'));
+      if (run.state === 'completed') {
+        this.alert.append(el('div', '', 'To run steps again, select one: its details say how, from a kernel.'));
+      } else {
+        this.alert.append(resumeHint(run.id, 'To continue it:'));
+      }
     } else if (err) {
       this.alert.append(el('strong', '', `Error${err.code ? ` (${err.code})` : ''}: `));
     }
@@ -474,6 +484,13 @@ export class RunView {
       errorEl.textContent = `Could not ${action}: ${failure}`;
       errorEl.hidden = false;
     }
+    if (ack?.code === 'executor_lost' && !this.gone) {
+      // A settled run's process may end without the log saying so: now it is known.
+      this.gone = true;
+      if (this.state) this.renderAlert(this.state.run);
+      this.updateAttention();
+      this.renderDetail();
+    }
     b.disabled = false;
     this.refreshBusy(key);
   }
@@ -484,7 +501,7 @@ export class RunView {
     if (!st) return;
     if ((RUN_ACTIONS as string[]).includes(key)) this.renderControls(st.run);
     else if (key.startsWith('approval:')) this.approvals.render(st);
-    else if (key.startsWith('retry:')) this.renderDetail();
+    else if (key.startsWith('retry:') || key.startsWith('rerun:')) this.renderDetail();
   }
 
   // -- connection and clock -------------------------------------------------------------

@@ -5,7 +5,7 @@ import type { RunInfo, WorkflowState } from './protocol';
 import { el } from './dom';
 import { formatCost, formatDuration, RunFilter, runDuration, visibleRuns } from './runlist';
 import { connectionAttr, connectionLabel } from './runview';
-import { WORKFLOW_STATES } from './states';
+import { SETTLED_WORKFLOW_STATES, WORKFLOW_STATES } from './states';
 import { storeDownText } from './status';
 
 /**
@@ -23,6 +23,8 @@ export interface RunsPanelOptions {
   connection: Connection;
   /** Open a run in the main area. */
   open: (run: RunInfo) => void;
+  /** Delete a settled run (after asking); the row leaves when the server says run_deleted. */
+  remove: (run: RunInfo) => void;
 }
 
 
@@ -164,6 +166,20 @@ export class RunsPanel extends Widget {
     );
     if (r.pending_approvals.length) {
       meta.append(el('span', 'cmbagent-run-attention', 'needs approval'));
+    }
+    if (SETTLED_WORKFLOW_STATES.has(r.state)) {
+      // Only a settled run can be deleted (the store refuses one that executes).
+      const del = el('button', 'cmbagent-run-delete', 'Delete');
+      del.type = 'button';
+      del.dataset.action = 'delete';
+      del.setAttribute('aria-label', `Delete run ${r.name}`);
+      del.title = 'Delete this run: its events, results and files';
+      del.addEventListener('click', ev => {
+        ev.stopPropagation();
+        this.opts.remove(r);
+      });
+      del.addEventListener('keydown', ev => ev.stopPropagation());
+      meta.append(del);
     }
     li.append(top, bar, meta);
     const open = () => {

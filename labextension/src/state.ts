@@ -63,7 +63,8 @@ function newNode(spec: NodeSpec, position: number): NodeInfo {
     status: 'pending', attempt: 0, progress: null, progress_message: null,
     started_at: null, finished_at: null, error: null, result_preview: null,
     cost_usd: 0, input_tokens: 0, output_tokens: 0, last_message: null,
-    files: [], metrics: {}, metric_stats: {}, approval: null, output_lines: 0, output_dropped: 0
+    files: [], metrics: {}, metric_stats: {}, approval: null, output_lines: 0, output_dropped: 0,
+    result: null, added_by: null
   };
 }
 
@@ -119,6 +120,12 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
       return null;
     case 'dag_updated':
       addNodes(st, ev.data.added_nodes, ev.data.added_edges);
+      for (const spec of ev.data.added_nodes) st.nodes.get(spec.id)!.added_by = ev.data.by_node ?? null;
+      return null;
+    case 'run_reopened':
+      // Continued by another process (wf.resume): the loss it recovers from is over.
+      st.run.reopened = { host: ev.data.host, pid: ev.data.pid, timestamp: ts };
+      st.run.last_error = null;
       return null;
     case 'step_progress': {
       const d = ev.data;
@@ -228,7 +235,7 @@ function applyWorkflow(run: RunInfo, d: WorkflowEvent['data'], ts: string): void
   run.reason = d.reason ?? null;
   if (d.new_state === 'executing' && run.started_at === null) run.started_at = ts;
   if (SETTLED_WORKFLOW_STATES.has(d.new_state)) run.finished_at = ts;
-  else if (d.old_state === 'failed') run.finished_at = null;
+  else if (SETTLED_WORKFLOW_STATES.has(d.old_state)) run.finished_at = null; // reopened
 }
 
 function applyNode(st: RunState, d: NodeTransition['data'], ts: string): string {
@@ -254,6 +261,12 @@ function applyNode(st: RunState, d: NodeTransition['data'], ts: string): string 
   if (newS === 'completed') {
     node.progress = 1.0;
     node.result_preview = 'result_preview' in d ? d.result_preview ?? null : null;
+    node.result = 'result' in d ? d.result ?? null : null;
+  } else if (newS === 'pending') {
+    // To run again (a re-run, a resume): what it had is stale.
+    node.result = null;
+    node.result_preview = null;
+    node.progress = null;
   }
   if (oldS === 'waiting_approval' && newS !== 'running' && newS !== 'paused') dropApproval(st, node);
   return node.id;

@@ -23,7 +23,7 @@ export const FINAL_NODE_STATES: ReadonlySet<NodeState> = new Set<NodeState>(['co
 export const ACTIVE_NODE_STATES: ReadonlySet<NodeState> = new Set<NodeState>(['running', 'paused', 'waiting_approval']);
 
 /** Every command a client can send. */
-export const COMMAND_ACTIONS: readonly CommandAction[] = ['pause', 'resume', 'cancel', 'retry', 'approve', 'reject', 'answer'];
+export const COMMAND_ACTIONS: readonly CommandAction[] = ['pause', 'resume', 'cancel', 'retry', 'approve', 'reject', 'answer', 'rerun'];
 
 /** The run states each command is legal in. */
 export const COMMAND_RUN_STATES: Readonly<Record<CommandAction, readonly WorkflowState[]>> = {
@@ -33,10 +33,12 @@ export const COMMAND_RUN_STATES: Readonly<Record<CommandAction, readonly Workflo
   retry: ['executing', 'pausing', 'paused', 'waiting_approval', 'failed'],
   approve: ['executing', 'pausing', 'paused', 'waiting_approval'],
   reject: ['executing', 'pausing', 'paused', 'waiting_approval'],
-  answer: ['executing', 'pausing', 'paused', 'waiting_approval']
+  answer: ['executing', 'pausing', 'paused', 'waiting_approval'],
+  rerun: ['executing', 'pausing', 'paused', 'waiting_approval', 'completed', 'failed']
 };
 
 /** For commands aimed at a node: the node states the command is legal in. */
 export const COMMAND_NODE_STATES: Readonly<Partial<Record<CommandAction, readonly NodeState[]>>> = {
-  retry: ['failed']
+  retry: ['failed'],
+  rerun: ['completed', 'failed', 'skipped', 'cancelled']
 };

@@ -19,7 +19,7 @@ describe('which events the log lists', () => {
       'agent_message', 'agent_thinking', 'agent_tool_call', 'file_created', 'file_updated',
       'step_failed', 'step_retry_started', 'approval_requested', 'approval_received',
       'question_asked', 'question_answered', 'error_occurred', 'workflow_started', 'workflow_state_changed', 'workflow_paused',
-      'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled'
+      'workflow_resumed', 'workflow_completed', 'workflow_failed', 'workflow_cancelled', 'run_reopened'
     ];
     const d = { node_id: 'n', agent: 'a', message: 'x', content: 'x', tool: 't', path: '/p/f.png', prompt: 'p', question: 'q', answer: 'a',
                 approved: true, code: 'c', old_state: 'executing', new_state: 'paused', attempt: 1,

@@ -32,7 +32,7 @@ export function beforeFirstEvent(rec: RecordedRun): SnapshotMsg {
       state: 'draft', reason: null, created_at: first.timestamp, started_at: null,
       finished_at: null, updated_at: first.timestamp, cost_usd: 0, input_tokens: 0,
       output_tokens: 0, counts: Object.fromEntries(NODE_STATES.map(s => [s, 0])),
-      total: 0, done: 0, pending_approvals: [], last_error: null
+      total: 0, done: 0, pending_approvals: [], last_error: null, reopened: null
     }
   };
 }

@@ -215,9 +215,10 @@ def write_notebook(lab: LabServer, name: str, cells: Iterable[str]) -> str:
     return name
 
 
-def start_flow_in_notebook(page, lab: LabServer, notebook: str, flow: str, call: str):
+def start_flow_in_notebook(page, lab: LabServer, notebook: str, flow: str, call: str,
+                           state: str = "executing"):
     """A notebook whose one cell runs ``run = <call>.start()`` (``flow`` imported from
-    e2e_flows) and displays ``run``, run in the page: its view once executing, and the id."""
+    e2e_flows) and displays ``run``, run in the page: its view once in ``state``, and the id."""
     nb = write_notebook(lab, notebook, [f"""
         from e2e_flows import {flow}
         run = {call}.start()
@@ -225,8 +226,9 @@ def start_flow_in_notebook(page, lab: LabServer, notebook: str, flow: str, call:
     """])
     open_notebook(page, lab, nb)
     run_all(page)
-    view = wait_view(page, state="executing")
+    view = wait_view(page, state=state)
     return view, view_run_id(view)
+
 
 
 def new_gate(lab: LabServer, prefix: str = "gate") -> str:

@@ -36,3 +36,12 @@ def healthy(dask_client):
     dask_client.wait_for_workers(2, timeout=DASK_TIMEOUT)
     yield dask_client
     dask_client.wait_for_workers(2, timeout=DASK_TIMEOUT)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A work directory whose path durable-work steps find in $DURABLE_WORK (their counters)."""
+    monkeypatch.setenv("DURABLE_WORK", str(tmp_path))
+    return tmp_path
+
+

@@ -3,6 +3,7 @@ and running Python scripts in other processes against the same store."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -269,3 +270,64 @@ def open_at_barrier(paths: list[str], barrier, results) -> None:
             results.put("ok")
         except Exception:
             results.put(traceback.format_exc())
+
+
+# -- durable work (test_durable, test_kernel_resume) ------------------------------------
+
+# A workflow module both processes import (same file: same code fingerprints). Steps
+# count their runs in $DURABLE_WORK/counts; s10 waits for the file "go" (the first
+# process is killed while it waits).
+TWENTY = '''
+import os, time
+from pathlib import Path
+from engine import Workflow
+
+WORK = Path(os.environ["DURABLE_WORK"])
+
+
+def count(name):
+    with open(WORK / "counts", "a") as f:
+        f.write(name + "\\n")
+
+
+def make(i):
+    def body(ctx, **upstream):
+        count(f"s{i}")
+        if i == 10:
+            (WORK / "s10_started").touch()
+            while not (WORK / "go").exists():
+                time.sleep(0.01)
+        return {"i": i, "sum": i + sum(u["sum"] for u in upstream.values())}
+    return body
+
+
+def build():
+    wf = Workflow("twenty")
+    for i in range(20):
+        # A chain with a side branch: s(i) depends on s(i-1), and every fifth also on s(i-5).
+        deps = [f"s{i - 1}"] if i else []
+        if i >= 5 and i % 5 == 0:
+            deps.append(f"s{i - 5}")
+        wf.step(f"s{i}", deps=deps)(make(i))
+    return wf
+'''
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def ran(work: Path, name: str) -> None:
+    """Count one run of step ``name`` in ``work``'s counter file (outside the store)."""
+    with open(work / "counts", "a") as f:
+        f.write(name + "\n")
+
+
+def counts(work: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if (work / "counts").exists():
+        for line in (work / "counts").read_text().split():
+            out[line] = out.get(line, 0) + 1
+    return out

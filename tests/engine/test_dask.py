@@ -513,8 +513,12 @@ def test_a_scheduler_address_works_like_a_client(store, healthy):
 
     run = wf.run(store=store, dask=healthy.scheduler.address, timeout=TIMEOUT)
     assert run.state == "completed" and run.result("two") == 2
+    # The completed run stays held by this process (a re-run may come), on the cluster too.
+    assert run.rerun("one")["ok"] and run.wait(TIMEOUT) == "completed"
     check_log(run)
-    runner = local_executor(run.id).pool
+    ex = local_executor(run.id)
+    runner = ex.pool
+    ex.end_at_exit(TIMEOUT)  # as when the process exits
     assert runner.join(TIMEOUT)  # the executor stopped, the runner cleaned up...
     assert runner.client is not healthy and runner.client.status == "closed"  # ...its own client
 
@@ -532,3 +536,38 @@ def test_an_unreachable_scheduler_creates_no_run(store):
         with pytest.raises(EngineError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
             wf.start(store=store, dask="tcp://127.0.0.1:9")
     assert store.runs() == []
+
+
+def test_a_run_on_dask_is_resumed_on_dask_with_its_results_from_the_store(store, healthy, tmp_path):
+    """Results come back from the workers to the executor, which keeps them; a resume on
+    the cluster runs only the failed step and what follows, feeding it the stored result."""
+    counter, broken = str(tmp_path / "counts"), str(tmp_path / "broken")
+    touch(broken)
+
+    def build():
+        wf = Workflow("dask resume")
+
+        @wf.step()
+        def load():
+            with open(counter, "a") as f:
+                f.write("load\n")
+            return list(range(5))
+
+        @wf.step(deps=["load"])
+        def fit(load):
+            with open(counter, "a") as f:
+                f.write("fit\n")
+            if os.path.exists(broken):
+                raise RuntimeError("fit is broken")
+            return sum(load)
+
+        return wf
+
+    run = build().start(store, dask=healthy)
+    assert run.wait(TIMEOUT) == "failed"
+    os.remove(broken)
+    resumed = build().resume(run.id, store, dask=healthy)
+    assert resumed.wait(TIMEOUT) == "completed"
+    assert open(counter).read().split() == ["load", "fit", "fit"]
+    assert store.load_result(run.id, "fit") == 10
+    check_log(resumed)

@@ -44,7 +44,7 @@ def schema():
 def test_schema_command_prints_a_json_schema_of_every_event_type(schema):
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert len(EVENT_TYPES) == 28  # the 25 of the seed vocabulary, question_asked, question_answered, step_output
+    assert len(EVENT_TYPES) == 29  # the seed's 25, question_asked, question_answered, step_output, run_reopened
     assert set(schema["discriminator"]["mapping"]) == set(EVENT_TYPES)
     assert schema["discriminator"]["propertyName"] == "event_type"
     assert len(schema["oneOf"]) == len(EVENT_TYPES)

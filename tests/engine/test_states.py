@@ -27,7 +27,8 @@ def _pairs(spec: str) -> set[tuple[str, str]]:
 
 
 # The state machine as specified (docs/architecture.md), written out here on purpose:
-# a change to engine/states.py's tables must show up as a failing test.
+# a change to engine/states.py's tables must show up as a failing test. Reopening
+# (completed/cancelled -> executing, finished nodes -> pending) is run.rerun / wf.resume.
 EXPECTED_WORKFLOW = _pairs("""
     draft: planning cancelling failed
     planning: executing cancelling failed
@@ -36,9 +37,9 @@ EXPECTED_WORKFLOW = _pairs("""
     paused: executing cancelling failed
     waiting_approval: executing pausing cancelling failed
     cancelling: cancelled failed
-    completed:
+    completed: executing
     failed: executing
-    cancelled:
+    cancelled: executing
 """)
 
 EXPECTED_NODE = _pairs("""
@@ -47,10 +48,10 @@ EXPECTED_NODE = _pairs("""
     paused: running cancelled failed
     waiting_approval: running paused cancelled failed
     retrying: running cancelled failed
-    completed:
-    failed: retrying
+    completed: pending
+    failed: retrying pending
     skipped: pending cancelled
-    cancelled:
+    cancelled: pending
 """)
 
 WORKFLOW_PAIRS = list(itertools.product([s.value for s in WorkflowState], repeat=2))
@@ -74,8 +75,8 @@ def test_tables_are_the_specified_ones():
 
 def test_design_rules_hold_in_the_tables():
     w = {o.value: {n.value for n in ns} for o, ns in WORKFLOW_TRANSITIONS.items()}
-    assert w["completed"] == set() and w["cancelled"] == set()  # final
-    assert w["failed"] == {"executing"}  # only a retry reopens a failed run
+    # Settled runs are reopened only by a retry (failed), a re-run (completed) or a resume.
+    assert w["completed"] == w["cancelled"] == w["failed"] == {"executing"}
     # Cancel goes through cancelling; pause goes through pausing.
     assert {o for o, ns in w.items() if "cancelled" in ns} == {"cancelling"}
     assert {o for o, ns in w.items() if "paused" in ns} == {"pausing"}

@@ -158,17 +158,21 @@ def indexes(db_url: str) -> set[str]:
 
 #: What the latest migration added, taken away again: the store as the previous version left it.
 PREVIOUS_VERSION = {
-    "sqlite": (2, ["DROP INDEX runs_leased", "DROP INDEX commands_waiting",
-                   "ALTER TABLE runs DROP COLUMN lease_ns"]),
-    "postgresql": (1, ["DROP INDEX runs_leased", "ALTER TABLE runs DROP COLUMN lease_ns"]),
+    "sqlite": (3, ["DROP TABLE results",
+                   "UPDATE nodes SET doc=json_remove(doc, '$.result', '$.added_by')",
+                   "UPDATE runs SET doc=json_remove(doc, '$.reopened')"]),
+    "postgresql": (2, ["DROP TABLE results", "DROP TABLE tombstones",
+                       "UPDATE nodes SET doc=(doc::jsonb - 'result' - 'added_by')::text",
+                       "UPDATE runs SET doc=(doc::jsonb - 'reopened')::text"]),
 }
 
 
-def test_the_previous_schema_is_upgraded_in_place_to_record_pid_namespaces(db_url):
-    """SQLite 2 -> 3, PostgreSQL 1 -> 2: leases record their holder's PID namespace, and
-    the watcher's reads get their indexes. The runs stay; the result is a new store's schema."""
+def test_the_previous_schema_is_upgraded_in_place_to_keep_results(db_url):
+    """SQLite 3 -> 4, PostgreSQL 2 -> 3: a results table, and documents that say what
+    of a node's result is kept and who added it. The runs stay, their snapshots are what
+    a replay of their log gives; the result is a new store's schema."""
     import engine.store
-    from engine.store.leases import Lease
+    from engine.snapshot import RunState
 
     mod = backend(db_url)
     store = open_store(db_url)
@@ -177,27 +181,25 @@ def test_the_previous_schema_is_upgraded_in_place_to_record_pid_namespaces(db_ur
     run = wf.run(store=store, timeout=30)
     events = run.events().dicts()
     engine.store.close_store(db_url)
-    new_runs, new_indexes = columns(db_url, "runs"), indexes(db_url)
+    new_results, new_indexes = columns(db_url, "results"), indexes(db_url)
 
     version, undo = PREVIOUS_VERSION["sqlite" if db_url.startswith("sqlite") else "postgresql"]
     assert version == mod.SCHEMA_VERSION - 1
     raw(db_url, *undo, f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
-    assert "lease_ns" not in columns(db_url, "runs")
+    assert not columns(db_url, "results")
 
     upgraded = open_store(db_url)
     assert stored_version(db_url) == mod.SCHEMA_VERSION
-    assert (columns(db_url, "runs"), indexes(db_url)) == (new_runs, new_indexes)
+    assert (columns(db_url, "results"), indexes(db_url)) == (new_results, new_indexes)
     assert upgraded.run(run.id).events().dicts() == events
-    go = threading.Event()
+    replayed = RunState.replay(run.id, events).snapshot()
+    assert upgraded.snapshot(run.id)["nodes"] == [{**n, "result": None} for n in replayed["nodes"]]
+    assert upgraded.snapshot(run.id)["run"] == replayed["run"]
     later = Workflow("after the upgrade")
-    later.step("waits")(lambda: go.wait(10))
-    run = later.start(upgraded)
-    try:
-        [(ns,)] = raw(db_url, f"SELECT lease_ns FROM runs WHERE id = '{run.id}'")
-        assert ns == Lease.mine().ns
-    finally:
-        go.set()
-    assert run.wait(10) == "completed"
+    later.step("answers")(lambda: {"answer": 42})
+    done = later.run(upgraded, timeout=30)
+    engine.store.close_store(db_url)
+    assert open_store(db_url).run(done.id).result("answers") == {"answer": 42}
 
 
 def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):

@@ -120,8 +120,13 @@ def overhead(workdir: Path) -> int:
         n = len(run.events())
         # run() returns once the final state is durable, but the executor thread still
         # reads the store for a moment; closing the store under it can crash the process
-        # (SIGSEGV in sqlite3), so wait for it to stop first.
-        assert local_executor(run.id).stopped.wait(30), "the calibration executor did not stop"
+        # (SIGSEGV in sqlite3), so wait for it to go idle first (a completed run stays
+        # held, with no thread, until the store closes).
+        ex = local_executor(run.id)
+        deadline = time.monotonic() + 30
+        while not (ex.idle or ex.stopped.is_set()):
+            assert time.monotonic() < deadline, "the calibration executor did not go idle"
+            time.sleep(0.005)
         store.close()
         return n
 

@@ -3,8 +3,9 @@
 Every frame must get exactly one answer (``reset`` + ``snapshot`` counting as one), the
 socket must stay open throughout, every answer must validate against the server's
 schema (the WS fixture checks), and the store must be left exactly as it was: the
-commands go to finished runs (where every action is refused), unknown runs and unknown
-nodes.
+commands go to finished runs (where every action is refused: the completed run's
+executor lets it go, as when its process exits, so not even a re-run is accepted), unknown
+runs and unknown nodes.
 
 The test is synchronous on purpose: hypothesis drives the examples, and each one runs
 the server's event loop (pytest-jupyter's) until its answer is in.
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cmbagent_jupyter.protocol import CLIENT_TYPES, ERROR_CODES
+from engine.runtime import local_executor
 from engine.states import COMMAND_ACTIONS
 from server_support import cancelled_run, finished_run, store_contents
 
@@ -106,6 +108,7 @@ def frames(run_ids, node_ids):
 def test_fuzz_one_socket(jp_asyncio_loop, store, ws_connect):
     loop = jp_asyncio_loop
     done = finished_run(store, name="done", progress=5)
+    local_executor(done.id).end_at_exit(10)  # a completed run stays held for re-runs until then
     cancelled = cancelled_run(store)
     run_ids = [done.id, cancelled.id, "no-such-run", ""]
     node_ids = ["a", "b", "work", "no-such-node"]

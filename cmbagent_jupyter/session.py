@@ -61,6 +61,8 @@ EVENTS_WINDOW = 128 * 1024
 #: owed more than its cap, it then gets a reset + snapshot once it drains. (A server that
 #: falls behind a burst is not a slow client: its sockets keep writing.)
 SLOW_CONSUMER_S = 10.0
+#: Events per block of the read-through cache that sessions behind the hub's window share.
+BLOCK = 512
 #: Events read from the log per ``pump`` call at most (keeps the event loop responsive).
 PUMP_BUDGET = 20000
 #: The WebSocket close code for a client that reads too slowly even for its replies.
@@ -118,10 +120,16 @@ class RowCache:
     cursor share one frame. A session behind the window reads for itself.
     """
 
-    def __init__(self, max_rows: int = 2 * MAX_EVENTS_PER_FRAME, max_frames: int = 256) -> None:
+    def __init__(self, max_rows: int = 2 * MAX_EVENTS_PER_FRAME, max_frames: int = 256,
+                 max_blocks: int = 32) -> None:
         self.max_rows = max_rows
         self.max_frames = max_frames
+        self.max_blocks = max_blocks
         self.rows: dict[str, tuple[int, list[bytes]]] = {}  # run_id -> (first seq, encoded)
+        #: (run_id, n) -> the encoded events ``n * BLOCK + 1 .. (n + 1) * BLOCK``, full
+        #: blocks only, least recently used first: what sessions behind the window read,
+        #: read once (they move through a backlog at about the same pace).
+        self.blocks: dict[tuple[str, int], list[bytes]] = {}
         #: (run_id, after, asked upto) -> (frame, the seq it really ends at); oldest first
         self.frames: dict[tuple[str, int, int], tuple[bytes, int]] = {}
 
@@ -162,11 +170,24 @@ class RowCache:
         while len(self.frames) > self.max_frames:
             del self.frames[next(iter(self.frames))]
 
+    def block(self, run_id: str, n: int) -> Optional[list[bytes]]:
+        rows = self.blocks.pop((run_id, n), None)
+        if rows is not None:
+            self.blocks[(run_id, n)] = rows  # most recently used
+        return rows
+
+    def keep_block(self, run_id: str, n: int, rows: list[bytes]) -> None:
+        self.blocks[(run_id, n)] = rows
+        while len(self.blocks) > self.max_blocks:
+            del self.blocks[next(iter(self.blocks))]
+
     def forget(self, run_id: str) -> None:
         """Nobody follows the run any more."""
         self.rows.pop(run_id, None)
         for key in [k for k in self.frames if k[0] == run_id]:
             del self.frames[key]
+        for key in [k for k in self.blocks if k[0] == run_id]:
+            del self.blocks[key]
 
 
 def _fit(rows: list[bytes], limit: int) -> list[bytes]:
@@ -561,6 +582,8 @@ class Session:
         if shared is not None:
             return shared
         rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
+        if rows is None and cache is not None:
+            rows = await self._from_block(run_id, sub.cursor, upto, cache)
         if rows is None:
             # read for itself (behind the hub's window): what one frame holds, about
             after = sub.cursor
@@ -577,6 +600,24 @@ class Session:
         if cache is not None:
             cache.keep_frame(key, got)
         return got
+
+    async def _from_block(self, run_id: str, after: int, upto: int,
+                          cache: RowCache) -> Optional[list[bytes]]:
+        """Events after ``after`` (up to ``upto``, at most to the end of their block) from
+        the cache's block holding ``after + 1``, read and kept when it is full. None when
+        the block is not full (the log's end) or does not start where it should (trimmed):
+        the caller reads for itself."""
+        n = after // BLOCK
+        rows = cache.block(run_id, n)
+        if rows is None:
+            raw = await self._read(lambda s: s.event_rows(run_id, n * BLOCK, BLOCK))
+            if len(raw) < BLOCK or raw[0][0] != n * BLOCK + 1:
+                return None
+            rid = orjson.dumps(run_id)
+            rows = [envelope_json(rid, r) for r in raw]
+            cache.keep_block(run_id, n, rows)
+        start = after - n * BLOCK
+        return rows[start: start + (upto - after)]
 
     @staticmethod
     def _events_frame(run_id: str, rows: list[bytes]) -> bytes:

@@ -12,14 +12,21 @@ import json
 import pytest
 
 import engine
+import orjson
+
 from cmbagent_jupyter.session import (
+    BLOCK,
     EVENTS_FRAME_BYTES,
     EVENTS_WINDOW,
     MAX_EVENTS_PER_FRAME,
     SLOW_CONSUMER_S,
+    RowCache,
+    Session,
 )
 from session_support import (
     Client,
+    DirectGateway,
+    drive,
     append_events,
     drain,
     finished_run,
@@ -571,3 +578,48 @@ def test_deeply_nested_json_is_bad_json(store):
     send(s, "[" * 100_000 + "]" * 100_000)
     (err,) = frames(s)
     assert (err["type"], err["code"]) == ("error", "bad_json")
+
+
+def test_subscribers_catching_up_a_backlog_read_each_event_from_the_store_once(store):
+    """Sessions behind the hub's window (here: a backlog from seq 0) share what they read:
+    ten subscribers replaying 6,000 events read each block of the log once, not ten times,
+    and each gets every event exactly once, in order."""
+    run = finished_run(store)
+    last = append_events(store, run.id, 6000)
+    reads: list[tuple[int, int, int]] = []  # (after, limit, rows returned)
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def event_rows(self, run_id, after, limit):
+            rows = self.inner.event_rows(run_id, after, limit)
+            reads.append((after, limit, len(rows)))
+            return rows
+
+    cache = RowCache()
+    sessions = [Session(DirectGateway(Counting(store)), server_id="t", heartbeat_interval=15.0)
+                for _ in range(10)]
+    clients = [Client() for _ in sessions]
+    for s, c in zip(sessions, clients):
+        send(s, {"type": "subscribe", "run_id": run.id, "after_seq": 0})
+        c.subscribed(run.id, 0)
+    got = [[] for _ in sessions]
+    busy = True
+    while busy:  # the sessions take turns, as the hub's connections do
+        busy = False
+        for i, (s, c) in enumerate(zip(sessions, clients)):
+            s.notify(run.id, last)
+            more = drive(s.pump(cache))
+            raw = s.take()
+            got[i] += event_seqs(c.feed_all([orjson.loads(f) for f in raw]))
+            s.written(sum(len(f) for f in raw))
+            busy = busy or more or bool(raw)
+    assert all(g == list(range(1, last + 1)) for g in got)
+    full_blocks = sorted(after for after, limit, n in reads if limit == n == BLOCK)
+    assert full_blocks == list(range(0, last // BLOCK * BLOCK, BLOCK))  # each read once
+    # all in all, not much more than the log once (the last, partial block: per session)
+    assert sum(n for _, _, n in reads) < last + len(sessions) * BLOCK

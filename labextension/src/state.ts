@@ -193,25 +193,19 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
     case 'approval_requested': {
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
-      const pending: PendingApproval = {
+      return waitOnHuman(st, node, {
         approval_id: d.approval_id, node_id: node.id, prompt: d.prompt, requested_at: ts,
         kind: 'approval', choices: null
-      };
-      node.approval = pending;
-      st.run.pending_approvals = [...st.run.pending_approvals, pending];
-      return node.id;
+      });
     }
     case 'question_asked': {
       // A question waits with the approvals (kind "question"), as in snapshot.py.
       const d = ev.data;
       const node = st.nodes.get(d.node_id)!;
-      const pending: PendingApproval = {
+      return waitOnHuman(st, node, {
         approval_id: d.question_id, node_id: node.id, prompt: d.question, requested_at: ts,
         kind: 'question', choices: d.choices ?? null
-      };
-      node.approval = pending;
-      st.run.pending_approvals = [...st.run.pending_approvals, pending];
-      return node.id;
+      });
     }
     case 'approval_received':
     case 'question_answered': {
@@ -228,6 +222,13 @@ export function applyEvent(st: RunState, ev: Envelope): string | null {
     default:
       return unknownEvent(ev);
   }
+}
+
+/** The node waits on a human (an approval, or a question: kind "question"), as in snapshot.py. */
+function waitOnHuman(st: RunState, node: NodeInfo, pending: PendingApproval): string {
+  node.approval = pending;
+  st.run.pending_approvals = [...st.run.pending_approvals, pending];
+  return node.id;
 }
 
 function applyWorkflow(run: RunInfo, d: WorkflowEvent['data'], ts: string): void {

@@ -82,8 +82,10 @@ class Executor:
         self._reopen = reopen
         self._unbound: set[str] = set()
         self._exiting = False  # the process exits: a completed run lets its lease go
-        #: Completions recorded but not yet committed: their dependents wait for them.
-        self._undurable: set[str] = set()
+        #: Completions (with a kept result) recorded but maybe not yet committed, with the
+        #: journal item that commits them: a dependent's code starts once its inputs are
+        #: on record (``inputs_durable``), while the commit and the dispatch overlap.
+        self._committing: dict[str, _Pull] = {}
         #: Pending human requests by id: None until answered, then (approved, comment)
         #: for an approval, the text for a question.
         self.answers: dict[str, Any] = {}
@@ -199,7 +201,12 @@ class Executor:
 
     def _loop(self) -> bool:
         """Apply commands and move the run on until the executor stops (False) or the
-        run waits for nothing but a command (True: the thread may end)."""
+        run waits for nothing but a command (True: the thread may end).
+
+        Commands are read from the store when a wake-up says some came (``wake``), when
+        the wait timed out (a safety net) and before the lease goes; step transitions
+        also wake the loop, but only to move the run on."""
+        read = True
         while not self.stopped.is_set():
             if self._lease_gone:
                 raise LeaseLost(f"run {self.run_id} is no longer held by this process")
@@ -210,14 +217,17 @@ class Executor:
                 # come. A cancelled one, or any at exit, lets go.
                 finished = (self.view.run["state"] == "cancelled"
                             or (self._exiting and self.view.run["state"] in states.FINAL_WORKFLOW_STATES))
+                read = read or self._woken or finished
                 self._woken = False
-            commands = self._outage_safe(self.store.pending_commands, self.run_id)
-            if commands is None:  # the store is briefly unreachable: try again soon
-                self.stopped.wait(OUTAGE_PAUSE_S)
-                continue
-            for cmd in commands:
-                with self.cond:
-                    self._apply_command(cmd)
+            if read:
+                commands = self._outage_safe(self.store.pending_commands, self.run_id)
+                if commands is None:  # the store is briefly unreachable: try again soon
+                    self.stopped.wait(OUTAGE_PAUSE_S)
+                    continue
+                read = False
+                for cmd in commands:
+                    with self.cond:
+                        self._apply_command(cmd)
             if finished:
                 # Every command the store accepted came before the final state, so the
                 # read above saw it (and refused it): none is left waiting. Only now
@@ -234,7 +244,7 @@ class Executor:
                         # A wake() from now on starts a new thread: no command is missed.
                         self._looping = False
                         return True
-                    self.cond.wait(self._idle_wait())
+                    read = not self.cond.wait(self._idle_wait())
         self._journal.flush()
         return False
 
@@ -486,10 +496,7 @@ class Executor:
             self._set_run("completed")
 
     def _after_node(self, node_id: str, new: str) -> None:
-        """Push the consequences of a node transition to its dependents (of a completion:
-        once it is durable, see ``_completion_durable``)."""
-        if new == "completed" and node_id in self._undurable:
-            return
+        """Push the consequences of a node transition to its dependents."""
         if new == "completed" or new == "pending":
             for child in ([node_id] if new == "pending" else self.children[node_id]):
                 if self._status(child) == "pending" and self._deps_done(child):
@@ -510,6 +517,9 @@ class Executor:
     def _execute(self, node_id: str) -> None:
         """Run one attempt of a step on this thread (ThreadRunner's worker threads)."""
         step = self.steps[node_id]
+        if not self.inputs_durable(node_id):
+            self._end_attempt(node_id, cancelled=True)
+            return
         try:
             kwargs = {d: self.result_of(d) for d in step.inputs}
             if step.wants_ctx:
@@ -533,13 +543,10 @@ class Executor:
         """
         if error is not None:
             error = loggable(error, f"the error of step {node_id!r}")
-        stored, kept, pull = None, None, None
+        stored, kept = None, None
         keep = error is None and not cancelled and self.store.results.keep
         if keep:
             stored, kept = self._persist(node_id, result)
-        # Dependents start once the completion is durable; a step without any has nothing
-        # to wait for.
-        durable_first = keep and bool(self.children[node_id])
         with self.cond:
             try:
                 if cancelled:
@@ -551,33 +558,34 @@ class Executor:
                     self.results[node_id] = result
                     if self._status(node_id) != "running":  # answered into another state:
                         self._set_node(node_id, "running")  # resume first
-                    if durable_first:
-                        self._undurable.add(node_id)
                     pull = self._set_node(node_id, "completed", stored=stored,
                                           result_preview=_preview(result), result=kept)
+                    if keep and pull is not None and self.children[node_id]:
+                        self._committing[node_id] = pull
+                        pull.future.add_done_callback(lambda _, n=node_id, p=pull: self._committed(n, p))
             finally:
                 if not self.stopped.is_set():
                     self._settle()
                 self.cond.notify_all()
-        if durable_first:
-            self._completion_durable(node_id, pull)
 
-    def _completion_durable(self, node_id: str, pull: Optional["_Pull"]) -> None:
-        """Start what depends on ``node_id`` once its completion (and result) is committed:
-        a process killed in between then never has run a step whose input it must
-        compute again. The wait is the step thread's, outside the lock; commits of
-        steps finishing together are still grouped."""
-        try:
+    def _committed(self, node_id: str, pull: "_Pull") -> None:
+        if self._committing.get(node_id) is pull:
+            del self._committing[node_id]
+
+    def inputs_durable(self, node_id: str) -> bool:
+        """Wait until the completions (and kept results) of ``node_id``'s dependencies are
+        committed; False if one was refused (the lease is gone: the main loop stops the
+        run). Runners call it before a step's code starts (not under the lock): a process
+        killed at any moment then never has run a step on inputs it must compute again,
+        yet the commit overlaps the step's dispatch instead of delaying it."""
+        for dep in self.steps[node_id].deps:
+            pull = self._committing.get(dep)
             if pull is not None:
-                pull.future.result()
-        except Exception:  # refused (the lease is gone): the main loop stops the run
-            pass
-        with self.cond:
-            self._undurable.discard(node_id)
-            self._after_node(node_id, "completed")
-            if not self.stopped.is_set():
-                self._settle()
-            self.cond.notify_all()
+                try:
+                    pull.future.result()
+                except Exception:
+                    return False
+        return True
 
     def _persist(self, node_id: str, result: Any) -> tuple[Optional[Stored], dict]:
         """Encode the result (and write its file, if large) before its completion is

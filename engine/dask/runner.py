@@ -202,6 +202,16 @@ class DaskRunner:
         batch, self._unsent = self._unsent, []
         if self.ex.stopped.is_set():
             return
+        # A step's code starts once its inputs are on record (Executor.inputs_durable).
+        durable = []
+        for a in batch:
+            if self.ex.inputs_durable(a.node_id):
+                durable.append(a)
+            else:  # refused: the lease is gone and the run stops
+                self._end(a, cancelled=True)
+        batch = durable
+        if not batch:
+            return
         payloads = [Payload(run_id=self.run_id, token=a.token, node_id=a.node_id,
                              attempt=a.number, topic=self._channel.topic,
                              control=self._control.name, key=a.key, fn=a.step.fn,

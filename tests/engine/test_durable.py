@@ -65,6 +65,32 @@ print(json.dumps([run.result(f"s{i}") for i in range(20)]))
     check_log(run)
 
 
+def test_a_steps_code_starts_only_once_its_inputs_are_on_record(store, db_url):
+    """Each link of a quick chain reads, through another connection, what its dependency
+    left: the completion and the result are committed before the dependent's code runs
+    (a process killed at any moment never ran a step on inputs it must compute again)."""
+    other = engine.open_store(db_url)
+    seen: list[tuple] = []
+    wf = Workflow("causal")
+
+    def link(i):
+        def body(ctx, **upstream):
+            for dep in upstream:
+                node = other.load_view(ctx.run_id).nodes[dep]
+                seen.append((dep, node["status"], other.load_result(ctx.run_id, dep)))
+            return i
+        return body
+
+    for i in range(30):
+        wf.step(f"l{i}", deps=[f"l{i - 1}"] if i else [])(link(i))
+    try:
+        run = wf.start(store=store)
+        assert run.wait(60) == "completed", run.state
+    finally:
+        other.close()
+    assert seen == [(f"l{i}", "completed", i) for i in range(29)]
+
+
 def test_an_edited_step_runs_again_with_exactly_what_is_downstream_of_it(store, work):
     """a -> b -> c, a -> d, a -> e. The run fails at e; b is edited, e fixed: resume runs
     b, c (downstream of b) and e (failed); a and d keep their results."""

@@ -3,7 +3,10 @@
 1. Executor overhead, results kept vs not (``keep_results``), same script, same DAG:
    µs per no-op node for a chain and a fan-out of n nodes (``executor_overhead.py``'s
    workflows). Kept, each completion also pickles its result and writes it in the same
-   transaction, and a step's dependents start once that transaction committed.
+   transaction, and a step's code starts once its inputs' transaction committed: in a
+   chain of no-op steps every link waits for one commit. The same chain of steps that
+   each work for ``--work-ms`` (default 1 ms, busy, not asleep) shows what that wait
+   costs a step that does something.
 2. Event append, results kept vs not: ``event_append.py``'s 100k ``ctx.progress`` calls.
 3. A 100 MB float64 array as a step result: persist time (encode + write + fsync, what a
    completion waits for) and load time (what a resume or ``run.result`` pays), against
@@ -39,12 +42,25 @@ def fsynced_save(path: str, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def busy(seconds: float):
+    """A step body that computes for ``seconds`` (a spin on the clock, holding the GIL
+    like numerical Python code that is not in a C extension)."""
+    def work(*args):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return len(args)
+    return work
+
+
 def main() -> int:
     p = _common.parser(__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2000, help="nodes per DAG (default 2000)")
     p.add_argument("--repeat", type=int, default=5, help="runs per side; the median counts")
     p.add_argument("--events", type=int, default=100_000, help="ctx.progress calls (default 100k)")
     p.add_argument("--mb", type=int, default=100, help="size of the array in MB (default 100)")
+    p.add_argument("--work-ms", type=float, default=1.0,
+                   help="each step's busy work in the chain of working steps (default 1 ms)")
     args = p.parse_args()
     note_load("before")
     with bench_dir(args.dir) as d:
@@ -63,6 +79,17 @@ def main() -> int:
             emit(f"results.executor_overhead.{shape}.n{args.n}", us_on, "us/node",
                  f"the same {args.n}-node {shape}, keep_results=False", us_off,
                  f"ratio <= {TARGET_OVERHEAD}", us_on / us_off <= TARGET_OVERHEAD)
+        work = busy(args.work_ms / 1000)
+        n_work = max(50, min(args.n, int(2.0 / (args.work_ms / 1000))))  # ~2 s of work a run
+        wf = engine_workflow("chain", n_work, fn=work, name="working")
+        on, off = [], []
+        for _ in range(args.repeat):
+            on.append(kept(wf))
+            off.append(not_kept(wf))
+        t_on, t_off = statistics.median(on), statistics.median(off)
+        emit(f"results.working_chain.n{n_work}", t_on / n_work * 1e6, "us/node",
+             f"the same chain of {args.work_ms:g} ms steps, keep_results=False", t_off / n_work * 1e6,
+             f"ratio <= {TARGET_OVERHEAD}", t_on / t_off <= TARGET_OVERHEAD)
         on, off = [], []
         for _ in range(max(3, args.repeat // 2)):
             on.append(append_rate(os.path.join(d, f"append-on-{next(count)}.sqlite?keep_results=true"), args.events))

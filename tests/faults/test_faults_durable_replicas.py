@@ -5,7 +5,8 @@ inline size in files under the store's results_url.
 - A re-run sent as REST to replica B is applied once by the run's own process; clients
   on both replicas end with the same contiguous log, the store's.
 - A run deleted through replica B disappears for a client of replica A (run_deleted:
-  out of its run list, its follower told), and its rows and result files are gone.
+  out of its run list, its follower told), and its rows and result files are gone, though
+  the servers name only the database (not the kernels' results_url).
 - A run whose process was SIGKILLed is resumed (wf.resume) by another process; clients
   of both replicas, following since before the kill, see the failure, the resume and
   the completion in one contiguous log; nothing that had completed runs twice.
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cmbagent_jupyter.client import Client
+from cmbagent_jupyter.client.errors import RunNotFound
 from fault_support import App, HERE, tail
 from support import raw_rows, wait_until_async
 
@@ -123,8 +125,11 @@ async def same_log_everywhere(store, run_id: str, apps: list[App]) -> list[dict]
     return log
 
 
-async def test_rerun_via_one_replica_and_delete_via_the_other(spawn, open_db, kernels, tmp_path, results_dir):
-    a, b = spawn.server("replica-a"), spawn.server("replica-b")
+async def test_rerun_via_one_replica_and_delete_via_the_other(spawn, open_db, kernels, tmp_path, results_dir,
+                                                            pg_url):
+    # The servers are configured with the database alone (they never write a result): the
+    # deletion finds the run's result files from its rows.
+    a, b = spawn.server("replica-a", url=pg_url), spawn.server("replica-b", url=pg_url)
     (tmp_path / "go").touch()
     kernel = kernels("hold")
     await asyncio.gather(a.wait_ready(120), b.wait_ready(120))
@@ -156,10 +161,11 @@ async def test_rerun_via_one_replica_and_delete_via_the_other(spawn, open_db, ke
         assert list((results_dir / run_id).iterdir())  # the re-run's file of big
         code, body = await b.rest("DELETE", f"runs/{run_id}")
         assert (code, body) == (200, {"deleted": run_id})
-        follower = on_a.client.subscribe(run_id)
-        await on_a.client.wait_for(lambda: follower.error and run_id not in on_a.client.runs(), 30)
-        assert "deleted" in follower.error
+        await on_a.client.wait_for(lambda: run_id not in on_a.client.runs(), 30)
         await on_b.client.wait_for(lambda: run_id not in on_b.client.runs(), 30)
+        for app in (on_a, on_b):  # the run's followers were told too: their streams end so
+            with pytest.raises(RunNotFound, match="was deleted"):
+                await app.close()
         for table in TABLES:
             column = "id" if table == "runs" else "run_id"
             assert raw_rows(store, f"SELECT COUNT(*) FROM {table} WHERE {column} = '{run_id}'") == [(0,)], table

@@ -69,6 +69,18 @@ def _connect(dask: Any) -> tuple[Client, bool]:
         raise EngineError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
 
 
+def _send_now(client: Client) -> None:
+    """On the Client's event loop, after the messages queued before this call: send what
+    the Client holds for the scheduler now. A Client batches its messages to the scheduler
+    (``BatchedSend``, one write per 10 ms at most): in a chain every step's graph arrives
+    after the previous one's has just been sent, so each step would wait out the rest of
+    that window; the runner batches its submissions itself (SUBMIT_WAIT_S)."""
+    comm = getattr(client, "scheduler_comm", None)
+    if comm is not None and getattr(comm, "buffer", None):
+        comm.next_deadline = None
+        comm.waker.set()
+
+
 class DaskRunner:
     """Runs step bodies as Dask tasks; records what they send, in order (see module doc).
 
@@ -224,6 +236,7 @@ class DaskRunner:
                                       pure=False)
         except Exception:  # e.g. a step's function does not pickle: find which, one by one
             futures = [self._submit_one(a, p) for a, p in zip(batch, payloads)]
+        self.client.loop.add_callback(_send_now, self.client)
         for a, future in zip(batch, futures):
             if future is not None:
                 a.future = future

@@ -445,11 +445,18 @@ class Store(ABC):
             if view.run["state"] not in SETTLED_WORKFLOW_STATES and not holder_gone(*lease):
                 raise RunBusy(f"run {run_id} is {view.run['state']} (its executor, process {lease[2]} "
                               f"on {lease[1]}, is alive); cancel it first, then delete it")
+            files = c.execute(self._sql("SELECT DISTINCT location FROM results WHERE run_id=? AND location IS NOT NULL"),
+                              (run_id,)).fetchall()
             for table in self._RUN_TABLES:
                 c.execute(self._sql(f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'}=?"),
                           (run_id,))
             self._tombstone(c, run_id)
         self.results.remove_run(run_id)
+        # Result files written by processes with another results_url than this store's
+        # (a kernel's, where a server names only the database): their rows say where.
+        ours = (self.results.base or "").rstrip("/")
+        for base in {location.rsplit("/", 2)[0] for (location,) in files} - {ours}:
+            ResultArchive(base).remove_run(run_id)
 
     @abstractmethod
     def _tombstone(self, c: Any, run_id: str) -> None:

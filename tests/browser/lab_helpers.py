@@ -79,12 +79,22 @@ def wait_for_gate(ctx, gate, limit=600.0):
     ctx.checkpoint()
 
 
-def gated(name, gate, description="a browser-test workflow with a long, gated step"):
-    """prepare -> long_step (waits for `gate`) -> finish."""
+def count_run(counter, step):
+    """Append `step` to the file `counter` (None: count nothing): how often a step ran,
+    kept outside the store."""
+    if counter:
+        with open(counter, "a") as f:
+            f.write(step + "\\n")
+
+
+def gated(name, gate, description="a browser-test workflow with a long, gated step", counter=None):
+    """prepare -> long_step (waits for `gate`) -> finish; each run of a step is counted in
+    the file `counter` when given."""
     wf = Workflow(name, description=description)
 
     @wf.step()
     def prepare(ctx):
+        count_run(counter, "prepare")
         ctx.message("prepared the inputs", agent="tester")
         ctx.cost(model="scripted-llm", input_tokens=100, output_tokens=20, usd=0.001)
         ctx.progress(1.0, "ready")
@@ -92,11 +102,13 @@ def gated(name, gate, description="a browser-test workflow with a long, gated st
 
     @wf.step(deps=["prepare"])
     def long_step(ctx, prepare):
+        count_run(counter, "long_step")
         wait_for_gate(ctx, gate)
         return prepare + 1
 
     @wf.step(deps=["long_step"])
     def finish(ctx, long_step):
+        count_run(counter, "finish")
         ctx.message(f"finished with {long_step + 1}", agent="tester")
         return long_step + 1
 

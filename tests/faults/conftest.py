@@ -46,8 +46,9 @@ def spawn(tmp_path, store_url, token):
 
     class Spawn:
         @staticmethod
-        def server(name: str = "server", port=None, args=()) -> ServerProc:
-            s = ServerProc(tmp_path, store_url, token, name, port, args).start()
+        def server(name: str = "server", port=None, args=(), url: str = None) -> ServerProc:
+            """``url``: the store this server opens, if not the test's ``store_url``."""
+            s = ServerProc(tmp_path, url or store_url, token, name, port, args).start()
             servers.append(s)
             return s
 

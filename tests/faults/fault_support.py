@@ -101,19 +101,26 @@ class ServerProc:
                 raise AssertionError(f"{self.name} not ready after {timeout} s:\n{tail(self.log_path)}")
             await asyncio.sleep(0.05)
 
+    async def rest(self, method: str, path: str, body: Optional[dict] = None,
+                   timeout: float = 30.0) -> tuple[int, Optional[dict]]:
+        """``method`` ``cmbagent/api/<path>`` on this server with the token: (status, JSON body)."""
+        req = HTTPRequest(f"{self.url}cmbagent/api/{path}", method=method,
+                          body=None if body is None else json.dumps(body), connect_timeout=5,
+                          request_timeout=timeout,
+                          headers={"Authorization": f"token {self.token}",
+                                   "Content-Type": "application/json"})
+        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+        return resp.code, (json.loads(resp.body) if resp.body else None)
+
     async def command(self, run_id: str, action: str, node_id: Optional[str] = None,
                       command_id: Optional[str] = None, timeout: float = 30.0) -> dict:
         """``POST cmbagent/api/runs/{run_id}/commands`` to this server; its ack (any status)."""
         body: dict = {"action": action, "command_id": command_id or uuid.uuid4().hex}
         if node_id is not None:
             body["node_id"] = node_id
-        req = HTTPRequest(f"{self.url}cmbagent/api/runs/{run_id}/commands", method="POST",
-                          body=json.dumps(body), connect_timeout=5, request_timeout=timeout,
-                          headers={"Authorization": f"token {self.token}",
-                                   "Content-Type": "application/json"})
-        resp = await AsyncHTTPClient().fetch(req, raise_error=False)
-        assert resp.code in (200, 404, 409), f"{self.name}: POST {action} -> {resp.code}: {resp.body[:500]!r}"
-        return json.loads(resp.body)
+        code, ack = await self.rest("POST", f"runs/{run_id}/commands", body, timeout)
+        assert code in (200, 404, 409), f"{self.name}: POST {action} -> {code}: {ack!r}"
+        return ack
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no close frames; the kernel resets its sockets."""

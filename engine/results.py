@@ -31,7 +31,7 @@ import struct
 import types
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 from urllib.parse import quote, urlsplit
 
 from .errors import EngineError, StoreError
@@ -175,19 +175,16 @@ class ResultArchive:
         except FileNotFoundError:
             raise EngineError(f"the stored result's file {location} is gone") from None
 
-    def remove_run(self, run_id: str) -> None:
-        """Delete the run's result files (its directory under ``base``)."""
-        if self.base is None:
-            return
-        where = self._join(run_id)
-        if self._remote:
-            fs, path = _fs(where)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            return
-        import shutil
-
-        shutil.rmtree(where, ignore_errors=True)
+    def remove_run(self, run_id: str, locations: Iterable[str] = ()) -> None:
+        """Delete the run's result files: its directory under ``base``, and the
+        directories of ``locations`` (the files its rows name, which a process with
+        another ``results_url`` may have written: a kernel's, where a server names only
+        the database)."""
+        where = {loc.rsplit("/", 1)[0] for loc in locations}
+        if self.base is not None:
+            where.add(self._join(run_id))
+        for directory in where:
+            _remove_tree(directory)
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.base.rstrip("/"), *parts]) if self._remote else os.path.join(self.base, *parts)
@@ -220,6 +217,19 @@ def _read_buffer(size: int):
     except ImportError:
         return bytearray(size)
     return numpy.empty(size, numpy.uint8)
+
+
+def _remove_tree(where: str) -> None:
+    """Delete a directory and what it holds, local or at an fsspec URL; gone is fine."""
+    parts = urlsplit(where)
+    if parts.scheme in ("", "file"):
+        import shutil
+
+        shutil.rmtree(parts.path if parts.scheme else where, ignore_errors=True)
+        return
+    fs, path = _fs(where)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def _fs(url: str):

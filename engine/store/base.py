@@ -451,12 +451,7 @@ class Store(ABC):
                 c.execute(self._sql(f"DELETE FROM {table} WHERE {'id' if table == 'runs' else 'run_id'}=?"),
                           (run_id,))
             self._tombstone(c, run_id)
-        self.results.remove_run(run_id)
-        # Result files written by processes with another results_url than this store's
-        # (a kernel's, where a server names only the database): their rows say where.
-        ours = (self.results.base or "").rstrip("/")
-        for base in {location.rsplit("/", 2)[0] for (location,) in files} - {ours}:
-            ResultArchive(base).remove_run(run_id)
+        self.results.remove_run(run_id, [location for (location,) in files])
 
     @abstractmethod
     def _tombstone(self, c: Any, run_id: str) -> None:

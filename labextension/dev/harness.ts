@@ -194,7 +194,9 @@ function firehose(server: FakeServer, perSecond: number): void {
       clearInterval(timer);
       return;
     }
-    const running = [...server.st.nodes.values()].filter(x => x.status === 'running').slice(0, 5);
+    // The first 5 running steps, without a copy of every node (20,000 of them, 5 times a second).
+    const running: NodeInfo[] = [];
+    for (const x of server.st.nodes.values()) if (x.status === 'running' && running.push(x) === 5) break;
     if (!running.length) return;
     const each = Math.max(1, Math.round(perSecond / 5 / running.length));
     for (const node of running) {

@@ -69,11 +69,15 @@ export class FakeServer {
   /** The executor is gone: nothing more is recorded. */
   frozen = false;
 
+  /**
+   * Record an event. `data` is the caller's fresh object, kept as it is (every caller
+   * builds it for this call): the copy that matters is the wire's, at the flush.
+   */
   emit(type: string, data: Record<string, unknown>): void {
     if (this.frozen) return;
     const ev = {
       run_id: this.runId, seq: this.st.seq + 1, id: uuid(), event_type: type,
-      timestamp: new Date().toISOString(), data: clone(data)
+      timestamp: new Date().toISOString(), data
     } as unknown as Envelope;
     applyEvent(this.st, ev);
     this.log.push(ev);
@@ -83,11 +87,17 @@ export class FakeServer {
     if (!this.timer) this.timer = setTimeout(() => this.flush(), this.batchMs);
   }
 
+  /**
+   * Send the batch as the server does: encoded here (the server's work), decoded in a
+   * task of its own (the page's, as a WebSocket message is).
+   */
   private flush(): void {
     this.timer = null;
     const events = this.queue;
     this.queue = [];
-    if (events.length) this.onEvents(clone(events));
+    if (!events.length) return;
+    const frame = JSON.stringify(events);
+    setTimeout(() => this.onEvents(JSON.parse(frame)), 0);
   }
 
   snapshot(): SnapshotMsg {
@@ -127,10 +137,13 @@ export class FakeExecutor {
     const specs = steps.map(({ id, label, description, deps, retries }) =>
       ({ id, label, description: description ?? '', deps: deps ?? [], retries: retries ?? 0 }));
     this.server.emit('dag_created', { run: { ...meta, owner: 'scientist' }, nodes: specs, edges });
-    this.setRun('planning', { reason: 'preparing the DAG' });
-    this.setRun('executing');
-    for (const s of steps) if (!(s.deps ?? []).length) this.ready.push(s.id);
-    this.settle();
+    // The run starts in a task of its own: a plan of 20,000 steps is one long enough.
+    setTimeout(() => {
+      this.setRun('planning', { reason: 'preparing the DAG' });
+      this.setRun('executing');
+      for (const s of steps) if (!(s.deps ?? []).length) this.ready.push(s.id);
+      this.settle();
+    }, 0);
   }
 
   // -- transitions (same event choice as engine/states.py) --------------------------------

@@ -142,10 +142,11 @@ export function rng(seed: number): () => number {
 const VERBS = ['fetch', 'clean', 'calibrate', 'simulate', 'fit', 'reduce', 'validate', 'plot', 'stack', 'mask'];
 
 /**
- * `n` nodes in ~25 generations of varied width, each depending on 1–3 nodes of the
- * previous generation. Durations are set so a width of 120 gives ~200 events/s.
+ * `n` nodes in ~√n/1.8 generations of varied width, each depending on 1–3 nodes of the
+ * previous generation. Durations are set so a width of 120 gives ~200 events/s. One step
+ * at a time, so that the page can make 20,000 of them in slices (harness.ts).
  */
-export function bigSteps(n: number, seed = 7): StepDef[] {
+export function* bigSteps(n: number, seed = 7): Generator<StepDef> {
   const rand = rng(seed);
   const gens = Math.max(2, Math.round(Math.sqrt(n) / 1.8));
   const sizes: number[] = [];
@@ -156,9 +157,8 @@ export function bigSteps(n: number, seed = 7): StepDef[] {
     sizes.push(size);
     left -= size;
   }
-  const steps: StepDef[] = [];
   let prev: string[] = [];
-  sizes.forEach((size, g) => {
+  for (const [g, size] of sizes.entries()) {
     const cur: string[] = [];
     for (let i = 0; i < size; i++) {
       const id = `g${String(g).padStart(2, '0')}_${String(i).padStart(3, '0')}`;
@@ -168,7 +168,8 @@ export function bigSteps(n: number, seed = 7): StepDef[] {
       const verb = VERBS[Math.floor(rand() * VERBS.length)];
       const flaky = rand() < 0.015;
       const dur = 400 + rand() * 1200;
-      steps.push({
+      cur.push(id);
+      yield {
         id, label: `${verb} tile ${g}.${i}`, deps: [...deps], retries: 1, retryDelay: 0.8,
         fn: async ctx => {
           await ctx.sleep(dur / 2);
@@ -178,10 +179,8 @@ export function bigSteps(n: number, seed = 7): StepDef[] {
           await ctx.sleep(dur / 2);
           return `tile(${g}, ${i})`;
         }
-      });
-      cur.push(id);
+      };
     }
     prev = cur;
-  });
-  return steps;
+  }
 }

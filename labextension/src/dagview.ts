@@ -106,6 +106,8 @@ export class DagView {
 
   private readonly dirty = new Set<string>();
   private rebuild = false;
+  /** The state's layout object changed: compare it with the drawn one at the next frame. */
+  private layoutCheck = false;
   private frame = 0;
   private selected: string | null = null;
   private resizeFrame = 0;
@@ -115,7 +117,7 @@ export class DagView {
    * Build and patch timings (ms) and counts, for the harness and benchmarks. `build`: the
    * last build, start to last slice; `slices`, `sliceMax`: its slices and the longest
    * task (the layout's, or a slice's);
-   * `building`: 1 while a build is filling the graph in.
+   * `building`: 1 from a new layout's arrival until its build has filled the graph in.
    */
   readonly timings = { build: 0, builds: 0, building: 0, slices: 0, sliceMax: 0, patch: 0, patched: 0, patches: 0,
                        patchTotal: 0, patchMax: 0 };
@@ -177,17 +179,13 @@ export class DagView {
    * every node (a snapshot). A new layout (nodes added) rebuilds the SVG.
    */
   update(state: RunState, changed: Iterable<string>, full = false): void {
-    const layoutChanged = state.layout !== this.layoutSrc;
     this.state = state;
-    if (layoutChanged || full) {
-      const sig = layoutSignature(state);
+    if (state.layout !== this.layoutSrc || full) {
+      // Compared at the next frame: the generations of a new plan are computed when first
+      // read (state.ts), and at 20,000 nodes they are not for the task that applied it.
       this.layoutSrc = state.layout;
-      if (sig !== this.layoutSig || !this.layout) {
-        this.layoutSig = sig;
-        this.rebuild = true;
-      } else {
-        for (const id of state.nodes.keys()) this.dirty.add(id);
-      }
+      this.layoutCheck = true;
+      this.timings.building = 1; // until the check finds the layout drawn, or the build ends
     }
     for (const id of changed) this.dirty.add(id);
     this.schedule();
@@ -205,7 +203,7 @@ export class DagView {
 
   /** Whether a build is still filling the graph in (slice by slice). */
   get building(): boolean {
-    return this.slicer.running;
+    return this.slicer.running || this.layoutCheck || this.rebuild;
   }
 
   /**
@@ -238,7 +236,10 @@ export class DagView {
   private flush(): void {
     this.frame = 0;
     if (!this.state) return;
-    if (this.rebuild) {
+    if (this.layoutCheck && this.checkLayout()) {
+      // A new layout, whose generations this frame computed: its geometry is the next one's.
+      this.schedule();
+    } else if (this.rebuild) {
       this.rebuild = false;
       this.dirty.clear();
       this.build();
@@ -247,6 +248,24 @@ export class DagView {
     }
     this.updateLegend();
     this.search.refresh();
+  }
+
+  /**
+   * Whether the state's layout differs from the one drawn (then a rebuild is due); if not
+   * (a snapshot after a reconnect, say), every node is repainted instead.
+   */
+  private checkLayout(): boolean {
+    this.layoutCheck = false;
+    const st = this.state!;
+    const sig = layoutSignature(st);
+    if (sig !== this.layoutSig || !this.layout) {
+      this.layoutSig = sig;
+      this.rebuild = true;
+      return true;
+    }
+    for (const id of st.nodes.keys()) this.dirty.add(id);
+    this.timings.building = this.slicer.running ? 1 : 0;
+    return false;
   }
 
   // -- building -----------------------------------------------------------------------
@@ -300,7 +319,11 @@ export class DagView {
     }
   }
 
-  /** Nodes from one parsed string; the few summary items with the DOM API. */
+  /**
+   * Nodes from one parsed string; the few summary items with the DOM API. Each chunk is a
+   * group of its own: when a node changes, the browser re-measures its group's few items
+   * and the layer's groups, not every item of a 20,000-node graph.
+   */
   private buildItems(layout: GraphLayout, items: Item[]): void {
     const nodes = this.state!.nodes;
     const ids: string[] = [];
@@ -315,11 +338,11 @@ export class DagView {
       ids.push(node.id);
       looks.push(look);
     }
-    const start = this.nodeLayer.childElementCount;
-    this.nodeLayer.insertAdjacentHTML('beforeend', markup); // parsed as SVG: the layer is an SVG element
-    const kids = this.nodeLayer.children;
+    const chunk = svg('g', {}, 'cr-chunk');
+    chunk.innerHTML = markup; // parsed as SVG: the group is an SVG element
+    const kids = chunk.children;
     ids.forEach((id, i) => {
-      const g = kids[start + i] as SVGGElement;
+      const g = kids[i] as SVGGElement;
       const p = layout.placed.get(id)!;
       const c = g.children;
       this.nodeEls.set(id, {
@@ -330,9 +353,10 @@ export class DagView {
     });
     for (const item of items) {
       const p = layout.placed.get(item.key)!;
-      if (item.kind === 'more') this.nodeLayer.append(this.buildMore(p));
-      else if (item.kind === 'less') this.nodeLayer.append(this.buildLess(p));
+      if (item.kind === 'more') chunk.append(this.buildMore(p));
+      else if (item.kind === 'less') chunk.append(this.buildLess(p));
     }
+    this.nodeLayer.append(chunk);
     if (this.selected && ids.includes(this.selected)) this.applySelection();
     this.nav.itemsDrawn(items.map(it => it.key));
   }

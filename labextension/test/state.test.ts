@@ -42,4 +42,20 @@ describe('the TypeScript reducer', () => {
                            node('b', ['a'], 1)]);
     expect(generations(nodes)).toEqual([['a'], ['b', 'c'], ['d']]);
   });
+
+  it('layers a step after a dep declared below it, each layer still in declaration order', () => {
+    const node = (id: string, deps: string[], position: number) =>
+      [id, { id, deps, position } as any] as const;
+    const nodes = new Map([node('a', ['c'], 0), node('b', [], 1), node('c', ['b'], 2), node('d', [], 3),
+                           node('e', ['b', 'd'], 4)]);
+    expect(generations(nodes)).toEqual([['b', 'd'], ['c', 'e'], ['a']]);
+  });
+
+  it('lays a new plan out when its layout is first read, the same as at once', () => {
+    const st = fromSnapshot(beforeFirstEvent(MAIN));
+    const plan = MAIN.events.find(e => e.event_type === 'dag_created')!;
+    for (const ev of MAIN.events.slice(0, MAIN.events.indexOf(plan) + 1)) applyEvent(st, ev);
+    expect(wire(st.layout)).toEqual({ generations: generations(st.nodes) });
+    expect(st.layout.generations.flat().length).toBe(st.nodes.size);
+  });
 });

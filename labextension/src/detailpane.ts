@@ -9,7 +9,7 @@ import { formatCost } from './runlist';
 import { processGone, resumeHint } from './resumehint';
 import { COMMAND_NODE_STATES, COMMAND_RUN_STATES } from './states';
 import {
-  clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, metricSummary,
+  attemptText, clockTime, durationMs, formatBytes, formatCount, formatMetric, formatSeconds, metricSummary,
   STATUS_LABEL
 } from './status';
 
@@ -144,7 +144,7 @@ export class DetailPane {
 
   private facts: Section = (n, { now }) => {
     const dur = durationMs(n.started_at, n.finished_at, now);
-    const attempts = n.attempt ? `${n.attempt} of ${n.retries + 1}` : `not started (${n.retries} ${n.retries === 1 ? 'retry' : 'retries'} allowed)`;
+    const attempts = n.attempt ? attemptText(n.attempt, n.retries) : `not started (${n.retries} ${n.retries === 1 ? 'retry' : 'retries'} allowed)`;
     const rows: Array<[string, string, string?]> = [
       ['Attempt', attempts],
       ['Started', clockTime(n.started_at) || '—', n.started_at ?? undefined],

@@ -101,6 +101,15 @@ export function truncate(text: string, max: number): string {
   return text.slice(0, Math.max(1, max - 1)).trimEnd() + '…';
 }
 
+/** Attempt ``attempt`` of a node allowed ``retries`` retries. The count goes on across
+ * re-runs (each starts the node afresh, with the same allowance), so past the allowance it
+ * says so instead of "2 of 1". */
+export function attemptText(attempt: number, retries: number): string {
+  const allowed = retries + 1;
+  return attempt <= allowed ? `${attempt} of ${allowed}`
+    : `${attempt}, counting re-runs (${allowed} allowed each time)`;
+}
+
 /** The second line of a node: what it is doing, or how it ended. */
 export function nodeSubtitle(n: NodeInfo): string {
   const pct = n.progress !== null ? `${Math.round(n.progress * 100)}%` : '';
@@ -109,7 +118,7 @@ export function nodeSubtitle(n: NodeInfo): string {
       if (n.progress_message) return pct ? `${pct} · ${n.progress_message}` : n.progress_message;
       return pct ? `running · ${pct}` : 'running';
     case 'retrying':
-      return `retrying · attempt ${n.attempt + 1} of ${n.retries + 1}`;
+      return `retrying · attempt ${attemptText(n.attempt + 1, n.retries)}`;
     case 'failed':
       return n.error ? `failed · ${n.error.type}` : 'failed';
     case 'completed': {

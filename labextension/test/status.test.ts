@@ -78,6 +78,8 @@ describe('node subtitles', () => {
     expect(nodeSubtitle(node({ status: 'running', progress: 0.42 }))).toBe('running · 42%');
     expect(nodeSubtitle(node({ status: 'running', progress: 0.5, progress_message: 'k-bin 3' }))).toBe('50% · k-bin 3');
     expect(nodeSubtitle(node({ status: 'retrying', attempt: 1, retries: 2 }))).toBe('retrying · attempt 2 of 3');
+    // Re-runs go on counting: never "3 of 2".
+    expect(nodeSubtitle(node({ status: 'retrying', attempt: 2, retries: 1 }))).toBe('retrying · attempt 3, counting re-runs (2 allowed each time)');
     expect(nodeSubtitle(node({ status: 'failed', error: { type: 'ValueError', message: 'x' } }))).toBe('failed · ValueError');
     expect(nodeSubtitle(node({ status: 'completed', started_at: '2024-01-01T00:00:00Z',
                                finished_at: '2024-01-01T00:00:12Z' }))).toBe('completed · 12s');

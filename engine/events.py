@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -354,31 +354,52 @@ AnyEvent = Annotated[Union[tuple(TYPED_ENVELOPES.values())], Field(discriminator
 _event_list = TypeAdapter(list[AnyEvent])
 
 
+#: The UUID's variant digit (RFC 4122: binary 10xx) for each random hex digit.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_UUID_BATCH = 256
+
+
 class _UUIDs:
-    """Random (version 4) UUID strings from a buffered urandom: one syscall per 256 ids."""
+    """Random (version 4) UUID strings, made ``_UUID_BATCH`` at a time from one urandom
+    read (one syscall, one hex conversion): an id then costs one ``list.pop``, atomic
+    without a lock. A process forked from this one starts with none of its ids."""
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        self._lock = threading.Lock()
+        self._ids: list[str] = []
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._ids.clear)
 
     def __call__(self) -> str:
-        with self._lock:
-            if self._pos >= len(self._buf):
-                self._buf, self._pos = os.urandom(4096), 0
-            raw = bytearray(self._buf[self._pos:self._pos + 16])
-            self._pos += 16
-        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-        raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        try:
+            return self._ids.pop()
+        except IndexError:  # (two threads may refill at once: each pops from its own batch)
+            ids = _uuid_batch()
+            self._ids.extend(ids[1:])
+            return ids[0]
+
+
+def _uuid_batch() -> list[str]:
+    h = os.urandom(16 * _UUID_BATCH).hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-"
+            f"{h[i + 20:i + 32]}" for i in range(0, 32 * _UUID_BATCH, 32)]
 
 
 new_uuid = _UUIDs()
 
+#: (a second since the epoch, its ISO 8601 text up to the seconds): most timestamps fall
+#: in the same second as the previous one, so only its microseconds are formatted.
+_second: tuple[int, str] = (-1, "")
+
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    """Now, in ISO 8601 UTC with microseconds and offset (``2025-01-31T12:00:00.000001+00:00``,
+    as ``datetime.isoformat(timespec="microseconds")`` writes it)."""
+    global _second
+    s, ns = divmod(time.time_ns(), 1_000_000_000)
+    second = _second
+    if second[0] != s:
+        second = _second = (s, datetime.fromtimestamp(s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{second[1]}.{ns // 1000:06d}+00:00"
 
 
 def new_event(run_id: str, seq: int, event_type: str, data: dict[str, Any]) -> dict[str, Any]:

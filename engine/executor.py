@@ -343,49 +343,62 @@ class Executor:
 
     # -- recording ------------------------------------------------------------------------
 
-    def record(self, etype: str, data: dict) -> None:
-        """Record a fact from step code (progress, messages, costs, files, ...), as the
-        step's context checked it (in the step's thread: engine.context)."""
-        with self.cond:
-            self._record(etype, data)
-
     def _record(self, etype: str, data: dict, command: Optional[tuple] = None,
                 durable: bool = False, result: Optional[Stored] = None) -> Optional["_Pull"]:
         """Apply an event to the view and put it in the outbox (``durable``: wait for commit);
         return the journal item whose commit makes it durable (None once the run is lost).
 
-        The outbox is drained by the journal's writer thread, which copies the run's
-        and the touched nodes' documents once per batch, not once per event.
+        Under the executor's lock (``cond``, reentrant: the executor's own callers hold it
+        already, step code's ``record`` does not). The outbox is drained by the journal's
+        writer thread, which copies the run's and the touched nodes' documents once per
+        batch, not once per event.
         """
-        if self._lost:
-            return None
-        if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
-            # Before anyone can see the run settled (run.wait() returns, and the caller's
-            # `with Client(...)` block closes it), the runner lets go of the cluster.
-            release = getattr(self.pool, "release_cluster", None)
-            if release is not None:
-                release()
-        with self._outbox:
-            while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
-                self._outbox.wait()
-            ev = new_event(self.run_id, self.view.seq + 1, etype, data)
-            node = self.view.apply(ev)
-            self._out_events.append(ev)
-            if node:
-                self._out_nodes.add(node)
-            if command:
-                self._out_commands.append(command)
-            if result is not None:  # committed with the completion, in the same transaction
-                self._out_results[data["node_id"]] = result
-            pull = self._queued_pull
-            wake = pull is None
-            if wake:
-                pull = self._queued_pull = _Pull(self)
+        # (acquire/release: the locks' own C methods; ``with`` on a Condition adds a
+        # Python call per event on the step's hot path.)
+        cond, outbox = self.cond, self._outbox
+        cond.acquire()
+        try:
+            if self._lost:
+                return None
+            if durable and data.get("new_state") in states.SETTLED_WORKFLOW_STATES:
+                # Before anyone can see the run settled (run.wait() returns, and the caller's
+                # `with Client(...)` block closes it), the runner lets go of the cluster.
+                release = getattr(self.pool, "release_cluster", None)
+                if release is not None:
+                    release()
+            outbox.acquire()
+            try:
+                while len(self._out_events) >= OUTBOX_LIMIT:  # steps outpace the disk: wait
+                    outbox.wait()
+                view = self.view
+                ev = new_event(self.run_id, view.seq + 1, etype, data)
+                node = view.apply(ev)
+                self._out_events.append(ev)
+                if node:
+                    self._out_nodes.add(node)
+                if command:
+                    self._out_commands.append(command)
+                if result is not None:  # committed with the completion, in the same transaction
+                    self._out_results[data["node_id"]] = result
+                pull = self._queued_pull
+                if pull is None:
+                    pull = self._queued_pull = _Pull(self)
+                    wake = True
+                else:
+                    wake = False
+            finally:
+                outbox.release()
+        finally:
+            cond.release()
         if wake:
             self._journal.submit(pull)
         if durable:
             pull.future.result()
         return pull
+
+    #: Record a fact from step code (progress, messages, costs, files, ...), as the step's
+    #: context checked it (in the step's thread: engine.context): ``record(etype, data)``.
+    record = _record
 
     def drain(self) -> Commit:
         """Everything recorded so far, as one commit (called by the journal's writer)."""

@@ -117,13 +117,13 @@ class RunState:
 
     def apply(self, ev: dict) -> Optional[str]:
         """Apply one event. Returns the id of the node it changed, if any."""
-        if ev["seq"] != self.seq + 1:
-            raise ValueError(f"event seq {ev['seq']} applied after {self.seq}")
-        self.seq = ev["seq"]
-        t, d, ts = ev["event_type"], ev["data"], ev["timestamp"]
-        run = self.run
-        run["updated_at"] = ts
-        handler = _HANDLERS.get(t)
+        seq = ev["seq"]
+        if seq != self.seq + 1:
+            raise ValueError(f"event seq {seq} applied after {self.seq}")
+        self.seq = seq
+        d, ts = ev["data"], ev["timestamp"]
+        self.run["updated_at"] = ts
+        handler = _HANDLERS.get(ev["event_type"])
         return handler(self, d, ts) if handler else d.get("node_id")
 
     def _workflow(self, d: dict, ts: str) -> None:
@@ -192,12 +192,14 @@ class RunState:
         self.run["last_error"] = None  # e.g. the executor_lost it recovers from
 
     def _progress(self, d: dict, ts: str) -> str:
-        node = self.nodes[d["node_id"]]
-        if d.get("progress") is not None:
-            node["progress"] = d["progress"]
-        if d.get("message") is not None:
-            node["progress_message"] = d["message"]
-        return node["id"]
+        node_id = d["node_id"]
+        node = self.nodes[node_id]
+        progress, message = d.get("progress"), d.get("message")
+        if progress is not None:
+            node["progress"] = progress
+        if message is not None:
+            node["progress_message"] = message
+        return node_id
 
     def _agent_message(self, d: dict, ts: str) -> str:
         node = self.nodes[d["node_id"]]

@@ -9,6 +9,7 @@ until the same timeout, so processes that open a new store together all succeed.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -53,6 +54,18 @@ MIGRATIONS: dict[int, list[str]] = {
         "UPDATE nodes SET doc=json_set(doc, '$.result', json('null'), '$.added_by', json('null'))",
         "UPDATE runs SET doc=json_set(doc, '$.reopened', json('null'))"],
 }
+
+#: Events written by one INSERT at most: a power of two (a batch is written in powers of
+#: two, so a connection's statement cache holds every statement it needs), and six
+#: parameters a row within SQLite's limit on them (999 before 3.32, 32766 since).
+_ROWS_PER_INSERT = 512 if sqlite3.sqlite_version_info >= (3, 32) else 128
+
+
+@functools.lru_cache(maxsize=None)
+def _insert_events(rows: int) -> str:
+    """The INSERT of ``rows`` events (``run_id, seq, id, type, ts, data`` each)."""
+    return "INSERT INTO events(run_id, seq, id, type, ts, data) VALUES" + ",".join(["(?,?,?,?,?,?)"] * rows)
+
 
 #: SQLite's "busy" result code: another connection holds the lock it needs.
 _SQLITE_BUSY = 5
@@ -304,10 +317,19 @@ class SQLiteStore(Store):
                 [(st, err, code, state, ts, cid) for cid, st, err, code, state in cm.commands])
 
     def _write_events(self, c: sqlite3.Connection, run_id: str, events: list[dict]) -> None:
-        c.executemany(
-            "INSERT INTO events(run_id, seq, id, type, ts, data) VALUES(?,?,?,?,?,?)",
-            [(run_id, e["seq"], e["id"], e["event_type"], e["timestamp"], orjson.dumps(e["data"]).decode())
-             for e in events])
+        # Many rows per statement (``_insert_events``), not executemany: the sqlite3 module
+        # binds, steps and resets an executemany row by row, handing the GIL over and
+        # taking it back (from the step threads recording meanwhile) each time. Measured
+        # on 100k ctx.progress events: 3.4 -> 2.1 us of the writer's CPU per event.
+        params = [x for e in events for x in (run_id, e["seq"], e["id"], e["event_type"], e["timestamp"],
+                                              orjson.dumps(e["data"]).decode())]
+        done, total = 0, len(events)
+        while done < total:
+            rows = _ROWS_PER_INSERT
+            while rows > total - done:
+                rows >>= 1
+            c.execute(_insert_events(rows), params[6 * done:6 * (done + rows)])
+            done += rows
         edges, requested, answered = mirrored_facts(run_id, events)
         if edges:
             c.executemany("INSERT OR IGNORE INTO edges(run_id, source, target) VALUES(?,?,?)", edges)

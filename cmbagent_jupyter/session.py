@@ -32,6 +32,7 @@ The rules it keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -130,6 +131,8 @@ class RowCache:
         #: blocks only, least recently used first: what sessions behind the window read,
         #: read once (they move through a backlog at about the same pace).
         self.blocks: dict[tuple[str, int], list[bytes]] = {}
+        #: (run_id, n) -> the sessions waiting for the read of that block under way
+        self._reading: dict[tuple[str, int], list[asyncio.Future]] = {}
         #: (run_id, after, asked upto) -> (frame, the seq it really ends at); oldest first
         self.frames: dict[tuple[str, int, int], tuple[bytes, int]] = {}
 
@@ -180,6 +183,36 @@ class RowCache:
         self.blocks[(run_id, n)] = rows
         while len(self.blocks) > self.max_blocks:
             del self.blocks[next(iter(self.blocks))]
+
+    async def read_block(self, gateway: Gateway, run_id: str, n: int) -> Optional[list[bytes]]:
+        """Block ``n`` of the run, encoded: from the cache, else read from the store and
+        kept. One read per block however many sessions ask at once: those that ask while
+        it is under way wait for it (sessions catching up a backlog move through it at
+        about the same pace, so they reach each block together). None when the block is
+        not full (the log's end), does not start where it should (trimmed), or the read
+        failed: the caller reads for itself."""
+        key = (run_id, n)
+        rows = self.block(run_id, n)
+        if rows is not None:
+            return rows
+        waiters = self._reading.get(key)
+        if waiters is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
+            return await waiter
+        self._reading[key] = waiters = []
+        try:
+            raw = await gateway.call(lambda s: s.event_rows(run_id, n * BLOCK, BLOCK))
+            if len(raw) == BLOCK and raw[0][0] == n * BLOCK + 1:
+                rid = orjson.dumps(run_id)
+                rows = [envelope_json(rid, r) for r in raw]
+                self.keep_block(run_id, n, rows)
+        finally:  # (a failed read: the waiters read for themselves, and meet the failure)
+            del self._reading[key]
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(rows)
+        return rows
 
     def forget(self, run_id: str) -> None:
         """Nobody follows the run any more."""
@@ -576,7 +609,9 @@ class Session:
     async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
                          cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
         """The events frame from the cursor on, up to ``upto`` and ``EVENTS_FRAME_BYTES``,
-        and the seq it really ends at."""
+        and the seq it really ends at. Frames end at block boundaries at the latest, so
+        subscribers at the same cursor get the same frames, built once, from then on."""
+        upto = min(upto, (sub.cursor // BLOCK + 1) * BLOCK)
         key = (run_id, sub.cursor, upto)
         shared = cache.frame(key) if cache is not None else None
         if shared is not None:
@@ -604,18 +639,13 @@ class Session:
     async def _from_block(self, run_id: str, after: int, upto: int,
                           cache: RowCache) -> Optional[list[bytes]]:
         """Events after ``after`` (up to ``upto``, at most to the end of their block) from
-        the cache's block holding ``after + 1``, read and kept when it is full. None when
-        the block is not full (the log's end) or does not start where it should (trimmed):
-        the caller reads for itself."""
+        the cache's block holding ``after + 1`` (None: the caller reads for itself)."""
         n = after // BLOCK
-        rows = cache.block(run_id, n)
+        rows = await cache.read_block(self.gateway, run_id, n)
+        if self.closed:  # nothing of a closed session may change after this
+            raise _Closed()
         if rows is None:
-            raw = await self._read(lambda s: s.event_rows(run_id, n * BLOCK, BLOCK))
-            if len(raw) < BLOCK or raw[0][0] != n * BLOCK + 1:
-                return None
-            rid = orjson.dumps(run_id)
-            rows = [envelope_json(rid, r) for r in raw]
-            cache.keep_block(run_id, n, rows)
+            return None
         start = after - n * BLOCK
         return rows[start: start + (upto - after)]
 

@@ -41,6 +41,8 @@ from _servers import BaselineServer, JupyterServer
 from _stats import delivery_summary
 
 TARGET_MB = 50.0
+#: Seconds to stream the events to every socket (gate opened -> every socket has the last one).
+TARGET_S = 120.0
 MB = 2**20
 
 
@@ -143,6 +145,9 @@ def main() -> int:
         bv = (base[key] - base["before"]) / MB
         emit(f"server_memory.rss_growth_{name}_MB_{scale}_events_{args.clients}subs", v, "MB", label, bv,
              f"<= {TARGET_MB:g} MB, every event delivered", v <= TARGET_MB and clean)
+    emit(f"server_memory.stream_seconds_{scale}_events_{args.clients}subs", eng["elapsed"], "s",
+         f"the same baseline, {n} events", base["elapsed"], f"< {TARGET_S:g} s, every event delivered",
+         eng["elapsed"] < TARGET_S and clean)
     note(f"[server_memory.py] {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds the tailer waits after a failed read before trying again.
 FAILED_POLL_RETRY_S = 1.0
+#: Connections told of new events between two turns of the event loop.
+DELIVER_SLICE = 200
 
 
 class Listener(Protocol):
@@ -239,7 +241,11 @@ class EventHub:
             for conn in self.by_run.get(run_id, ()):
                 targets.setdefault(conn, {})[run_id] = last_seq
         watchers = self.run_watchers if docs else set()
-        for conn in set(targets) | watchers:
+        # Idle connections send what the cache holds right here (Connection.notify): the
+        # loop is let go between slices, so a long pass never holds up pings and writes.
+        for i, conn in enumerate(set(targets) | watchers):
+            if i and not i % DELIVER_SLICE:
+                await asyncio.sleep(0)
             conn.notify(cache, targets.get(conn, {}), docs if conn in watchers else ())
 
 

@@ -291,7 +291,7 @@ class Session:
         """Queue frames that go together (a reset and its snapshot), or none of them."""
         if self.close_request is not None:
             return False
-        size = sum(len(p) for p in parts)
+        size = sum(map(len, parts))
         unread = self.in_flight + self._queued
         if droppable is not None:
             # What an idle socket is given always goes: it could not go otherwise.
@@ -562,7 +562,8 @@ class Session:
         run's new events: one pass, no task switch per connection."""
         if self._busy or self.overflowed or self.closed:
             return False
-        with self._operation():
+        self._busy = True  # (an operation: inline, this runs once per connection per wake-up)
+        try:
             for run_id, sub in self.subs.items():
                 if sub.reset:
                     return False
@@ -573,7 +574,9 @@ class Session:
                     got = self._cached_frame(run_id, sub, upto, cache)
                     if got is None or not self._send_events(run_id, sub, *got):
                         return False
-        return True
+            return True
+        finally:
+            self._busy = False
 
     async def _pump(self, cache: Optional[RowCache], budget: int) -> bool:
         if self.overflowed:

@@ -202,8 +202,12 @@ class EventHub:
         await self._deliver(*await self.gateway.call(lambda s: s.changes_since(self.cursor)))
 
     async def _deliver(self, cursor: int, changes: dict[str, int]) -> None:
-        if not changes:
-            return
+        while changes:
+            cursor, changes = await self._pass(cursor, changes)
+
+    async def _pass(self, cursor: int, changes: dict[str, int]) -> tuple[int, dict[str, int]]:
+        """Tell the followers of ``changes`` (and run-list watchers) once; the changes
+        committed meanwhile, for the next pass."""
         self.cursor = cursor
         # Deleted runs (last_seq 0, see Store.changes_since): who follows them, or the run
         # list, hears it; nothing is read for them.
@@ -212,8 +216,37 @@ class EventHub:
             changes = {r: s for r, s in changes.items() if s}
             for conn in self.run_watchers | {c for r in deleted for c in self.by_run.get(r, ())}:
                 conn.notify(None, {}, (), deleted)
-        # What to read, decided here (the sessions' cursors live on this loop), read in
-        # one call off it: the events new to the cache, the documents run lists show.
+        docs = await self._read_new(changes, docs=bool(self.run_watchers))
+        cache = self.cache
+        targets: dict[Listener, dict[str, int]] = {}
+        for run_id, last_seq in changes.items():
+            for conn in self.by_run.get(run_id, ()):
+                targets.setdefault(conn, {})[run_id] = last_seq
+        watchers = self.run_watchers if docs else set()
+        # Idle connections send what the cache holds right here (Connection.notify). A
+        # pass over thousands of them takes a while: between slices the loop is let go,
+        # and what was committed meanwhile is read and goes to the connections still
+        # ahead in this pass (to those behind in the next), not a whole pass later.
+        newer: dict[str, int] = {}
+        for i, conn in enumerate(set(targets) | watchers):
+            if i and not i % DELIVER_SLICE:
+                at = self.cursor
+                fresh = await self.gateway.call(lambda s: _changed(s, at))
+                if fresh is not None:
+                    self.cursor, more = fresh
+                    if all(more.values()):  # (a deletion waits for the next pass)
+                        await self._read_new(more, docs=False)
+                    newer.update(more)
+            told = targets.get(conn, {})
+            if newer and told:
+                told = {r: max(seq, newer.get(r, 0)) for r, seq in told.items()}
+            conn.notify(cache, told, docs if conn in watchers else ())
+        return self.cursor, newer
+
+    async def _read_new(self, changes: dict[str, int], docs: bool) -> list[dict]:
+        """Read the events of ``changes`` new to the cache into it, in one call off the
+        loop, and (``docs``) the documents run lists show."""
+        # What to read, decided here (the sessions' cursors live on this loop).
         cache = self.cache
         wanted: dict[str, tuple[int, int]] = {}
         for run_id, last_seq in changes.items():
@@ -230,23 +263,13 @@ class EventHub:
                 after = max(min(cursors), last_seq - MAX_EVENTS_PER_FRAME)
             if last_seq > after:
                 wanted[run_id] = (after, last_seq - after)
-        doc_ids = list(changes) if self.run_watchers else []
-        rows, docs = await self.gateway.call(lambda s: _read(s, wanted, doc_ids))
+        doc_ids = list(changes) if docs else []
+        rows, got_docs = await self.gateway.call(lambda s: _read(s, wanted, doc_ids))
         for run_id, got in rows.items():
             if got and self.by_run.get(run_id):
                 rid = orjson.dumps(run_id)
                 cache.put(run_id, got[0][0], [envelope_json(rid, r) for r in got])
-        targets: dict[Listener, dict[str, int]] = {}
-        for run_id, last_seq in changes.items():
-            for conn in self.by_run.get(run_id, ()):
-                targets.setdefault(conn, {})[run_id] = last_seq
-        watchers = self.run_watchers if docs else set()
-        # Idle connections send what the cache holds right here (Connection.notify): the
-        # loop is let go between slices, so a long pass never holds up pings and writes.
-        for i, conn in enumerate(set(targets) | watchers):
-            if i and not i % DELIVER_SLICE:
-                await asyncio.sleep(0)
-            conn.notify(cache, targets.get(conn, {}), docs if conn in watchers else ())
+        return got_docs
 
 
 def _changed(store: Store, cursor: int) -> Optional[tuple[int, dict[str, int]]]:

@@ -5,8 +5,12 @@ The hub watches the store's commit cursor: a store that pushes notifications
 anyway, in case a notification was lost), others are polled (a cheap indexed query)
 every ``tail_interval``. When runs have new events it reads them once, encodes them
 once, and tells every connection that follows those runs. Each connection then sends
-what its own cursor is missing, in as few frames as possible. The hub holds no run
-state: the log is the truth, cursors live in the sessions (and in the clients).
+what its own cursor is missing, in as few frames as possible: an idle one at once, in
+the hub's pass, from the hub's cache (one frame per connection per pass, shared by
+those at the same cursor). A pass over thousands of connections reads what was
+committed meanwhile every ``DELIVER_SLICE`` connections, so the flush interval stretches
+with the load instead of falling behind. The hub holds no run state: the log is the
+truth, cursors live in the sessions (and in the clients).
 
 Every store call goes through the gateway (off the event loop), and the hub relays the
 gateway's "the store stopped answering / answers again" to every connection.

@@ -118,7 +118,9 @@ class RowCache:
 
     One per hub, kept across wake-ups: each new event is read from the store and encoded
     once per server process, whatever the number of sessions, and sessions at the same
-    cursor share one frame. A session behind the window reads for itself.
+    cursor share one frame (frames end at block boundaries, so sessions that met there
+    stay in step). Sessions behind the window read through its blocks: each full block of
+    ``BLOCK`` events is read once, however many sessions ask for it at the same time.
     """
 
     def __init__(self, max_rows: int = 2 * MAX_EVENTS_PER_FRAME, max_frames: int = 256,

@@ -242,7 +242,10 @@ class WebSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyter
         except StreamClosedError:
             return
         size = len(frame)
-        fut.add_done_callback(lambda f: self._written(size, f))
+        if fut.done():  # the socket took it all at once (the usual case): no callback
+            self._written(size, fut)
+        else:
+            fut.add_done_callback(lambda f: self._written(size, f))
 
     def _written(self, nbytes: int, fut) -> None:
         if not fut.cancelled():

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds the tailer waits after a failed read before trying again.
 FAILED_POLL_RETRY_S = 1.0
-#: Connections told of new events between two turns of the event loop.
-DELIVER_SLICE = 200
+#: Connections told of new events between two reads of what was committed meanwhile
+#: (2,000 subscribers, A/B at load 4-6: p99 161-496 ms at 100, 248-377 at 200, 323-380 at 50).
+DELIVER_SLICE = 100
 
 
 class Listener(Protocol):

@@ -306,6 +306,19 @@ class Fleet:
         return {"socks": socks, "tsmap": tsmap, "errors": errors, "t_sub": t_sub,
                 "loop_lag_ms": {"p50": pct(lags, 50), "p99": pct(lags, 99), "max": float(lags.max()) if lags.size else 0.0}}
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the client processes have used so far."""
+        import psutil
+
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = psutil.Process(p.pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
     def kill(self) -> None:
         for p in self.procs:
             if p.is_alive():

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import traceback
@@ -56,7 +57,9 @@ def _writer_main(db_path: str, events: int, rate: float, gate, out, name: str, t
         out.put(("run", run.id))
         state = run.wait(timeout)
         wait_stopped(run)
-        out.put(("done", {"state": str(getattr(state, "value", state)), "commits": commits}))
+        cpu = os.times()
+        out.put(("done", {"state": str(getattr(state, "value", state)), "commits": commits,
+                          "cpu_s": cpu.user + cpu.system}))
         store.close()
     except BaseException:
         out.put(("error", traceback.format_exc()))

@@ -31,7 +31,7 @@ def paced_engine(server: JupyterServer, db: str, clients: int, procs: int, rate:
         ready = fleet.wait_ready(600)
         note(f"{name}: {clients} sockets in {len(fleet.procs)} client processes subscribed in"
              f" {time.perf_counter() - t:.1f} s (connect {max(r['connect_s'] for r in ready):.1f} s)")
-        cpu0, rss0 = server.cpu_seconds(), server.rss()
+        cpu0, rss0, clients_cpu0 = server.cpu_seconds(), server.rss(), fleet.cpu_seconds()
         with Profiler(server.pid, profile, f"server: {name}"):
             writer.open_gate()
             out = writer.result(seconds + 300)
@@ -41,6 +41,7 @@ def paced_engine(server: JupyterServer, db: str, clients: int, procs: int, rate:
             t_end = time.time()
             complete = fleet.wait_done(grace)
         cpu = server.cpu_seconds() - cpu0
+        clients_cpu = fleet.cpu_seconds() - clients_cpu0
         res = fleet.stop(last + 1)
     finally:
         fleet.kill()
@@ -51,13 +52,15 @@ def paced_engine(server: JupyterServer, db: str, clients: int, procs: int, rate:
     summary = delivery_summary(res["socks"], last)
     stats = {"commit": latency_stats(recv, commit, prog), "record": latency_stats(recv, ts, prog),
              "summary": summary, "complete": complete, "events": len(prog),
-             "server_cpu_share": cpu / (seconds + waited), "errors": res["errors"],
+             "server_cpu_share": cpu / (seconds + waited), "clients_cpu_share": clients_cpu / (seconds + waited),
+             "errors": res["errors"],
              "client_loop_lag_ms": res["loop_lag_ms"]}
     c, r = stats["commit"], stats["record"]
     note(f"{name}: {len(prog)} events x {clients} sockets: delivered {c['delivered']}/{c['expected']}"
          f" (all by the end: {complete}); commit->receipt p50 {c['p50']:.1f} p90 {c['p90']:.1f}"
          f" p99 {c['p99']:.1f} max {c['max']:.1f} ms; record->receipt p50 {r['p50']:.1f} p99 {r['p99']:.1f} ms;"
-         f" server CPU {100 * stats['server_cpu_share']:.0f}% of a core; server RSS"
+         f" server CPU {100 * stats['server_cpu_share']:.0f}% of a core, client processes"
+         f" {100 * stats['clients_cpu_share']:.0f}%; server RSS"
          f" {rss0 / 2**20:.0f} -> {server.rss() / 2**20:.0f} MB; frames {summary['frames']},"
          f" gaps {summary['gaps']} dups {summary['dups']} resets {summary['resets']}; run {out['state']};"
          f" client loops late by p50 {res['loop_lag_ms']['p50']:.1f} p99 {res['loop_lag_ms']['p99']:.1f} ms")

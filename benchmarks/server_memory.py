@@ -41,6 +41,8 @@ from _servers import BaselineServer, JupyterServer
 from _stats import delivery_summary
 
 TARGET_MB = 50.0
+#: Seconds to stream the events to every socket (gate opened -> every socket has the last one).
+TARGET_S = 120.0
 MB = 2**20
 
 
@@ -49,6 +51,7 @@ def stream(server, fleet: Fleet, sampler_pid: int, start, finish, last_seq, time
     time.sleep(1.0)
     before = server.rss()
     cpu = server.cpu_seconds() if hasattr(server, "cpu_seconds") else None
+    clients_cpu = fleet.cpu_seconds()
     sampler = RssSampler(sampler_pid, 0.05)
     t = time.perf_counter()
     start()
@@ -58,6 +61,7 @@ def stream(server, fleet: Fleet, sampler_pid: int, start, finish, last_seq, time
     done = fleet.wait_done(timeout)
     elapsed = time.perf_counter() - t
     cpu = None if cpu is None else server.cpu_seconds() - cpu
+    clients_cpu = fleet.cpu_seconds() - clients_cpu
     time.sleep(2.0)
     after = server.rss()
     sampler.stop()
@@ -67,7 +71,8 @@ def stream(server, fleet: Fleet, sampler_pid: int, start, finish, last_seq, time
          f" RSS {before / MB:.0f} MB before, peak {sampler.peak / MB:.0f}, after {after / MB:.0f};"
          f" {summary['events']} deliveries in {summary['frames']} frames, {summary['bytes'] / 2**30:.2f} GiB;"
          f" gaps {summary['gaps']} dups {summary['dups']} resets {summary['resets']}"
-         + ("" if cpu is None else f"; server CPU {cpu:.1f} s ({1e6 * cpu / last:.0f} us/event)"))
+         + ("" if cpu is None else f"; server CPU {cpu:.1f} s ({1e6 * cpu / last:.0f} us/event)")
+         + f"; client processes CPU {clients_cpu:.1f} s")
     return {"before": before, "peak": sampler.peak, "after": after, "done": done, "summary": summary,
             "elapsed": elapsed, "cpu": cpu}
 
@@ -79,8 +84,10 @@ def engine_run(server: JupyterServer, db: str, events: int, clients: int, procs:
     try:
         fleet.wait_ready(300)
 
+        out: dict = {}
+
         def finish() -> int:
-            writer.result(timeout)
+            out.update(writer.result(timeout))
             import sqlite3
 
             conn = sqlite3.connect(db)
@@ -89,7 +96,9 @@ def engine_run(server: JupyterServer, db: str, events: int, clients: int, procs:
             return last
 
         with Profiler(server.pid, profile, what):
-            return stream(server, fleet, server.pid, writer.open_gate, finish, None, timeout, what)
+            res = stream(server, fleet, server.pid, writer.open_gate, finish, None, timeout, what)
+        note(f"{what}: the writer process (engine) used {out['cpu_s']:.1f} s CPU in all")
+        return res
     finally:
         fleet.kill()
 
@@ -136,6 +145,9 @@ def main() -> int:
         bv = (base[key] - base["before"]) / MB
         emit(f"server_memory.rss_growth_{name}_MB_{scale}_events_{args.clients}subs", v, "MB", label, bv,
              f"<= {TARGET_MB:g} MB, every event delivered", v <= TARGET_MB and clean)
+    emit(f"server_memory.stream_seconds_{scale}_events_{args.clients}subs", eng["elapsed"], "s",
+         f"the same baseline, {n} events", base["elapsed"], f"< {TARGET_S:g} s, every event delivered",
+         eng["elapsed"] < TARGET_S and clean)
     note(f"[server_memory.py] {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -52,6 +52,7 @@ class Connection:
         self._docs: list[dict] = []
         self._deleted: list[str] = []
         self.closed = False
+        self._idle = False  # the worker waits for work: the hub may deliver in its stead
         self._task = asyncio.ensure_future(self._run())
 
     def open(self, store_down_since: Optional[str] = None) -> None:
@@ -85,8 +86,23 @@ class Connection:
         self._deleted.extend(deleted)
         if cache is not None:
             self._cache = cache
+        if self._idle and not self._inbox and self._deliver_now():
+            return
         self._pump_wanted = True
         self._work.set()
+
+    def _deliver_now(self) -> bool:
+        """While the worker waits for work: apply the news and queue what the hub's cache
+        holds, here, in the hub's pass over its connections (no task switch per
+        connection). True when nothing is left for the worker."""
+        if self.closed or self._cache is None or self._docs or self._deleted:
+            return False
+        targets, self._targets = self._targets, {}
+        for run_id, last in targets.items():
+            self.session.notify(run_id, last)
+        done = self.session.pump_cached(self._cache)
+        self._flush()
+        return done
 
     def store_status(self, available: bool, since: str) -> None:
         self.session.store_status(available, since)
@@ -114,7 +130,9 @@ class Connection:
     async def _run(self) -> None:
         session = self.session
         while not self.closed:
+            self._idle = True
             await self._work.wait()
+            self._idle = False
             self._work.clear()
             while not self.closed:
                 if self._inbox:

@@ -32,6 +32,7 @@ The rules it keeps:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -117,7 +118,9 @@ class RowCache:
 
     One per hub, kept across wake-ups: each new event is read from the store and encoded
     once per server process, whatever the number of sessions, and sessions at the same
-    cursor share one frame. A session behind the window reads for itself.
+    cursor share one frame (frames end at block boundaries, so sessions that met there
+    stay in step). Sessions behind the window read through its blocks: each full block of
+    ``BLOCK`` events is read once, however many sessions ask for it at the same time.
     """
 
     def __init__(self, max_rows: int = 2 * MAX_EVENTS_PER_FRAME, max_frames: int = 256,
@@ -130,6 +133,8 @@ class RowCache:
         #: blocks only, least recently used first: what sessions behind the window read,
         #: read once (they move through a backlog at about the same pace).
         self.blocks: dict[tuple[str, int], list[bytes]] = {}
+        #: (run_id, n) -> the sessions waiting for the read of that block under way
+        self._reading: dict[tuple[str, int], list[asyncio.Future]] = {}
         #: (run_id, after, asked upto) -> (frame, the seq it really ends at); oldest first
         self.frames: dict[tuple[str, int, int], tuple[bytes, int]] = {}
 
@@ -180,6 +185,36 @@ class RowCache:
         self.blocks[(run_id, n)] = rows
         while len(self.blocks) > self.max_blocks:
             del self.blocks[next(iter(self.blocks))]
+
+    async def read_block(self, gateway: Gateway, run_id: str, n: int) -> Optional[list[bytes]]:
+        """Block ``n`` of the run, encoded: from the cache, else read from the store and
+        kept. One read per block however many sessions ask at once: those that ask while
+        it is under way wait for it (sessions catching up a backlog move through it at
+        about the same pace, so they reach each block together). None when the block is
+        not full (the log's end), does not start where it should (trimmed), or the read
+        failed: the caller reads for itself."""
+        key = (run_id, n)
+        rows = self.block(run_id, n)
+        if rows is not None:
+            return rows
+        waiters = self._reading.get(key)
+        if waiters is not None:
+            waiter = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
+            return await waiter
+        self._reading[key] = waiters = []
+        try:
+            raw = await gateway.call(lambda s: s.event_rows(run_id, n * BLOCK, BLOCK))
+            if len(raw) == BLOCK and raw[0][0] == n * BLOCK + 1:
+                rid = orjson.dumps(run_id)
+                rows = [envelope_json(rid, r) for r in raw]
+                self.keep_block(run_id, n, rows)
+        finally:  # (a failed read: the waiters read for themselves, and meet the failure)
+            del self._reading[key]
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(rows)
+        return rows
 
     def forget(self, run_id: str) -> None:
         """Nobody follows the run any more."""
@@ -258,7 +293,7 @@ class Session:
         """Queue frames that go together (a reset and its snapshot), or none of them."""
         if self.close_request is not None:
             return False
-        size = sum(len(p) for p in parts)
+        size = sum(map(len, parts))
         unread = self.in_flight + self._queued
         if droppable is not None:
             # What an idle socket is given always goes: it could not go otherwise.
@@ -521,6 +556,30 @@ class Session:
             except _Closed:
                 return False
 
+    def pump_cached(self, cache: RowCache) -> bool:
+        """``pump`` without waiting for anything: queue the events ``cache`` holds (the
+        hub's window, its blocks, the frames built for other sessions). True when that was
+        all ``pump`` had to do; False when it must run (a read, a restart, a full window,
+        a drain). The hub calls it for every follower of a run right after reading the
+        run's new events: one pass, no task switch per connection."""
+        if self._busy or self.overflowed or self.closed:
+            return False
+        self._busy = True  # (an operation: inline, this runs once per connection per wake-up)
+        try:
+            for run_id, sub in self.subs.items():
+                if sub.reset:
+                    return False
+                while sub.cursor < sub.target:
+                    if self.in_flight + self._queued >= self.events_window:
+                        return False
+                    upto = min(sub.target, sub.cursor + MAX_EVENTS_PER_FRAME)
+                    got = self._cached_frame(run_id, sub, upto, cache)
+                    if got is None or not self._send_events(run_id, sub, *got):
+                        return False
+            return True
+        finally:
+            self._busy = False
+
     async def _pump(self, cache: Optional[RowCache], budget: int) -> bool:
         if self.overflowed:
             if self.in_flight > self.buffer_cap // 4:
@@ -546,17 +605,25 @@ class Session:
                 if self.in_flight + self._queued >= self.events_window:
                     return self._wait_for_socket(sub)
                 upto = min(sub.target, sub.cursor + min(budget, MAX_EVENTS_PER_FRAME))
-                got = await self._frame_for(run_id, sub, upto, cache)
+                got = self._cached_frame(run_id, sub, upto, cache) if cache is not None else None
                 if got is None:
-                    break  # reset queued instead
-                frame, upto = got  # upto: the last seq the frame really holds
-                if not self._send(frame, ("events", run_id)):
+                    got = await self._frame_for(run_id, sub, upto, cache)
+                    if got is None:
+                        break  # reset queued instead
+                cursor = sub.cursor
+                if not self._send_events(run_id, sub, *got):
                     return False  # overflowed: it restarts (reset + snapshot) once drained
-                n = upto - sub.cursor
-                self._event_bytes += (len(frame) / n - self._event_bytes) * min(1.0, n / 1000)
-                budget -= n
-                sub.cursor = upto
+                budget -= sub.cursor - cursor
         return not self.overflowed and self.behind()
+
+    def _send_events(self, run_id: str, sub: _Sub, frame: bytes, upto: int) -> bool:
+        """Queue an events frame that ends at seq ``upto``; False if it was dropped."""
+        if not self._send(frame, ("events", run_id)):
+            return False
+        n = upto - sub.cursor
+        self._event_bytes += (len(frame) / n - self._event_bytes) * min(1.0, n / 1000)
+        sub.cursor = upto
+        return True
 
     def _wait_for_socket(self, sub: _Sub) -> bool:
         """The window is full: wait for ``written``. A socket that has written nothing for
@@ -573,51 +640,68 @@ class Session:
         self._waiting = True
         return False
 
-    async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
-                         cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
+    @staticmethod
+    def _frame_end(sub: _Sub, upto: int) -> int:
+        """Frames end at block boundaries at the latest, so subscribers at the same cursor
+        get the same frames, built once, from then on."""
+        return min(upto, (sub.cursor // BLOCK + 1) * BLOCK)
+
+    def _cached_frame(self, run_id: str, sub: _Sub, upto: int,
+                      cache: RowCache) -> Optional[tuple[bytes, int]]:
         """The events frame from the cursor on, up to ``upto`` and ``EVENTS_FRAME_BYTES``,
-        and the seq it really ends at."""
+        and the seq it really ends at, when ``cache`` holds its events (else None)."""
+        upto = self._frame_end(sub, upto)
         key = (run_id, sub.cursor, upto)
-        shared = cache.frame(key) if cache is not None else None
+        shared = cache.frame(key)
         if shared is not None:
             return shared
-        rows = cache.get(run_id, sub.cursor, upto) if cache is not None else None
-        if rows is None and cache is not None:
-            rows = await self._from_block(run_id, sub.cursor, upto, cache)
+        rows = cache.get(run_id, sub.cursor, upto)
         if rows is None:
-            # read for itself (behind the hub's window): what one frame holds, about
-            after = sub.cursor
+            n = sub.cursor // BLOCK
+            block = cache.block(run_id, n)
+            if block is None:
+                return None
+            start = sub.cursor - n * BLOCK
+            rows = block[start: start + (upto - sub.cursor)]
+        return self._frame_of(key, rows, cache)
+
+    async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
+                         cache: Optional[RowCache]) -> Optional[tuple[bytes, int]]:
+        """As ``_cached_frame``, for events the cache does not hold: its block, read once for
+        every session that needs it, else read for this session alone (at the log's end, or
+        with no cache). None when the cursor turned out trimmed: a restart is queued."""
+        upto = self._frame_end(sub, upto)
+        after = sub.cursor
+        rows = None
+        if cache is not None:
+            n = after // BLOCK
+            block = await cache.read_block(self.gateway, run_id, n)
+            if self.closed:  # nothing of a closed session may change after this
+                raise _Closed()
+            if block is not None:
+                rows = block[after - n * BLOCK: upto - n * BLOCK]
+        if rows is None:
+            # read for itself: what one frame holds, about
             n = max(1, min(upto - after, int(EVENTS_FRAME_BYTES / self._event_bytes) + 1))
             raw = await self._read(lambda s: s.event_rows(run_id, after, n))
-            if not raw or raw[0][0] != sub.cursor + 1:  # trimmed under our feet
+            if not raw or raw[0][0] != after + 1:  # trimmed under our feet
                 sub.reset = "trimmed"
                 await self._restart(run_id, sub)
                 return None
             rid = orjson.dumps(run_id)
             rows = [envelope_json(rid, r) for r in raw]
+        return self._frame_of((run_id, after, upto), rows, cache)
+
+    def _frame_of(self, key: tuple[str, int, int], rows: list[bytes],
+                  cache: Optional[RowCache]) -> tuple[bytes, int]:
+        """The frame of ``rows`` (as many as ``EVENTS_FRAME_BYTES`` holds) after ``key``'s
+        cursor, kept in ``cache`` under ``key`` for the sessions at the same cursor."""
+        run_id, after, _ = key
         rows = _fit(rows, EVENTS_FRAME_BYTES)
-        got = self._events_frame(run_id, rows), sub.cursor + len(rows)
+        got = self._events_frame(run_id, rows), after + len(rows)
         if cache is not None:
             cache.keep_frame(key, got)
         return got
-
-    async def _from_block(self, run_id: str, after: int, upto: int,
-                          cache: RowCache) -> Optional[list[bytes]]:
-        """Events after ``after`` (up to ``upto``, at most to the end of their block) from
-        the cache's block holding ``after + 1``, read and kept when it is full. None when
-        the block is not full (the log's end) or does not start where it should (trimmed):
-        the caller reads for itself."""
-        n = after // BLOCK
-        rows = cache.block(run_id, n)
-        if rows is None:
-            raw = await self._read(lambda s: s.event_rows(run_id, n * BLOCK, BLOCK))
-            if len(raw) < BLOCK or raw[0][0] != n * BLOCK + 1:
-                return None
-            rid = orjson.dumps(run_id)
-            rows = [envelope_json(rid, r) for r in raw]
-            cache.keep_block(run_id, n, rows)
-        start = after - n * BLOCK
-        return rows[start: start + (upto - after)]
 
     @staticmethod
     def _events_frame(run_id: str, rows: list[bytes]) -> bytes:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from cmbagent_jupyter.hub import EventHub
+from cmbagent_jupyter.hub import DELIVER_SLICE, EventHub
 from cmbagent_jupyter.session import CLOSE_TOO_SLOW, MIN_REPLY_ROOM, Session
 from session_support import (
     Client,
     DirectGateway,
     append_events,
+    drive,
     finished_run,
     frames,
     last_seq,
@@ -250,3 +251,44 @@ def test_pings_are_answered_at_once_while_the_store_does_not_answer(store):
     assert frames(s)[-1] == {"type": "store_status", "available": True,
                              "since": "2030-01-01T00:00:20+00:00"}
     assert not s.answer_now(ping)
+
+
+def test_a_long_pass_tells_the_connections_ahead_of_it_what_was_committed_meanwhile(store):
+    """The hub tells thousands of connections of new events one slice at a time. An event
+    committed during the pass reaches the connections still ahead in it, in that pass
+    (not a whole pass later), and those already told in the next: every follower hears
+    of it once the poll returns."""
+    run = finished_run(store)
+    first = last_seq(store, run.id)
+    hub = EventHub(DirectGateway(store))
+    committed = []
+
+    class Follower:
+        def __init__(self):
+            self.session = self
+            self.told: list[int] = []
+
+        def cursor(self, run_id):
+            return first
+
+        def notify(self, cache, targets, docs, deleted=()):
+            if not committed:  # the pass's first connection: a commit lands meanwhile
+                committed.append(append_events(store, run.id, 3))
+            if run.id in targets:
+                self.told.append(targets[run.id])
+
+        def store_status(self, available, since):
+            pass
+
+    followers = [Follower() for _ in range(2 * DELIVER_SLICE + 1)]
+    for f in followers:
+        hub.watcher(f).watch(run.id)
+    hub.cursor = store.change_cursor()
+    append_events(store, run.id, 1)
+    drive(hub.poll())
+    last = last_seq(store, run.id)
+    assert last == first + 4
+    assert all(f.told[-1] == last for f in followers)  # everyone, by the end of the poll
+    told_in_first_pass = [f.told[0] for f in followers]
+    # past the first slice, the first pass already carries the later commit
+    assert told_in_first_pass.count(last) >= DELIVER_SLICE

@@ -7,6 +7,7 @@ frames with the strict client model of ``session_support.Client``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -623,3 +624,52 @@ def test_subscribers_catching_up_a_backlog_read_each_event_from_the_store_once(s
     assert full_blocks == list(range(0, last // BLOCK * BLOCK, BLOCK))  # each read once
     # all in all, not much more than the log once (the last, partial block: per session)
     assert sum(n for _, _, n in reads) < last + len(sessions) * BLOCK
+
+
+def test_subscribers_reaching_a_block_together_wait_for_one_read(store):
+    """The server's reads take time (a pool thread): ten sessions pumping at once, on one
+    loop, that all miss the same block read it once between them, not once each, and each
+    still gets every event exactly once, in order."""
+    run = finished_run(store)
+    last = append_events(store, run.id, 3 * BLOCK)
+    reads: list[tuple[int, int, int]] = []
+
+    class SlowGateway:  # reads off the loop, like gateway.StoreGateway
+        async def call(self, fn, timeout=None):
+            return await asyncio.to_thread(fn, self)
+
+        def event_rows(self, run_id, after, limit):
+            rows = store.event_rows(run_id, after, limit)
+            reads.append((after, limit, len(rows)))
+            return rows
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+    async def scenario():
+        cache = RowCache()
+        sessions = [Session(SlowGateway(), server_id="t", heartbeat_interval=15.0) for _ in range(10)]
+        clients = [Client() for _ in sessions]
+        for s, c in zip(sessions, clients):
+            await s.receive(json.dumps({"type": "subscribe", "run_id": run.id, "after_seq": 0}))
+            c.subscribed(run.id, 0)
+            s.notify(run.id, last)
+        got = [[] for _ in sessions]
+
+        async def follow(i):
+            s, c = sessions[i], clients[i]
+            while True:
+                more = await s.pump(cache)
+                raw = s.take()
+                got[i] += event_seqs(c.feed_all([orjson.loads(f) for f in raw]))
+                s.written(sum(len(f) for f in raw))
+                if not more and not raw:
+                    return
+
+        await asyncio.gather(*(follow(i) for i in range(len(sessions))))
+        return got
+
+    got = asyncio.run(scenario())
+    assert all(g == list(range(1, last + 1)) for g in got)
+    full_blocks = sorted(after for after, limit, n in reads if limit == n == BLOCK)
+    assert full_blocks == list(range(0, last // BLOCK * BLOCK, BLOCK))  # each read once

@@ -41,7 +41,8 @@ from _probes import Profiler
 from _servers import BaselineServer, JupyterServer
 from _stats import commit_times, delivery_summary, event_table, tsmap_array
 
-TARGET = 100_000.0
+#: events/s: the server's capacity (a replayed log), and end to end from ctx.progress (issue 16).
+TARGETS = {"replayed_log": 100_000.0, "live_progress": 150_000.0}
 
 
 def check(summary: dict, what: str) -> None:
@@ -169,7 +170,7 @@ def main() -> int:
     for name, rates in (("replayed_log", rep_rates), ("live_progress", live_rates)):
         v = statistics.median(rates)
         emit(f"server_throughput.{name}_events_per_s_{args.events // 1000}k", v, "events/s", label, b,
-             f">= {TARGET:,.0f} events/s", v >= TARGET)
+             f">= {TARGETS[name]:,.0f} events/s", v >= TARGETS[name])
     note(f"[server_throughput.py] {time.perf_counter() - t_start:.0f} s")
     return 0
 

@@ -225,6 +225,13 @@ class RowCache:
             del self.blocks[key]
 
 
+def _in_block(block: list[bytes], after: int, upto: int) -> list[bytes]:
+    """The events after seq ``after`` up to ``upto`` (frames end at block boundaries) of
+    the block that holds them."""
+    start = after % BLOCK
+    return block[start: start + upto - after]
+
+
 def _fit(rows: list[bytes], limit: int) -> list[bytes]:
     """The first rows that, comma-separated, take ``limit`` bytes at most (the first row
     always)."""
@@ -657,12 +664,10 @@ class Session:
             return shared
         rows = cache.get(run_id, sub.cursor, upto)
         if rows is None:
-            n = sub.cursor // BLOCK
-            block = cache.block(run_id, n)
+            block = cache.block(run_id, sub.cursor // BLOCK)
             if block is None:
                 return None
-            start = sub.cursor - n * BLOCK
-            rows = block[start: start + (upto - sub.cursor)]
+            rows = _in_block(block, sub.cursor, upto)
         return self._frame_of(key, rows, cache)
 
     async def _frame_for(self, run_id: str, sub: _Sub, upto: int,
@@ -674,12 +679,11 @@ class Session:
         after = sub.cursor
         rows = None
         if cache is not None:
-            n = after // BLOCK
-            block = await cache.read_block(self.gateway, run_id, n)
+            block = await cache.read_block(self.gateway, run_id, after // BLOCK)
             if self.closed:  # nothing of a closed session may change after this
                 raise _Closed()
             if block is not None:
-                rows = block[after - n * BLOCK: upto - n * BLOCK]
+                rows = _in_block(block, after, upto)
         if rows is None:
             # read for itself: what one frame holds, about
             n = max(1, min(upto - after, int(EVENTS_FRAME_BYTES / self._event_bytes) + 1))
